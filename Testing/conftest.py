@@ -1,0 +1,33 @@
+"""Shared pytest fixtures: the reference data of the released code lives in ../shared/reference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(os.environ.get("WDM_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.fail(
+            f"reference fixtures not found at {REFERENCE_DIR}; "
+            "check out shared/ beside the repository or set WDM_REFERENCE_DIR"
+        )
+    return REFERENCE_DIR
+
+
+def load_reference(name: str) -> dict:
+    return torch.load(REFERENCE_DIR / name, weights_only=True)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # Small tensors: more threads only add noise on the 2-core CI machine.
+    torch.set_num_threads(2)
+    yield

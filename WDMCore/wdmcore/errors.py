@@ -1,0 +1,20 @@
+"""The exception hierarchy of wdmcore.
+
+Every message says what was wrong *and* what to do about it; the CLI prints them as they are.
+"""
+
+
+class WDMError(Exception):
+    """Base class of every error wdmcore raises on purpose."""
+
+
+class InputShapeError(WDMError, ValueError):
+    """A tensor or volume has a shape the operation cannot handle."""
+
+
+class CheckpointError(WDMError):
+    """A checkpoint file is missing, unreadable, unsafe or does not fit the network."""
+
+
+class ConfigError(WDMError, ValueError):
+    """A configuration value (preset, model argument, sampler setting) is invalid."""
