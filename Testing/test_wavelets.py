@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 from conftest import load_reference
-
 from wdmcore.errors import InputShapeError
 from wdmcore.wavelets import SUBBANDS, dwt3, from_coefficients, idwt3, to_coefficients
 
@@ -20,7 +19,9 @@ def test_dwt_matches_released_transform(reference_dir):
 
 def test_constant_volume_has_only_lll():
     bands = dwt3(torch.ones(1, 1, 4, 4, 4))
-    torch.testing.assert_close(bands[:, 0], torch.full((1, 1, 2, 2, 2), 2 * math.sqrt(2)))
+    torch.testing.assert_close(
+        bands[:, 0], torch.full((1, 1, 2, 2, 2), 2 * math.sqrt(2))
+    )
     assert bands[:, 1:].abs().max() < 1e-6
 
 
@@ -32,11 +33,20 @@ def test_sign_convention_even_minus_odd_is_positive():
     assert bands[0, SUBBANDS.index("HLL")].abs().item() < 1e-7
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 8, 6, 4), (1, 1, 4, 12, 2), (1, 2, 16, 16, 16)])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 8, 6, 4), (1, 1, 4, 12, 2), (1, 2, 16, 16, 16)]
+)
 def test_round_trip_non_cubic_and_multichannel(shape):
     x = torch.randn(shape, dtype=torch.float64)
     bands = dwt3(x)
-    assert bands.shape == (shape[0], 8, shape[1], shape[2] // 2, shape[3] // 2, shape[4] // 2)
+    assert bands.shape == (
+        shape[0],
+        8,
+        shape[1],
+        shape[2] // 2,
+        shape[3] // 2,
+        shape[4] // 2,
+    )
     torch.testing.assert_close(idwt3(bands), x)
     # Orthonormal: energy is preserved.
     torch.testing.assert_close(bands.pow(2).sum(), x.pow(2).sum())
@@ -72,4 +82,6 @@ def test_coefficient_representation_scales_lll():
     # LLL/3 of an image in [-1, 1] stays within 2*sqrt(2)/3.
     assert coeffs[:, 0].abs().max() <= 2 * math.sqrt(2) / 3 + 1e-6
     # Another scale is a config value, and round-trips too.
-    torch.testing.assert_close(from_coefficients(to_coefficients(image, 2.0), 2.0), image, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        from_coefficients(to_coefficients(image, 2.0), 2.0), image, atol=1e-6, rtol=0
+    )

@@ -68,9 +68,7 @@ def dwt3(x: torch.Tensor) -> torch.Tensor:
 def idwt3(bands: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`dwt3`: [B, 8, C, D, H, W] -> [B, C, 2D, 2H, 2W] (differentiable)."""
     if bands.dim() != 6 or bands.shape[1] != 8:
-        raise InputShapeError(
-            f"idwt3 expects sub-bands [B, 8, C, D, H, W], got shape {tuple(bands.shape)}."
-        )
+        raise InputShapeError(f"idwt3 expects sub-bands [B, 8, C, D, H, W], got shape {tuple(bands.shape)}.")
     b, _, c, d, h, w = bands.shape
     # The matrix is orthonormal, so its transpose is the inverse.
     voxels = _haar_matrix(bands.dtype, bands.device).T @ bands.reshape(b, 8, -1)
