@@ -9,9 +9,7 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(
-    os.environ.get("WDM_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference")
-)
+REFERENCE_DIR = Path(os.environ.get("WDM_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,7 @@ def test_dwt_matches_released_transform(reference_dir):
 
 def test_constant_volume_has_only_lll():
     bands = dwt3(torch.ones(1, 1, 4, 4, 4))
-    torch.testing.assert_close(
-        bands[:, 0], torch.full((1, 1, 2, 2, 2), 2 * math.sqrt(2))
-    )
+    torch.testing.assert_close(bands[:, 0], torch.full((1, 1, 2, 2, 2), 2 * math.sqrt(2)))
     assert bands[:, 1:].abs().max() < 1e-6
 
 
@@ -33,9 +31,7 @@ def test_sign_convention_even_minus_odd_is_positive():
     assert bands[0, SUBBANDS.index("HLL")].abs().item() < 1e-7
 
 
-@pytest.mark.parametrize(
-    "shape", [(2, 3, 8, 6, 4), (1, 1, 4, 12, 2), (1, 2, 16, 16, 16)]
-)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6, 4), (1, 1, 4, 12, 2), (1, 2, 16, 16, 16)])
 def test_round_trip_non_cubic_and_multichannel(shape):
     x = torch.randn(shape, dtype=torch.float64)
     bands = dwt3(x)
@@ -82,6 +78,4 @@ def test_coefficient_representation_scales_lll():
     # LLL/3 of an image in [-1, 1] stays within 2*sqrt(2)/3.
     assert coeffs[:, 0].abs().max() <= 2 * math.sqrt(2) / 3 + 1e-6
     # Another scale is a config value, and round-trips too.
-    torch.testing.assert_close(
-        from_coefficients(to_coefficients(image, 2.0), 2.0), image, atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(from_coefficients(to_coefficients(image, 2.0), 2.0), image, atol=1e-6, rtol=0)
