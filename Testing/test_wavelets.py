@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from conftest import load_reference
+
 from wdmcore.errors import InputShapeError
 from wdmcore.wavelets import SUBBANDS, dwt3, from_coefficients, idwt3, to_coefficients
 
