@@ -1,0 +1,58 @@
+"""The `wdm` command. Each sub-command lives in the module that does its work, which provides
+``add_parser(subparsers)`` (registering ``handler=run`` as a default) and ``run(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import WDMError
+
+# Modules that contribute sub-commands, in the order `wdm --help` lists them.
+COMMAND_MODULES = ("wdmcore.inspect",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wdm",
+        description="3-D wavelet diffusion models for medical volumes: generate, train, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"wdm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    jsonl = getattr(args, "progress", None) == "jsonl"
+    try:
+        return int(args.handler(args) or 0)
+    except WDMError as exc:
+        _report(jsonl, type(exc).__name__, str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _report(jsonl, "Interrupted", "stopped by the user")
+        return 130
+    except MemoryError:
+        _report(jsonl, "OutOfMemory", "out of memory: use a smaller batch size or a smaller model")
+        return 3
+
+
+def _report(jsonl: bool, kind: str, message: str) -> None:
+    if jsonl:
+        print(json.dumps({"event": "error", "kind": kind, "message": message}), flush=True)
+    else:
+        print(f"wdm: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
