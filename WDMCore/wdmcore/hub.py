@@ -53,7 +53,7 @@ KNOWN_PRESETS = ("unet-128", "unet-256", "wavunet-128", "wavunet-256")
 DOWNLOAD_RETRIES = 5
 RETRY_WAIT_S = 1.0  # first wait; doubles with every further failed attempt, at most MAX_RETRY_WAIT_S
 MAX_RETRY_WAIT_S = 10.0
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 1 << 16
 TIMEOUT_S = (10.0, 60.0)  # connect, read
 EVENT_INTERVAL_S = 0.25
 
