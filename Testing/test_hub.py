@@ -35,6 +35,9 @@ class _State:
             int
         ] = []  # for the next requests: close the connection after this many body bytes
         self.support_range = True
+        self.after_first_request = (
+            None  # called once the first request has been answered
+        )
         self.lock = threading.Lock()
 
 
@@ -56,8 +59,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404, "Not Found")
             return
         start, status = 0, 200
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
         rng = self.headers.get("Range")
-        if rng and state.support_range:
+        if_range = self.headers.get("If-Range")
+        if rng and state.support_range and (if_range is None or if_range == etag):
             start = int(rng.removeprefix("bytes=").split("-")[0])
             if start >= len(body):
                 self.send_response(416)
@@ -69,6 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(payload)))
+        self.send_header("ETag", etag)
         if status == 206:
             self.send_header(
                 "Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}"
@@ -79,8 +85,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
-            return
-        self.wfile.write(payload)
+        else:
+            self.wfile.write(payload)
+        if count == 1 and state.after_first_request is not None:
+            state.after_first_request(state)
 
 
 @pytest.fixture
@@ -285,6 +293,17 @@ def test_interrupted_download_restarts_when_server_ignores_range(tmp_path, serve
         server.requests[1][1] is not None
     )  # it asked to resume, got the whole file, started over
     assert events[-1]["done"] == len(PAYLOAD)
+
+
+def test_file_changed_on_server_during_resume_is_read_again_whole(tmp_path, server):
+    new = PAYLOAD[::-1]
+    server.drops = [120_000]
+    server.after_first_request = lambda state: state.files.__setitem__(URL_PATH_A, new)
+    path = hub.fetch("model_a", catalogue=_catalogue(tmp_path, None))
+    assert (
+        path.read_bytes() == new
+    )  # not the first part of the old file glued to the rest of the new one
+    assert len(server.requests) == 2 and server.requests[1][1].startswith("bytes=")
 
 
 def test_download_that_keeps_failing_gives_up_and_leaves_nothing(

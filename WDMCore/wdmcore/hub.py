@@ -161,6 +161,12 @@ def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
         for key in needed:
             if not isinstance(source.get(key), str) or not source[key]:
                 raise bad(f"model {name!r}: source.{key} is missing")
+        if source["kind"] == "huggingface" and Path(source["filename"]).name != source["filename"]:
+            raise bad(f"model {name!r}: source.filename must be a plain file name")
+        if source["kind"] == "bundled" and (
+            Path(source["path"]).is_absolute() or ".." in Path(source["path"]).parts
+        ):
+            raise bad(f"model {name!r}: source.path must be relative to the wdmcore package")
         digest = raw.get("sha256")
         if digest is not None and (not isinstance(digest, str) or not _SHA256_RE.match(digest.lower())):
             raise bad(f"model {name!r}: sha256 must be 64 hexadecimal digits or null")
@@ -706,6 +712,7 @@ class ResumableHTTPDownloader:
             return response.status_code == 200
 
         progress = _DownloadProgress(self.model, self.on_progress, self.progressbar)
+        self._etag: str | None = None
         failures = 0
         last_error: BaseException | None = None
         try:
@@ -747,9 +754,16 @@ class ResumableHTTPDownloader:
 
     def _attempt(self, requests: Any, url: str, out: Any, progress: _DownloadProgress) -> None:
         offset = out.tell()
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if self._etag:  # the rest only if the file is still the same one, else the whole new file
+                headers["If-Range"] = self._etag
         with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT_S, allow_redirects=True) as resp:
             status = resp.status_code
+            etag = resp.headers.get("ETag")
+            if status in (200, 206) and etag and not etag.startswith("W/"):
+                self._etag = etag
             if status == 416 and offset and progress.total == offset:
                 return  # we already had every byte
             if status >= 500 or status == 429:
