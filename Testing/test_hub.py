@@ -384,8 +384,18 @@ def test_digest_is_recorded_on_first_download_and_checked_afterwards(
     ):
         hub.fetch("model_a", catalogue=cat)
 
+    server.files.clear()  # a forced download that fails keeps the cached file and its record
+    with pytest.raises(DownloadError, match="404"):
+        hub.fetch("model_a", catalogue=cat, force=True)
+    assert (
+        _cache_files() == [FILE_A, hub.RECORDS_FILE]
+        and _records()["model_a"]["sha256"] == PAYLOAD_SHA
+    )
+
+    server.files[URL_PATH_A] = PAYLOAD
     assert hub.fetch("model_a", catalogue=cat, force=True).read_bytes() == PAYLOAD
-    assert len(server.requests) == 2
+    assert len(server.requests) == 3
+    assert _cache_files() == [FILE_A, hub.RECORDS_FILE]
 
 
 def test_recorded_digest_guards_a_later_download(tmp_path, server):

@@ -407,7 +407,8 @@ def fetch(
         progressbar: True draws a tqdm bar on stderr (for the command line); a tqdm-like object is used as is.
         catalogue: another catalogue than the shipped ``models.json``.
         base_url: replaces the hub's base URL (default: ``$WDM_HUB_URL`` or the catalogue's ``hub_url``).
-        force: download again even when the file is cached (the recorded digest is forgotten too).
+        force: download again even when the file is cached, and record the new file's digest (the cached
+            file stays until the new one has arrived and passed the catalogue's digest, if any).
         verify: check the SHA-256 of an already cached file (a download is always checked).
 
     Raises:
@@ -427,17 +428,10 @@ def fetch(
         return _bundled_path(entry, verify)
 
     target = cache / entry.filename
-    record = records.get(entry.name)
-    if force:
-        if target.exists():
-            log.info("removing cached %s before downloading it again", target)
-            target.unlink()
-        if record is not None:
-            _set_record(cache, entry.name, None)
-            record = None
-    expected, origin = _expected_digest(entry, record)
+    # With force, a recorded digest is not held against the new download (the catalogue's still is).
+    expected, origin = _expected_digest(entry, None if force else records.get(entry.name))
 
-    if target.is_file():
+    if target.is_file() and not force:
         if expected is None:
             # Cached but no digest anywhere (the record file was deleted): take this file as the reference.
             digest = _sha256(target)
@@ -449,7 +443,18 @@ def fetch(
 
     url = entry.url(_base_url(cat, base_url))
     assert url is not None
-    _download(entry, url, cache, expected, origin, on_progress, progressbar)
+    previous = None
+    if target.exists():  # forced: keep the old file aside until the new one is in place
+        previous = target.with_name(f".{target.name}.previous")
+        os.replace(target, previous)
+    try:
+        _download(entry, url, cache, expected, origin, on_progress, progressbar)
+    except BaseException:
+        if previous is not None:
+            os.replace(previous, target)
+        raise
+    if previous is not None:
+        previous.unlink()
     digest = expected or _sha256(target)
     _record_download(cache, entry, target, digest, url=url)
     if expected is None:
