@@ -708,6 +708,7 @@ class ResumableHTTPDownloader:
         self.on_progress = on_progress
         self.progressbar = progressbar
         self.retries = DOWNLOAD_RETRIES if retries is None else retries
+        self._etag: str | None = None  # of the file being downloaded, to resume only that same file
 
     def __call__(self, url: str, output_file: str, pooch_obj: Any = None, check_only: bool = False) -> Any:
         import requests
@@ -717,7 +718,7 @@ class ResumableHTTPDownloader:
             return response.status_code == 200
 
         progress = _DownloadProgress(self.model, self.on_progress, self.progressbar)
-        self._etag: str | None = None
+        self._etag = None
         failures = 0
         last_error: BaseException | None = None
         try:
