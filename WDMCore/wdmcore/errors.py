@@ -18,3 +18,7 @@ class CheckpointError(WDMError):
 
 class ConfigError(WDMError, ValueError):
     """A configuration value (preset, model argument, sampler setting) is invalid."""
+
+
+class DownloadError(WDMError):
+    """A model could not be downloaded, or a downloaded or cached file failed its SHA-256 check."""

@@ -1,0 +1,997 @@
+"""The catalogue of released models, verified downloads and the local model cache.
+
+``models.json`` (next to this file) lists the models wdmcore knows: the released WDM checkpoints on the
+Hugging Face Hub and the small demo model bundled inside the package. :func:`fetch` turns a model name into a
+local file:
+
+* bundled models are returned from the package folder;
+* hub models are downloaded once into :func:`cache_dir` with :mod:`pooch` (into a temporary file, moved into
+  place only when complete and verified), resuming with HTTP ``Range`` requests when the connection drops;
+* every file is checked against a SHA-256: the catalogue's digest when it has one, otherwise the digest
+  recorded on the first download (trust on first use, announced with a warning), kept in ``records.json``
+  in the cache folder. A cached file that no longer matches its digest is an error, never silently used.
+
+Files fetched by hand (for example on a machine without internet access) enter the same cache through
+:func:`import_model`. Environment variables: ``WDM_CACHE_DIR`` moves the cache, ``WDM_HUB_URL`` replaces the
+hub's base URL (a mirror, or a local server in tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+import pooch
+
+from .errors import CheckpointError, ConfigError, DownloadError, WDMError
+from .events import ProgressCallback, ProgressTracker, emit
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "WDM_CACHE_DIR"
+HUB_URL_ENV = "WDM_HUB_URL"
+CATALOGUE_PATH = Path(__file__).resolve().with_name("models.json")
+RECORDS_FILE = "records.json"
+KNOWN_PRESETS = ("unet-128", "unet-256", "wavunet-128", "wavunet-256")
+
+# Download behaviour. A connection that drops is resumed; the attempt counter only grows while no new bytes
+# arrive, so a slow but progressing download is never abandoned.
+DOWNLOAD_RETRIES = 5
+RETRY_WAIT_S = 1.0  # first wait; doubles with every further failed attempt, at most MAX_RETRY_WAIT_S
+MAX_RETRY_WAIT_S = 10.0
+CHUNK_SIZE = 1 << 16
+TIMEOUT_S = (10.0, 60.0)  # connect, read
+EVENT_INTERVAL_S = 0.25
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+# ----------------------------------------------------------------------------------------------- catalogue
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One model of ``models.json``."""
+
+    name: str
+    description: str
+    preset: str | None
+    source: dict[str, Any]
+    format: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    approx_size_bytes: int | None = None
+    license: str | None = None
+    license_url: str | None = None
+    citation: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """``"huggingface"`` (downloaded) or ``"bundled"`` (a file inside the package)."""
+        return self.source["kind"]
+
+    @property
+    def filename(self) -> str:
+        """The file's name in the cache (hub models) or in the package (bundled models)."""
+        if self.kind == "bundled":
+            return Path(self.source["path"]).name
+        return self.source["filename"]
+
+    def url(self, base_url: str) -> str | None:
+        """The download URL under ``base_url`` (``https://huggingface.co`` unless overridden)."""
+        if self.kind != "huggingface":
+            return None
+        src = self.source
+        return f"{base_url.rstrip('/')}/{src['repo']}/resolve/{src.get('revision', 'main')}/{src['filename']}"
+
+    def page_url(self) -> str | None:
+        """The file's page on the Hub, which shows its SHA-256."""
+        if self.kind != "huggingface":
+            return None
+        src = self.source
+        return f"https://huggingface.co/{src['repo']}/blob/{src.get('revision', 'main')}/{src['filename']}"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The parsed ``models.json``."""
+
+    models: tuple[CatalogueEntry, ...]
+    hub_url: str = "https://huggingface.co"
+    path: Path | None = None
+
+    def get(self, name: str) -> CatalogueEntry | None:
+        """The entry called ``name``; the file name (``brats_unet_128_1200k.pt``) is accepted too."""
+        for entry in self.models:
+            if name in (entry.name, entry.filename):
+                return entry
+        return None
+
+    def names(self) -> list[str]:
+        return [entry.name for entry in self.models]
+
+
+def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
+    """Read and check a catalogue file (by default the ``models.json`` shipped with wdmcore)."""
+    path = Path(path) if path is not None else CATALOGUE_PATH
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"model catalogue {path} not found; reinstall wdmcore or pass an existing file."
+        ) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"model catalogue {path} cannot be read ({exc}); fix or replace the file.") from exc
+
+    def bad(message: str) -> ConfigError:
+        return ConfigError(
+            f"model catalogue {path}: {message}; fix the file (see docs/models.md for its format)."
+        )
+
+    if not isinstance(data, dict) or data.get("schema") != 1 or not isinstance(data.get("models"), list):
+        raise bad('expected {"schema": 1, "models": [...]}')
+    entries = []
+    for i, raw in enumerate(data["models"]):
+        if not isinstance(raw, dict):
+            raise bad(f"model #{i} is not an object")
+        name = raw.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise bad(f"model #{i} has no valid name (letters, digits, '.', '_', '-')")
+        source = raw.get("source")
+        if not isinstance(source, dict) or source.get("kind") not in ("huggingface", "bundled"):
+            raise bad(f"model {name!r}: source.kind must be 'huggingface' or 'bundled'")
+        needed = ("repo", "filename") if source["kind"] == "huggingface" else ("path",)
+        for key in needed:
+            if not isinstance(source.get(key), str) or not source[key]:
+                raise bad(f"model {name!r}: source.{key} is missing")
+        if source["kind"] == "huggingface" and Path(source["filename"]).name != source["filename"]:
+            raise bad(f"model {name!r}: source.filename must be a plain file name")
+        if source["kind"] == "bundled" and (
+            Path(source["path"]).is_absolute() or ".." in Path(source["path"]).parts
+        ):
+            raise bad(f"model {name!r}: source.path must be relative to the wdmcore package")
+        digest = raw.get("sha256")
+        if digest is not None and (not isinstance(digest, str) or not _SHA256_RE.match(digest.lower())):
+            raise bad(f"model {name!r}: sha256 must be 64 hexadecimal digits or null")
+        entries.append(
+            CatalogueEntry(
+                name=name,
+                description=str(raw.get("description", "")),
+                preset=raw.get("preset"),
+                source=dict(source),
+                format=str(raw.get("format", "")),
+                sha256=digest.lower() if digest else None,
+                size_bytes=raw.get("size_bytes"),
+                approx_size_bytes=raw.get("approx_size_bytes"),
+                license=raw.get("license"),
+                license_url=raw.get("license_url"),
+                citation=raw.get("citation"),
+                card=dict(raw.get("card") or {}),
+            )
+        )
+    names = [e.name for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise bad(f"duplicate model names {duplicates}")
+    hub_url = str(data.get("hub_url", "https://huggingface.co"))
+    return Catalogue(models=tuple(entries), hub_url=hub_url, path=path)
+
+
+# ------------------------------------------------------------------------------------------- cache, records
+
+
+def cache_dir() -> Path:
+    """The folder that holds downloaded and imported models (created when first written to).
+
+    ``$WDM_CACHE_DIR/models`` when that variable is set, otherwise ``models`` in the user's cache folder
+    (``~/.cache/wdmcore/models`` on Linux, ``~/Library/Caches/wdmcore/models`` on macOS,
+    ``%LOCALAPPDATA%\\wdmcore\\Cache\\models`` on Windows).
+    """
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        root = Path(override).expanduser()
+    else:
+        root = platformdirs.user_cache_path("wdmcore", appauthor=False)
+    return root / "models"
+
+
+def _read_records(cache: Path) -> dict[str, dict[str, Any]]:
+    path = cache / RECORDS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        models = data["models"]
+        if not isinstance(models, dict):
+            raise TypeError("'models' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DownloadError(
+            f"the model record file {path} is unreadable ({exc}). Delete it: digests are then recorded again "
+            "on the next download, and imported models must be imported again."
+        ) from exc
+    return models
+
+
+def _write_records(cache: Path, records: dict[str, dict[str, Any]]) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"schema": 1, "models": records}, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".records-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, cache / RECORDS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
+    records = _read_records(cache)
+    if record is None:
+        records.pop(name, None)
+    else:
+        records[name] = record
+    _write_records(cache, records)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _sha256(path: Path) -> str:
+    return pooch.file_hash(str(path), alg="sha256")
+
+
+# ------------------------------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What :func:`list_models` reports about one model."""
+
+    name: str
+    description: str
+    preset: str | None
+    size_bytes: int | None
+    """Exact size of the local file, or the catalogue's size (approximate when ``size_exact`` is False)."""
+    size_exact: bool
+    license: str | None
+    cached: bool
+    """True when the file is available locally (downloaded, imported, or bundled and present)."""
+    path: Path | None
+    """The local file when ``cached``, else None."""
+    source: str
+    """``"huggingface"``, ``"bundled"`` or ``"imported"`` (imported under a name the catalogue lacks)."""
+    url: str | None = None
+    sha256: str | None = None
+    sha256_origin: str | None = None
+    """``"catalogue"``, ``"recorded"`` (first download or import) or None (not known yet)."""
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def list_models(*, catalogue: Catalogue | None = None, base_url: str | None = None) -> list[ModelInfo]:
+    """Every catalogue model followed by the models imported under other names, with their local state.
+
+    Listing does not read the files (no digest check); :func:`fetch` verifies.
+    """
+    cat = catalogue if catalogue is not None else load_catalogue()
+    cache = cache_dir()
+    records = _read_records(cache)
+    base = _base_url(cat, base_url)
+    infos = [_entry_info(entry, records.get(entry.name), cache, base) for entry in cat.models]
+    for name in sorted(set(records) - set(cat.names())):
+        infos.append(_imported_info(name, records[name], cache))
+    return infos
+
+
+def get_model_info(
+    name: str, *, catalogue: Catalogue | None = None, base_url: str | None = None
+) -> ModelInfo:
+    """The :class:`ModelInfo` of one model (catalogue or imported); :class:`ConfigError` if unknown."""
+    cat = catalogue if catalogue is not None else load_catalogue()
+    entry = cat.get(name)
+    cache = cache_dir()
+    records = _read_records(cache)
+    if entry is not None:
+        return _entry_info(entry, records.get(entry.name), cache, _base_url(cat, base_url))
+    if name in records:
+        return _imported_info(name, records[name], cache)
+    raise _unknown_model(name, cat, records)
+
+
+def _entry_info(entry: CatalogueEntry, record: dict | None, cache: Path, base_url: str) -> ModelInfo:
+    path = _PACKAGE_DIR / entry.source["path"] if entry.kind == "bundled" else cache / entry.filename
+    cached = path.is_file()
+    if cached:
+        size, exact = path.stat().st_size, True
+    elif entry.size_bytes is not None:
+        size, exact = entry.size_bytes, True
+    else:
+        size, exact = entry.approx_size_bytes, False
+    if entry.sha256:
+        digest, origin = entry.sha256, "catalogue"
+    elif record and record.get("sha256"):
+        digest, origin = record["sha256"], "recorded"
+    else:
+        digest, origin = None, None
+    card = dict(entry.card)
+    if record and record.get("card"):
+        card.update(record["card"])
+    return ModelInfo(
+        name=entry.name,
+        description=entry.description,
+        preset=entry.preset,
+        size_bytes=size,
+        size_exact=exact,
+        license=entry.license,
+        cached=cached,
+        path=path if cached else None,
+        source=entry.kind,
+        url=entry.url(base_url),
+        sha256=digest,
+        sha256_origin=origin,
+        card=card,
+    )
+
+
+def _imported_info(name: str, record: dict[str, Any], cache: Path) -> ModelInfo:
+    path = cache / record.get("file", "")
+    cached = bool(record.get("file")) and path.is_file()
+    card = dict(record.get("card") or {})
+    return ModelInfo(
+        name=name,
+        description=str(card.get("description", "imported by hand")),
+        preset=record.get("preset"),
+        size_bytes=path.stat().st_size if cached else record.get("size_bytes"),
+        size_exact=True,
+        license=card.get("license"),
+        cached=cached,
+        path=path if cached else None,
+        source="imported",
+        sha256=record.get("sha256"),
+        sha256_origin="recorded" if record.get("sha256") else None,
+        card=card,
+    )
+
+
+def _base_url(cat: Catalogue, base_url: str | None) -> str:
+    return base_url or os.environ.get(HUB_URL_ENV) or cat.hub_url
+
+
+def _unknown_model(name: str, cat: Catalogue, records: dict) -> ConfigError:
+    known = cat.names() + sorted(set(records) - set(cat.names()))
+    return ConfigError(
+        f"unknown model {name!r}. Known models: {', '.join(known)}. "
+        "To use a checkpoint file of your own, import it with "
+        "`wdm import-model FILE --preset PRESET --name NAME`."
+    )
+
+
+# ------------------------------------------------------------------------------------------------- fetching
+
+
+def fetch(
+    name: str,
+    *,
+    on_progress: ProgressCallback | None = None,
+    progressbar: bool | Any = False,
+    catalogue: Catalogue | None = None,
+    base_url: str | None = None,
+    force: bool = False,
+    verify: bool = True,
+) -> Path:
+    """The local path of model ``name``, downloading it into the cache first if needed.
+
+    Args:
+        name: a catalogue name (``brats_unet_128_1200k``; the file name is accepted too) or the name of an
+            imported model.
+        on_progress: receives download progress events (``{"event": "progress", "task": "download",
+            "done": bytes, "total": bytes, "eta_s": ..., "model": name}``) and ``"warning"`` events.
+        progressbar: True draws a tqdm bar on stderr (for the command line); a tqdm-like object is used as is.
+        catalogue: another catalogue than the shipped ``models.json``.
+        base_url: replaces the hub's base URL (default: ``$WDM_HUB_URL`` or the catalogue's ``hub_url``).
+        force: download again even when the file is cached, and record the new file's digest (the cached
+            file stays until the new one has arrived and passed the catalogue's digest, if any).
+        verify: check the SHA-256 of an already cached file (a download is always checked).
+
+    Raises:
+        DownloadError: the download failed (offline, server error) or a file does not match its digest.
+        CheckpointError: a bundled model file is missing from the installation.
+        ConfigError: the name is unknown.
+    """
+    cat = catalogue if catalogue is not None else load_catalogue()
+    cache = cache_dir()
+    records = _read_records(cache)
+    entry = cat.get(name)
+    if entry is None:
+        if name not in records:
+            raise _unknown_model(name, cat, records)
+        return _fetch_imported(name, records[name], cache, verify)
+    if entry.kind == "bundled":
+        return _bundled_path(entry, verify)
+
+    target = cache / entry.filename
+    # With force, a recorded digest is not held against the new download (the catalogue's still is).
+    expected, origin = _expected_digest(entry, None if force else records.get(entry.name))
+
+    if target.is_file() and not force:
+        if expected is None:
+            # Cached but no digest anywhere (the record file was deleted): take this file as the reference.
+            digest = _sha256(target)
+            _record_download(cache, entry, target, digest, url=None)
+            _warn_recorded(entry, target, digest, on_progress, first_download=False)
+        elif verify:
+            _verify_cached(entry, target, expected, origin)
+        return target
+
+    url = entry.url(_base_url(cat, base_url))
+    assert url is not None
+    previous = None
+    if target.exists():  # forced: keep the old file aside until the new one is in place
+        previous = target.with_name(f".{target.name}.previous")
+        os.replace(target, previous)
+    try:
+        _download(entry, url, cache, expected, origin, on_progress, progressbar)
+    except BaseException:
+        if previous is not None:
+            os.replace(previous, target)
+        raise
+    if previous is not None:
+        previous.unlink()
+    digest = expected or _sha256(target)
+    _record_download(cache, entry, target, digest, url=url)
+    if expected is None:
+        _warn_recorded(entry, target, digest, on_progress, first_download=True)
+    return target
+
+
+def _expected_digest(entry: CatalogueEntry, record: dict | None) -> tuple[str | None, str | None]:
+    if entry.sha256:
+        return entry.sha256, "catalogue"
+    if record and record.get("sha256"):
+        return record["sha256"], "recorded"
+    return None, None
+
+
+def _download(
+    entry: CatalogueEntry,
+    url: str,
+    cache: Path,
+    expected: str | None,
+    origin: str | None,
+    on_progress: ProgressCallback | None,
+    progressbar: bool | Any,
+) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    downloader = ResumableHTTPDownloader(model=entry.name, on_progress=on_progress, progressbar=progressbar)
+    log.info("downloading %s from %s to %s", entry.name, url, cache)
+    try:
+        with _quiet_pooch():
+            pooch.retrieve(
+                url,
+                known_hash=f"sha256:{expected}" if expected else None,
+                fname=entry.filename,
+                path=cache,
+                downloader=downloader,
+            )
+    except ValueError as exc:  # pooch's digest mismatch; it has already deleted the temporary file
+        where = "the catalogue" if origin == "catalogue" else f"the digest recorded in {cache / RECORDS_FILE}"
+        raise DownloadError(
+            f"the download of {entry.name!r} from {url} does not match the SHA-256 of {where} "
+            f"(expected {expected}); it was rejected and nothing was kept. The transfer may have been "
+            "corrupted: try again. If it fails again, the file on the server differs from the one "
+            + (
+                "the catalogue describes: update wdmcore."
+                if origin == "catalogue"
+                else "downloaded before: if that is intended, run `wdm download "
+                f"{entry.name} --force` to forget the recorded digest."
+            )
+        ) from exc
+
+
+@contextlib.contextmanager
+def _quiet_pooch() -> Iterator[None]:
+    """pooch logs to stderr through its own handler; our own log records say the same, so keep it quiet."""
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _record_download(cache: Path, entry: CatalogueEntry, target: Path, digest: str, url: str | None) -> None:
+    _set_record(
+        cache,
+        entry.name,
+        {
+            "file": target.name,
+            "sha256": digest,
+            "size_bytes": target.stat().st_size,
+            "source": "download" if url else "found in cache",
+            "url": url,
+            "preset": entry.preset,
+            "recorded_at": _now(),
+        },
+    )
+
+
+def _warn_recorded(
+    entry: CatalogueEntry,
+    target: Path,
+    digest: str,
+    on_progress: ProgressCallback | None,
+    first_download: bool,
+) -> None:
+    how = "this first download" if first_download else f"the cached file {target}"
+    message = (
+        f"the catalogue has no SHA-256 for {entry.name!r}; recorded the digest of {how} "
+        f"(sha256 {digest}) and will check the file against it from now on. To be sure it is authentic, "
+        f"compare it with the SHA-256 shown on {entry.page_url() or 'the source page'}."
+    )
+    log.warning(message)
+    emit(on_progress, "warning", model=entry.name, sha256=digest, message=message)
+
+
+def _verify_cached(entry: CatalogueEntry, target: Path, expected: str, origin: str | None) -> None:
+    found = _sha256(target)
+    if found != expected:
+        where = "the catalogue" if origin == "catalogue" else "the digest recorded when it was first stored"
+        raise DownloadError(
+            f"the cached file {target} of model {entry.name!r} does not match {where} "
+            f"(expected sha256 {expected}, found {found}): it was changed or damaged after it was stored. "
+            f"Run `wdm download {entry.name} --force` (or fetch(..., force=True)) to download it again, "
+            "or import a good copy with `wdm import-model`."
+        )
+
+
+def _fetch_imported(name: str, record: dict[str, Any], cache: Path, verify: bool) -> Path:
+    path = cache / record.get("file", "")
+    if not record.get("file") or not path.is_file():
+        raise CheckpointError(
+            f"model {name!r} was imported but its file {path} is no longer in the cache; "
+            f"import it again with `wdm import-model FILE --name {name} --preset PRESET`."
+        )
+    if verify and record.get("sha256"):
+        found = _sha256(path)
+        if found != record["sha256"]:
+            raise DownloadError(
+                f"the cached file {path} of imported model {name!r} does not match the digest recorded at "
+                f"import (expected sha256 {record['sha256']}, found {found}): it was changed or damaged. "
+                f"Import a good copy again with `wdm import-model FILE --name {name} --preset PRESET`."
+            )
+    return path
+
+
+def _bundled_path(entry: CatalogueEntry, verify: bool) -> Path:
+    path = _PACKAGE_DIR / entry.source["path"]
+    if not path.is_file():
+        raise CheckpointError(
+            f"the bundled model {entry.name!r} is missing: expected {path}. This wdmcore installation is "
+            "incomplete; reinstall it (`pip install --force-reinstall wdmcore`, or `pip install -e WDMCore` "
+            "in a source checkout where the file has been built) or choose another model (`wdm models`)."
+        )
+    if verify and entry.sha256:
+        found = _sha256(path)
+        if found != entry.sha256:
+            raise CheckpointError(
+                f"the bundled model file {path} does not match the catalogue "
+                f"(expected sha256 {entry.sha256}, found {found}); reinstall wdmcore."
+            )
+    return path
+
+
+# --------------------------------------------------------------------------------------------- downloader
+
+
+class _Retry(Exception):
+    """An attempt failed in a way that another attempt may fix (dropped connection, server error)."""
+
+
+class _DownloadProgress:
+    """Feeds byte counts to the events callback (throttled) and to an optional tqdm bar."""
+
+    def __init__(self, model: str, on_progress: ProgressCallback | None, progressbar: bool | Any):
+        self.model = model
+        self.on_progress = on_progress
+        self.progressbar = progressbar
+        self.tracker: ProgressTracker | None = None
+        self.bar: Any = None
+        self.total: int | None = None
+        self.done = 0
+        self.received = 0  # bytes received over all attempts, never reset
+        self._pending = 0
+        self._last = 0.0
+
+    def start(self, done: int, total: int | None) -> None:
+        """Called for every response: the byte count we (re)start from and the file size if known."""
+        self.total, self.done, self._pending = total, done, 0
+        if self.tracker is None:
+            self.tracker = ProgressTracker(self.on_progress, "download", total or 0, model=self.model)
+        self.tracker.total = total or 0
+        self.tracker.done = done
+        if self.progressbar is True and self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=self.model,
+                ascii=sys.platform == "win32",
+                leave=True,
+            )
+        elif self.progressbar and self.progressbar is not True:
+            self.bar = self.progressbar
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.n = done
+            if hasattr(self.bar, "refresh"):
+                self.bar.refresh()
+        self._send(force=True)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.received += n
+        self._pending += n
+        if self.bar is not None:
+            self.bar.update(n)
+        self._send(force=False)
+
+    def finish(self) -> None:
+        self._send(force=True)
+
+    def close(self) -> None:
+        if self.bar is not None and self.progressbar is True:
+            self.bar.close()
+
+    def _send(self, force: bool) -> None:
+        now = time.monotonic()
+        if self.on_progress is None or not (force or now - self._last >= EVENT_INTERVAL_S):
+            return
+        self._last = now
+        assert self.tracker is not None
+        if self.total:
+            self.tracker.advance(self._pending, unit="bytes")
+        else:  # size unknown: no ETA
+            self.tracker.done += self._pending
+            emit(
+                self.on_progress,
+                "progress",
+                task="download",
+                done=self.tracker.done,
+                total=None,
+                eta_s=None,
+                model=self.model,
+                unit="bytes",
+            )
+        self._pending = 0
+
+
+class ResumableHTTPDownloader:
+    """A pooch downloader (``downloader(url, output_file, pooch)``) that resumes dropped transfers.
+
+    pooch streams into a temporary file and moves it into the cache only after the digest check; this
+    callable fills that file. When the connection drops it asks for the rest with ``Range: bytes=N-``; a
+    server that ignores the range (answers 200) is read again from the start into the emptied file. Progress
+    goes to ``on_progress`` events and, with ``progressbar``, a tqdm bar.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        on_progress: ProgressCallback | None = None,
+        progressbar: bool | Any = False,
+        retries: int | None = None,
+    ):
+        self.model = model
+        self.on_progress = on_progress
+        self.progressbar = progressbar
+        self.retries = DOWNLOAD_RETRIES if retries is None else retries
+        self._etag: str | None = None  # of the file being downloaded, to resume only that same file
+
+    def __call__(self, url: str, output_file: str, pooch_obj: Any = None, check_only: bool = False) -> Any:
+        import requests
+
+        if check_only:
+            response = requests.head(url, timeout=TIMEOUT_S, allow_redirects=True)
+            return response.status_code == 200
+
+        progress = _DownloadProgress(self.model, self.on_progress, self.progressbar)
+        self._etag = None
+        failures = 0
+        last_error: BaseException | None = None
+        try:
+            with open(output_file, "w+b") as out:
+                while True:
+                    before = progress.received
+                    try:
+                        self._attempt(requests, url, out, progress)
+                        break
+                    except (_Retry, requests.ConnectionError, requests.Timeout) as exc:
+                        last_error = exc
+                    except requests.exceptions.ChunkedEncodingError as exc:  # connection dropped mid-body
+                        last_error = exc
+                    except requests.RequestException as exc:  # malformed URL and the like: no point retrying
+                        raise DownloadError(f"cannot download {self.model!r} from {url}: {exc}") from exc
+                    if progress.received > before:
+                        failures = 0
+                    failures += 1
+                    if failures > self.retries:
+                        unreachable = progress.received == 0 and isinstance(
+                            last_error, (requests.ConnectionError, requests.Timeout)
+                        )
+                        raise self._give_up(url, last_error, unreachable, out.tell(), progress.total)
+                    wait = min(RETRY_WAIT_S * 2 ** (failures - 1), MAX_RETRY_WAIT_S)
+                    log.warning(
+                        "download of %s interrupted at %d bytes (%s); retrying in %.1f s (attempt %d of %d)",
+                        self.model,
+                        out.tell(),
+                        last_error,
+                        wait,
+                        failures + 1,
+                        self.retries + 1,
+                    )
+                    time.sleep(wait)
+            progress.finish()
+        finally:
+            progress.close()
+        return None
+
+    def _attempt(self, requests: Any, url: str, out: Any, progress: _DownloadProgress) -> None:
+        offset = out.tell()
+        headers = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if self._etag:  # the rest only if the file is still the same one, else the whole new file
+                headers["If-Range"] = self._etag
+        with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT_S, allow_redirects=True) as resp:
+            status = resp.status_code
+            etag = resp.headers.get("ETag")
+            if status in (200, 206) and etag and not etag.startswith("W/"):
+                self._etag = etag
+            if status == 416 and offset and progress.total == offset:
+                return  # we already had every byte
+            if status >= 500 or status == 429:
+                raise _Retry(f"server answered {status} {resp.reason}")
+            if status >= 400:
+                raise DownloadError(self._http_message(url, status, resp.reason))
+            total = _content_total(resp, offset if status == 206 else 0)
+            if status == 206:
+                start = _content_range_start(resp)
+                if start != offset:
+                    log.info("server resumed at byte %s instead of %d; starting over", start, offset)
+                    out.seek(0)
+                    out.truncate()
+                    raise _Retry(f"unusable partial response starting at byte {start}")
+            elif offset:
+                log.info("server does not resume downloads (status %d); reading %s again", status, self.model)
+                out.seek(0)
+                out.truncate()
+                offset = 0
+            progress.start(offset, total)
+            for chunk in resp.iter_content(chunk_size=CHUNK_SIZE):
+                if chunk:
+                    out.write(chunk)
+                    progress.update(len(chunk))
+            out.flush()
+            if total is not None and out.tell() < total:
+                raise _Retry(f"connection closed after {out.tell()} of {total} bytes")
+            if total is not None and out.tell() > total:
+                out.seek(0)
+                out.truncate()
+                raise _Retry(f"server sent more bytes than announced ({total})")
+
+    def _http_message(self, url: str, status: int, reason: str) -> str:
+        if status == 404:
+            hint = "the file is not (or no longer) there: update wdmcore, whose catalogue may be outdated"
+        elif status in (401, 403):
+            hint = "access was refused: the repository may require logging in or accepting terms in a browser"
+        else:
+            hint = "check the address"
+        return (
+            f"cannot download {self.model!r}: {url} answered {status} {reason}; {hint}. "
+            "Alternatively download the file by hand and import it with "
+            f"`wdm import-model FILE --name {self.model} --preset PRESET`."
+        )
+
+    def _give_up(
+        self, url: str, error: BaseException | None, unreachable: bool, done: int, total: int | None
+    ) -> DownloadError:
+        host = urlsplit(url).netloc
+        manual = (
+            f"try again later, or download {url} on a machine with internet access and import the file here "
+            f"with `wdm import-model FILE --name {self.model} --preset PRESET` (see docs/models.md)."
+        )
+        if unreachable:
+            return DownloadError(
+                f"cannot reach {host} to download {self.model!r} ({_short(error)}). This computer seems "
+                f"to be offline or a firewall/proxy blocks the connection: {manual}"
+            )
+        of = f" of {total}" if total else ""
+        return DownloadError(
+            f"the download of {self.model!r} from {host} kept failing at {done}{of} bytes "
+            f"({self.retries + 1} attempts in a row without progress; last error: {_short(error)}); "
+            f"nothing was kept: {manual}"
+        )
+
+
+def _short(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    text = str(error)
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
+        return "the server name could not be resolved"
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def _content_total(resp: Any, offset: int) -> int | None:
+    crange = resp.headers.get("Content-Range", "")
+    if "/" in crange and not crange.endswith("/*"):
+        try:
+            return int(crange.rsplit("/", 1)[1])
+        except ValueError:
+            pass
+    length = resp.headers.get("Content-Length")
+    if length is not None and "Content-Encoding" not in resp.headers:
+        try:
+            return offset + int(length)
+        except ValueError:
+            pass
+    return None
+
+
+def _content_range_start(resp: Any) -> int | None:
+    match = re.match(r"\s*bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+# ------------------------------------------------------------------------------------------------ importing
+
+
+def import_model(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    preset: str,
+    card: dict[str, Any] | None = None,
+    catalogue: Catalogue | None = None,
+) -> Path:
+    """Copy a checkpoint fetched by hand into the cache under ``name`` and record its digest and card.
+
+    Args:
+        path: the file (a released ``.pt`` state dict or a ``.safetensors`` checkpoint).
+        name: the model's name (default: the file name without extension). A catalogue name, or the file name
+            of a released model, makes the file that model: :func:`fetch` then finds it without downloading.
+        preset: the network preset (``unet-128``, ...); for a catalogue model it must be the catalogue's.
+        card: the model card (spacing, intensities, ...) stored with the record.
+
+    Returns the path of the copy in the cache. When the catalogue knows the model's SHA-256 the file must
+    match it; when :mod:`wdmcore.checkpoints` is available the file must load under ``preset``.
+    """
+    src = Path(path).expanduser()
+    if not src.is_file():
+        raise CheckpointError(f"{src} is not a file; give the path of the checkpoint you downloaded.")
+    cat = catalogue if catalogue is not None else load_catalogue()
+    entry = cat.get(name) if name else (cat.get(src.name) or cat.get(src.stem))
+    name = entry.name if entry is not None else (name or src.stem)
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' only; "
+            "pass --name to choose one."
+        )
+    if entry is not None and entry.kind == "bundled":
+        raise ConfigError(f"{name!r} is a bundled model and cannot be replaced; choose another --name.")
+    if entry is not None and entry.preset and preset != entry.preset:
+        raise ConfigError(
+            f"model {name!r} is a {entry.preset} checkpoint according to the catalogue, not {preset}; "
+            f"pass --preset {entry.preset}."
+        )
+    if card is not None and not isinstance(card, dict):
+        raise ConfigError("the model card must be a JSON object, e.g. '{\"spacing_mm\": [2, 2, 2]}'.")
+
+    digest = _sha256(src)
+    if entry is not None and entry.sha256 and digest != entry.sha256:
+        raise CheckpointError(
+            f"{src} is not the released {name!r}: its SHA-256 is {digest}, "
+            f"the catalogue expects {entry.sha256}. "
+            f"Download it again from {entry.url(cat.hub_url)}, or import it under another --name."
+        )
+    _check_loadable(src, preset)
+
+    cache = cache_dir()
+    records = _read_records(cache)
+    previous = records.get(name)
+    dest = cache / (entry.filename if entry is not None else f"{name}{src.suffix or '.pt'}")
+    if dest.name == RECORDS_FILE:
+        raise ConfigError(f"{dest.name!r} is reserved for the cache's record file; choose another --name.")
+    if previous and previous.get("sha256") and previous["sha256"] != digest:
+        log.warning("replacing model %r in the cache (sha256 %s -> %s)", name, previous["sha256"], digest)
+    copied = _copy_with_digest(src, dest)
+    if copied != digest:  # the source changed while we read it
+        dest.unlink(missing_ok=True)
+        raise CheckpointError(f"{src} changed while it was being imported; import it again.")
+    _set_record(
+        cache,
+        name,
+        {
+            "file": dest.name,
+            "sha256": digest,
+            "size_bytes": dest.stat().st_size,
+            "source": "import",
+            "imported_from": str(src.resolve()),
+            "preset": preset,
+            "card": card or {},
+            "recorded_at": _now(),
+        },
+    )
+    log.info("imported %s as model %r (%s, sha256 %s) into %s", src, name, preset, digest, dest)
+    return dest
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in KNOWN_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; available presets: {', '.join(KNOWN_PRESETS)}.")
+
+
+def _check_loadable(path: Path, preset: str) -> None:
+    """Load the file under ``preset`` with the checkpoint reader, when wdmcore has one."""
+    try:
+        from . import checkpoints
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.checkpoints":
+            raise
+        checkpoints = None
+    load_model = getattr(checkpoints, "load_model", None)
+    if load_model is None:
+        _check_preset(preset)
+        log.info("checkpoint reader not available; %s was not test-loaded", path)
+        return
+    try:
+        load_model(path, preset=preset)
+    except WDMError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} cannot be read as a {preset} checkpoint ({type(exc).__name__}: {exc}); check the file "
+            "and the --preset."
+        ) from exc
+
+
+def _copy_with_digest(src: Path, dest: Path) -> str:
+    """Copy ``src`` to ``dest`` through a temporary file in the same folder; return the copy's SHA-256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            while chunk := inp.read(CHUNK_SIZE):
+                digest.update(chunk)
+                out.write(chunk)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest.hexdigest()
