@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import platformdirs
 import pooch
 
-from .errors import CheckpointError, ConfigError, DownloadError, WDMError
+from .errors import CheckpointError, ConfigError, DownloadError
 from .events import ProgressCallback, ProgressTracker, emit
 
 log = logging.getLogger(__name__)
@@ -134,16 +134,12 @@ def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(
-            f"model catalogue {path} not found; reinstall wdmcore or pass an existing file."
-        ) from None
+        raise ConfigError(f"model catalogue {path} not found; reinstall wdmcore or pass an existing file.") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"model catalogue {path} cannot be read ({exc}); fix or replace the file.") from exc
 
     def bad(message: str) -> ConfigError:
-        return ConfigError(
-            f"model catalogue {path}: {message}; fix the file (see docs/models.md for its format)."
-        )
+        return ConfigError(f"model catalogue {path}: {message}; fix the file (see docs/models.md for its format).")
 
     if not isinstance(data, dict) or data.get("schema") != 1 or not isinstance(data.get("models"), list):
         raise bad('expected {"schema": 1, "models": [...]}')
@@ -163,9 +159,7 @@ def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
                 raise bad(f"model {name!r}: source.{key} is missing")
         if source["kind"] == "huggingface" and Path(source["filename"]).name != source["filename"]:
             raise bad(f"model {name!r}: source.filename must be a plain file name")
-        if source["kind"] == "bundled" and (
-            Path(source["path"]).is_absolute() or ".." in Path(source["path"]).parts
-        ):
+        if source["kind"] == "bundled" and (Path(source["path"]).is_absolute() or ".." in Path(source["path"]).parts):
             raise bad(f"model {name!r}: source.path must be relative to the wdmcore package")
         digest = raw.get("sha256")
         if digest is not None and (not isinstance(digest, str) or not _SHA256_RE.match(digest.lower())):
@@ -301,9 +295,7 @@ def list_models(*, catalogue: Catalogue | None = None, base_url: str | None = No
     return infos
 
 
-def get_model_info(
-    name: str, *, catalogue: Catalogue | None = None, base_url: str | None = None
-) -> ModelInfo:
+def get_model_info(name: str, *, catalogue: Catalogue | None = None, base_url: str | None = None) -> ModelInfo:
     """The :class:`ModelInfo` of one model (catalogue or imported); :class:`ConfigError` if unknown."""
     cat = catalogue if catalogue is not None else load_catalogue()
     entry = cat.get(name)
@@ -899,8 +891,7 @@ def import_model(
     name = entry.name if entry is not None else (name or src.stem)
     if not _NAME_RE.match(name):
         raise ConfigError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' only; "
-            "pass --name to choose one."
+            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' only; pass --name to choose one."
         )
     if entry is not None and entry.kind == "bundled":
         raise ConfigError(f"{name!r} is a bundled model and cannot be replaced; choose another --name.")
@@ -957,27 +948,11 @@ def _check_preset(preset: str) -> None:
 
 
 def _check_loadable(path: Path, preset: str) -> None:
-    """Load the file under ``preset`` with the checkpoint reader, when wdmcore has one."""
-    try:
-        from . import checkpoints
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.checkpoints":
-            raise
-        checkpoints = None
-    load_model = getattr(checkpoints, "load_model", None)
-    if load_model is None:
-        _check_preset(preset)
-        log.info("checkpoint reader not available; %s was not test-loaded", path)
-        return
-    try:
-        load_model(path, preset=preset)
-    except WDMError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} cannot be read as a {preset} checkpoint ({type(exc).__name__}: {exc}); check the file "
-            "and the --preset."
-        ) from exc
+    """Load the file under ``preset`` with the checkpoint reader: a file that does not fit is not imported."""
+    from .model import load_model
+
+    _check_preset(preset)
+    load_model(path, preset=preset)
 
 
 def _copy_with_digest(src: Path, dest: Path) -> str:

@@ -19,7 +19,7 @@ from .errors import ConfigError, WDMError
 from .events import ProgressCallback, emit, jsonl_writer
 
 
-def add_parsers(subparsers: Any) -> None:
+def add_parser(subparsers: Any) -> None:
     """Add ``models``, ``download`` and ``import-model`` to ``subparsers`` (from ``add_subparsers()``)."""
     p = subparsers.add_parser(
         "models",
@@ -27,7 +27,7 @@ def add_parsers(subparsers: Any) -> None:
         description="List the catalogue's models, the models imported by hand, and where they are cached.",
     )
     p.add_argument("--json", action="store_true", help="print the list as JSON")
-    p.set_defaults(func=run_models)
+    p.set_defaults(handler=run_models)
 
     p = subparsers.add_parser(
         "download",
@@ -38,7 +38,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--hub-url", default=None, help="base URL of a mirror of https://huggingface.co")
     _add_progress_option(p)
-    p.set_defaults(func=run_download)
+    p.set_defaults(handler=run_download)
 
     p = subparsers.add_parser(
         "import-model",
@@ -53,7 +53,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--preset", required=True, help="network preset: " + ", ".join(hub.KNOWN_PRESETS))
     p.add_argument("--name", default=None, help="model name (default: the file name without extension)")
     p.add_argument("--card", default=None, help="model card: a JSON object, or the path of a JSON file")
-    p.set_defaults(func=run_import_model)
+    p.set_defaults(handler=run_import_model)
 
 
 def _add_progress_option(parser: argparse.ArgumentParser) -> None:
@@ -105,9 +105,7 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     table = [("NAME", "PRESET", "SIZE", "LICENSE", "STATUS")]
     for m in infos:
-        table.append(
-            (m.name, m.preset or "-", _size(m.size_bytes, m.size_exact), m.license or "?", _status(m))
-        )
+        table.append((m.name, m.preset or "-", _size(m.size_bytes, m.size_exact), m.license or "?", _status(m)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -173,9 +171,7 @@ def _parse_card(value: str | None) -> dict[str, Any] | None:
         try:
             text = Path(value).expanduser().read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(
-                f"--card {value!r} is neither a JSON object nor a readable file ({exc})."
-            ) from exc
+            raise ConfigError(f"--card {value!r} is neither a JSON object nor a readable file ({exc}).") from exc
     try:
         card = json.loads(text)
     except json.JSONDecodeError as exc:
