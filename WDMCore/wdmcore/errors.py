@@ -18,3 +18,7 @@ class CheckpointError(WDMError):
 
 class ConfigError(WDMError, ValueError):
     """A configuration value (preset, model argument, sampler setting) is invalid."""
+
+
+class DataError(WDMError):
+    """Input data (a folder, a list file, a volume file) is missing, unreadable or unusable."""
