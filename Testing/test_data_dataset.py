@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-
 from wdmcore.data import (
     DatasetSummary,
     PreprocessConfig,
@@ -28,7 +27,9 @@ CFG = PreprocessConfig(size=16)
 
 def _save(path: Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data.astype(np.float32), np.diag([*spacing, 1.0])), str(path))
+    nib.save(
+        nib.Nifti1Image(data.astype(np.float32), np.diag([*spacing, 1.0])), str(path)
+    )
     return path
 
 
@@ -37,7 +38,11 @@ def folder(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "data"
     for i, shape in enumerate([(20, 18, 12), (16, 16, 16), (14, 22, 16), (18, 18, 18)]):
-        _save(root / f"vol{i}.nii.gz", rng.gamma(2.0, 50.0, size=shape), spacing=(1.0, 1.0, 1.0 + i % 2))
+        _save(
+            root / f"vol{i}.nii.gz",
+            rng.gamma(2.0, 50.0, size=shape),
+            spacing=(1.0, 1.0, 1.0 + i % 2),
+        )
     return root
 
 
@@ -46,7 +51,9 @@ def test_items_shape_range_and_equal_to_preprocess(folder):
     ds = VolumeDataset(cases, CFG)
     assert len(ds) == 4 and ds.skipped == []
     image, index = ds[2]
-    assert image.shape == (1, 16, 16, 16) and image.dtype == torch.float32 and index == 2
+    assert (
+        image.shape == (1, 16, 16, 16) and image.dtype == torch.float32 and index == 2
+    )
     assert image.min() >= -1 and image.max() <= 1
     np.testing.assert_array_equal(image[0].numpy(), preprocess(cases[2], CFG).array)
     np.testing.assert_allclose(ds.affine(2), preprocess(cases[2], CFG).affine)
@@ -73,7 +80,12 @@ def test_cache_memmap_hits_and_invalidation(folder, tmp_path):
     assert [e["cached"] for e in events] == [True] * 4
     # The [0, 1] entries are shared between training and evaluation configurations.
     events.clear()
-    ev = VolumeDataset(cases, PreprocessConfig(size=16, output_range01=True), cache_dir=cache, progress=events.append)
+    ev = VolumeDataset(
+        cases,
+        PreprocessConfig(size=16, output_range01=True),
+        cache_dir=cache,
+        progress=events.append,
+    )
     assert all(e["cached"] for e in events)
     np.testing.assert_array_equal(ev[0][0] * 2 - 1, ds[0][0])
 
@@ -108,9 +120,17 @@ def test_corrupt_and_wrong_files_are_skipped_with_reasons(folder, tmp_path):
     ds = VolumeDataset(cases, CFG, cache_dir=tmp_path / "cache")
     assert len(ds) == 4
     reasons = {Path(s.path).name: s.reason for s in ds.skipped}
-    assert set(reasons) == {"broken.nii.gz", "truncated.nii.gz", "flat.nii.gz", "series4d.nii.gz"}
+    assert set(reasons) == {
+        "broken.nii.gz",
+        "truncated.nii.gz",
+        "flat.nii.gz",
+        "series4d.nii.gz",
+    }
     assert "2-D" in reasons["flat.nii.gz"] and "4-D" in reasons["series4d.nii.gz"]
-    assert "voxel data" in reasons["truncated.nii.gz"] or "header" in reasons["truncated.nii.gz"]
+    assert (
+        "voxel data" in reasons["truncated.nii.gz"]
+        or "header" in reasons["truncated.nii.gz"]
+    )
     text = str(ds.summary())
     assert "4 usable volume(s), 4 skipped" in text and "broken.nii.gz" in text
 
@@ -118,7 +138,9 @@ def test_corrupt_and_wrong_files_are_skipped_with_reasons(folder, tmp_path):
     assert full.count == 4 and len(full.skipped) == 4
 
     with pytest.raises(DataError, match="none of the 2 case"):
-        VolumeDataset([c for c in cases if c.path.name in ("broken.nii.gz", "flat.nii.gz")], CFG)
+        VolumeDataset(
+            [c for c in cases if c.path.name in ("broken.nii.gz", "flat.nii.gz")], CFG
+        )
     with pytest.raises(DataError, match="no cases"):
         VolumeDataset([], CFG)
 
@@ -128,15 +150,23 @@ def test_summary_numbers_text_and_json(folder, tmp_path):
     assert s.count == 4
     assert s.shapes == {"20x18x12": 1, "16x16x16": 1, "14x22x16": 1, "18x18x18": 1}
     assert s.spacings == {"1x1x1": 2, "1x1x2": 2}
-    lows, highs = zip(*[(c.intensity_min, c.intensity_max) for c in s.cases], strict=True)
+    lows, highs = zip(
+        *[(c.intensity_min, c.intensity_max) for c in s.cases], strict=True
+    )
     assert s.intensity_range == (min(lows), max(highs))
     data = nib.load(str(folder / "vol1.nii.gz")).get_fdata()
     assert s.cases[1].intensity_max == pytest.approx(data.max(), rel=1e-6)
-    assert any("spacing=" in w for w in s.warnings)  # mixed voxel sizes without resampling
+    assert any(
+        "spacing=" in w for w in s.warnings
+    )  # mixed voxel sizes without resampling
     assert s.output_shape == (16, 16, 16)
     path = s.save_json(tmp_path / "summary.json")
     loaded = DatasetSummary.load_json(path)
-    assert loaded.shapes == s.shapes and loaded.count == 4 and loaded.intensity_range == s.intensity_range
+    assert (
+        loaded.shapes == s.shapes
+        and loaded.count == 4
+        and loaded.intensity_range == s.intensity_range
+    )
     assert json.loads(path.read_text())["spacings"] == {"1x1x1": 2, "1x1x2": 2}
     assert "source shapes: " in s.to_text() and "intensity range" in s.to_text()
     cached = VolumeDataset(discover(folder), CFG, cache_dir=tmp_path / "c").summary()
@@ -150,7 +180,11 @@ def test_mixed_sizes_need_size_or_spacing(folder, tmp_path):
         VolumeDataset(discover(folder), PreprocessConfig(size=None))
     same = tmp_path / "same"
     _save(same / "a.nii.gz", np.random.default_rng(1).random((8, 8, 8)))
-    _save(same / "b.nii.gz", np.random.default_rng(2).random((16, 16, 16)), spacing=(0.5, 0.5, 0.5))
+    _save(
+        same / "b.nii.gz",
+        np.random.default_rng(2).random((16, 16, 16)),
+        spacing=(0.5, 0.5, 0.5),
+    )
     # After resampling to 1 mm both are 8^3 cubes: size=None is then fine.
     ds = VolumeDataset(discover(same), PreprocessConfig(size=None, spacing=1.0))
     assert ds[1][0].shape == (1, 8, 8, 8)

@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from wdmcore.data import detect_format, discover
 from wdmcore.errors import ConfigError, DataError
 
@@ -31,11 +30,20 @@ def test_brats_layout_default_sequence_and_missing_sequence(tmp_path):
     _nifti(tmp_path / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-seg.nii.gz")
     assert detect_format(tmp_path) == "brats"
     cases = discover(tmp_path)
-    assert [c.id for c in cases] == ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000", "BraTS-GLI-00002-000"]
-    assert all(c.path.name.endswith("-t1n.nii.gz") and c.format == "brats" for c in cases)
+    assert [c.id for c in cases] == [
+        "BraTS-GLI-00000-000",
+        "BraTS-GLI-00001-000",
+        "BraTS-GLI-00002-000",
+    ]
+    assert all(
+        c.path.name.endswith("-t1n.nii.gz") and c.format == "brats" for c in cases
+    )
     assert all(c.sequence == "t1n" for c in cases)
     t1c = discover(tmp_path, sequence="t1c")
-    assert [c.id for c in t1c] == ["BraTS-GLI-00000-000", "BraTS-GLI-00002-000"]  # 00001 has no t1c
+    assert [c.id for c in t1c] == [
+        "BraTS-GLI-00000-000",
+        "BraTS-GLI-00002-000",
+    ]  # 00001 has no t1c
     with pytest.raises(ConfigError, match="sequence"):
         discover(tmp_path, sequence="flair")
 
@@ -46,7 +54,11 @@ def test_lidc_layout(tmp_path):
     _nifti(tmp_path / "LIDC-IDRI-0002" / "processed.nii.gz")
     assert detect_format(tmp_path) == "lidc"
     cases = discover(tmp_path)
-    assert [c.id for c in cases] == ["LIDC-IDRI-0001/1.2.3", "LIDC-IDRI-0001/1.2.4", "LIDC-IDRI-0002"]
+    assert [c.id for c in cases] == [
+        "LIDC-IDRI-0001/1.2.3",
+        "LIDC-IDRI-0001/1.2.4",
+        "LIDC-IDRI-0002",
+    ]
     assert {c.format for c in cases} == {"lidc"}
 
 
@@ -63,7 +75,9 @@ def test_general_folder_recursive_all_formats_hidden_ignored(tmp_path):
     assert detect_format(tmp_path) == "general"
     cases = discover(tmp_path)
     assert sorted(c.id for c in cases) == ["a", "c", "e", "sub/b", "sub/deeper/d"]
-    assert not any(c.path.suffix == ".raw" for c in cases)  # .mhd data files are not cases
+    assert not any(
+        c.path.suffix == ".raw" for c in cases
+    )  # .mhd data files are not cases
 
 
 def test_list_file_relative_comments_and_missing(tmp_path):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-
 from wdmcore.data import PhantomDataset, generate_phantom, phantom_batch
 from wdmcore.data import phantoms as ph
 from wdmcore.errors import ConfigError
@@ -22,7 +21,9 @@ def test_deterministic_range_and_background():
     # Corners are outside the head; the centre is inside it.
     assert a[0, 0, 0] == a[-1, -1, -1] == 0.0 and a[16, 16, 16] > 0.05
     fg = a[a > 0]
-    assert fg.min() >= ph.CSF_INTENSITY[0] - 1e-6  # every head voxel is at least CSF-bright
+    assert (
+        fg.min() >= ph.CSF_INTENSITY[0] - 1e-6
+    )  # every head voxel is at least CSF-bright
 
 
 def test_same_object_at_every_size():
@@ -47,9 +48,15 @@ def test_foreground_fraction_matches_the_documented_distribution():
 def test_tissue_intensities_follow_the_documented_ranges():
     vol = generate_phantom(64, 11)
     values = np.unique(vol[vol > 0])
-    assert 3 <= len(values) <= 4 + ph.BLOB_COUNT[1]  # skull, CSF, brain, blobs (ventricles share CSF)
+    assert (
+        3 <= len(values) <= 4 + ph.BLOB_COUNT[1]
+    )  # skull, CSF, brain, blobs (ventricles share CSF)
     centre = vol[28:36, 28:36, 28:36]
-    assert ((centre >= ph.BRAIN_INTENSITY[0] - 1e-6) | (centre <= ph.CSF_INTENSITY[1] + 1e-6) | (centre >= 0.65)).all()
+    assert (
+        (centre >= ph.BRAIN_INTENSITY[0] - 1e-6)
+        | (centre <= ph.CSF_INTENSITY[1] + 1e-6)
+        | (centre >= 0.65)
+    ).all()
     assert vol.max() >= ph.SKULL_INTENSITY[0] - 1e-6
 
 
@@ -73,12 +80,24 @@ def test_statistics_separate_phantoms_from_noise():
     size = 24
     ref = ph.reference_statistics(size, n=12)
     assert ref.histogram.sum() == pytest.approx(1.0)
-    assert ref.foreground_fraction == pytest.approx(ph.expected_foreground_fraction(), rel=0.08)
+    assert ref.foreground_fraction == pytest.approx(
+        ph.expected_foreground_fraction(), rel=0.08
+    )
     fresh = ph.volume_statistics(phantom_batch(8, size, seed=99))
     rng = np.random.default_rng(0)
     noise = ph.volume_statistics(rng.random((8, size, size, size)))
-    blurred = ph.volume_statistics(np.clip(phantom_batch(8, size, seed=99) + rng.normal(0, 0.3, (8, size, size, size)), 0, 1))
-    d_fresh, d_noise, d_blur = fresh.distance(ref), noise.distance(ref), blurred.distance(ref)
+    blurred = ph.volume_statistics(
+        np.clip(
+            phantom_batch(8, size, seed=99) + rng.normal(0, 0.3, (8, size, size, size)),
+            0,
+            1,
+        )
+    )
+    d_fresh, d_noise, d_blur = (
+        fresh.distance(ref),
+        noise.distance(ref),
+        blurred.distance(ref),
+    )
     assert d_fresh < 0.05 and d_noise > 0.5
     assert d_fresh < d_blur < d_noise
     # Tensors in [N, 1, S, S, S] layout work as well.

@@ -54,7 +54,9 @@ class PreprocessCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DataError(f"{self.root}: cannot create the cache folder ({exc}); choose a writable folder") from exc
+            raise DataError(
+                f"{self.root}: cannot create the cache folder ({exc}); choose a writable folder"
+            ) from exc
 
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.npy", self.root / f"{key}.json"
@@ -97,7 +99,9 @@ class PreprocessCache:
         except OSError as exc:
             for p in (tmp_npy, tmp_meta):
                 p.unlink(missing_ok=True)
-            raise DataError(f"{self.root}: cannot write a cache entry ({exc}); check free space and permissions") from exc
+            raise DataError(
+                f"{self.root}: cannot write a cache entry ({exc}); check free space and permissions"
+            ) from exc
 
     def get_or_prepare(self, case: Case, config: PreprocessConfig) -> tuple[PreparedVolume, bool]:
         """(the [0, 1] volume, whether it came from the cache); prepares and stores it if needed."""

@@ -102,7 +102,8 @@ class VolumeDataset(Dataset):
         if len(counts) > 1:
             listing = ", ".join(f"{'x'.join(map(str, s))} ({n})" for s, n in counts.most_common(5))
             raise ConfigError(
-                f"the volumes have different shapes after preprocessing ({listing}) and size=None keeps them; "
+                f"the volumes have different shapes after preprocessing ({listing}) and size=None keeps "
+                "them; "
                 "set size= to crop/pad every volume to one cube (and spacing= to resample them to one voxel "
                 "size first)"
             )

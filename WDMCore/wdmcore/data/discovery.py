@@ -134,8 +134,12 @@ def _read_list_file(list_file: Path) -> list[Case]:
                 f"{list_file}: line {lineno} ({entry}) is not a volume file; "
                 f"list only files ending in {', '.join(VOLUME_SUFFIXES)}"
             )
-        fmt = "brats" if _brats_sequence(path) else "lidc" if path.name.lower() in LIDC_FILENAMES else "general"
-        cases.append(Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path)))
+        fmt = (
+            "brats" if _brats_sequence(path) else "lidc" if path.name.lower() in LIDC_FILENAMES else "general"
+        )
+        cases.append(
+            Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path))
+        )
     if missing:
         raise DataError(
             f"{list_file}: {len(missing)} listed file(s) do not exist ({'; '.join(missing[:5])}"
@@ -193,7 +197,9 @@ def discover(path: str | Path, format: str = "auto", sequence: str = "t1n") -> l
     if path.is_file():
         if volume_suffix(path) is not None and format != "list":
             fmt = "brats" if _brats_sequence(path) else "general"
-            return [Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path))]
+            return [
+                Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path))
+            ]
         if format not in ("auto", "list"):
             raise ConfigError(f"{path} is a file; format={format!r} needs a folder (use format='list')")
         cases = _read_list_file(path)
@@ -215,7 +221,8 @@ def discover(path: str | Path, format: str = "auto", sequence: str = "t1n") -> l
         cases = _discover_general(path, files)
     if not cases:
         raise DataError(
-            f"{path}: no volumes found (looked recursively for files ending in {', '.join(VOLUME_SUFFIXES)}); "
+            f"{path}: no volumes found (looked recursively for files ending in "
+            f"{', '.join(VOLUME_SUFFIXES)}); "
             "point to the dataset folder or a list file"
         )
     log.info("%s: found %d %s case(s)", path, len(cases), fmt)

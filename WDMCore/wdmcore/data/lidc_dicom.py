@@ -5,8 +5,8 @@ order 3, mode "nearest", factors = voxel size / 1 mm), centre crop to 256^3 (sta
 below -1000 HU set to -1000, upper clip at the 0.999 quantile, min-max to [0, 1]. Unlike the released script
 this never deletes or modifies its input, reports every series it could not use (with the reason), offers
 padding (``pad=True``, with -1000 HU) for scans smaller than 256 mm along an axis, keeps every series of a
-patient apart (``<output>/<PatientID>/<SeriesInstanceUID>/processed.nii.gz``) and writes the real affine of the
-series (its orientation, the resampled voxel size and the crop/pad offset) instead of an identity.
+patient apart (``<output>/<PatientID>/<SeriesInstanceUID>/processed.nii.gz``) and writes the real affine of
+the series (its orientation, the resampled voxel size and the crop/pad offset) instead of an identity.
 
 The series is read with SimpleITK (slices sorted by position, rescale slope/intercept applied); its array is
 kept in DICOM order (i along rows of a slice, i.e. columns index, j along columns, k along slices) rather
@@ -173,7 +173,7 @@ def preprocess_lidc_dicom(
     crop_size: int = CROP_SIZE,
     progress: ProgressCallback | None = None,
 ) -> LidcReport:
-    """Convert every CT series below ``input_dir`` into ``<output_dir>/<PatientID>/<SeriesUID>/processed.nii.gz``.
+    """Write each CT series in ``input_dir`` as ``<output_dir>/<PatientID>/<SeriesUID>/processed.nii.gz``
 
     Inputs are only read. Series that are not CT, have fewer than two slices, cannot be read, or are smaller
     than ``crop_size`` mm along an axis (unless ``pad``) are skipped and listed in the report with the reason.
@@ -246,15 +246,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "preprocess-lidc",
         help="convert LIDC-IDRI DICOM series to 1 mm, 256^3 [0,1] NIfTI volumes (released preprocessing)",
         description=(
-            "Convert every CT series below INPUT_DIR into OUTPUT_DIR/<PatientID>/<SeriesUID>/processed.nii.gz "
+            "Convert every CT series below INPUT_DIR into "
+            "OUTPUT_DIR/<PatientID>/<SeriesUID>/processed.nii.gz "
             "as the released LIDC preprocessing does (1 mm cubic resampling, centre crop to 256^3, "
             "HU < -1000 -> -1000, clip at the 0.999 quantile, min-max to [0,1]), with a real affine. "
             "Inputs are never modified; series that cannot be used are reported."
         ),
     )
-    p.add_argument("input_dir", type=Path, help="folder with the LIDC-IDRI DICOM files (searched recursively)")
+    p.add_argument(
+        "input_dir", type=Path, help="folder with the LIDC-IDRI DICOM files (searched recursively)"
+    )
     p.add_argument("output_dir", type=Path, help="folder for the processed volumes")
-    p.add_argument("--pad", action="store_true", help="pad scans smaller than 256 mm with air instead of skipping")
+    p.add_argument(
+        "--pad", action="store_true", help="pad scans smaller than 256 mm with air instead of skipping"
+    )
     p.add_argument("--overwrite", action="store_true", help="redo series whose output already exists")
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON to this file")
     p.add_argument("--crop-size", type=int, default=CROP_SIZE, help=argparse.SUPPRESS)

@@ -5,19 +5,20 @@ order (later ones overwrite earlier ones). Coordinates are normalised: the cube 
 of an S^3 grid has its centre at ((2i + 1)/S - 1, (2j + 1)/S - 1, (2k + 1)/S - 1), so one seed gives the same
 object at every size. All draws are uniform, U(a, b), and independent:
 
-=================  ===========================================================================================
-head               centre U(-0.05, 0.05) per axis; semi-axes a = (U(0.68, 0.78), U(0.80, 0.90), U(0.70, 0.80));
-                   rotation R = Rz(g) Ry(b) Rx(a), each angle U(-10, 10) degrees
-skull shell        the head ellipsoid, intensity U(0.80, 1.00)
-CSF                inside the skull: the head ellipsoid scaled by 1 - t, t = U(0.06, 0.10); intensity U(0.10, 0.20)
-brain              the CSF ellipsoid scaled by U(0.90, 0.96); intensity U(0.45, 0.60)
-ventricles (2)     mirror images across the head's mid-sagittal plane, in brain units (multiples of the brain's
-                   semi-axes, head frame): centre (+/-U(0.12, 0.20), U(-0.10, 0.10), U(0.00, 0.15)), semi-axes
-                   (U(0.08, 0.14), U(0.25, 0.40), U(0.10, 0.18)); CSF intensity
-blobs              N uniform in {1, 2, 3, 4}; centre uniform in the ball of radius 0.6 (brain units), semi-axes
-                   U(0.06, 0.14) * U(0.7, 1.3) each (brain units), rotation angles U(-180, 180) degrees;
-                   intensity U(0.65, 0.95)
-=================  ===========================================================================================
+==============  ==========================================================================================
+head            centre U(-0.05, 0.05) per axis; semi-axes (U(0.68, 0.78), U(0.80, 0.90), U(0.70, 0.80));
+                rotation R = Rz(g) Ry(b) Rx(a), each angle U(-10, 10) degrees
+skull shell     the head ellipsoid, intensity U(0.80, 1.00)
+CSF             inside the skull: the head ellipsoid scaled by 1 - t, t = U(0.06, 0.10);
+                intensity U(0.10, 0.20)
+brain           the CSF ellipsoid scaled by U(0.90, 0.96); intensity U(0.45, 0.60)
+ventricles (2)  mirror images across the head's mid-sagittal plane, in brain units (multiples of the
+                brain's semi-axes, head frame): centre (+/-U(0.12, 0.20), U(-0.10, 0.10), U(0.00, 0.15)),
+                semi-axes (U(0.08, 0.14), U(0.25, 0.40), U(0.10, 0.18)); CSF intensity
+blobs           N uniform in {1, 2, 3, 4}; centre uniform in the ball of radius 0.6 (brain units),
+                semi-axes U(0.06, 0.14) * U(0.7, 1.3) each (brain units), rotation angles
+                U(-180, 180) degrees; intensity U(0.65, 0.95)
+==============  ==========================================================================================
 
 Background is exactly 0 and every head voxel is at least 0.10, so the foreground is the head ellipsoid; it
 stays inside the cube (0.05 + 0.90 < 1), so the expected foreground fraction is
@@ -62,7 +63,7 @@ def _rotation(angles_rad) -> np.ndarray:
 
 
 def _paint(volume: np.ndarray, centre, axes, rotation: np.ndarray, value: float) -> None:
-    """Set every voxel whose centre lies inside the ellipsoid to ``value`` (only its bounding box is visited)."""
+    """Set the voxels whose centres lie inside the ellipsoid to ``value`` (visits only its bounding box)."""
     size = volume.shape[0]
     centre = np.asarray(centre, dtype=np.float64)
     axes = np.asarray(axes, dtype=np.float64)
@@ -86,7 +87,9 @@ def _u(rng: np.random.Generator, bounds) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-def generate_phantom(size: int, rng: np.random.Generator | int | None = None, *, seed: int | None = None) -> np.ndarray:
+def generate_phantom(
+    size: int, rng: np.random.Generator | int | None = None, *, seed: int | None = None
+) -> np.ndarray:
     """One head phantom, float32 (i, j, k) array of shape (size, size, size) with values in [0, 1].
 
     ``rng`` is a numpy Generator or an integer seed (``seed=`` is accepted as well); the same seed gives the
@@ -145,7 +148,7 @@ def item_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def phantom_batch(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """``n`` phantoms as a float32 array [n, size, size, size] in [0, 1]; item i equals PhantomDataset item i."""
+    """``n`` phantoms, float32 [n, size, size, size] in [0, 1]; item i equals PhantomDataset item i."""
     return np.stack([generate_phantom(size, item_rng(seed, i)) for i in range(n)])
 
 
@@ -169,7 +172,12 @@ class PhantomDataset(Dataset):
             raise ConfigError(f"PhantomDataset length must be >= 1, got {length}")
         if size % 2:
             raise ConfigError(f"size {size} is odd; the Haar transform needs an even size (e.g. 32, 64, 128)")
-        self.length, self.size, self.seed, self.output_range01 = int(length), int(size), int(seed), output_range01
+        self.length, self.size, self.seed, self.output_range01 = (
+            int(length),
+            int(size),
+            int(seed),
+            output_range01,
+        )
         self.affine = phantom_affine(self.size)
 
     def __len__(self) -> int:
@@ -202,7 +210,9 @@ def _as_batch(volumes) -> np.ndarray:
     if arr.ndim == 5 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 4:
-        raise ConfigError(f"expected volumes [N, S, S, S] (or [N, 1, S, S, S]) in [0, 1], got shape {arr.shape}")
+        raise ConfigError(
+            f"expected volumes [N, S, S, S] (or [N, 1, S, S, S]) in [0, 1], got shape {arr.shape}"
+        )
     return arr
 
 

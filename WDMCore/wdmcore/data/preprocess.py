@@ -1,7 +1,7 @@
 """Preprocessing: the released BraTS and LIDC presets, reproduced exactly, and a general pipeline.
 
-Every function here keeps the geometry: an array in (i, j, k) order travels with the 4x4 voxel-to-RAS affine of
-its grid, and each step that changes the grid (placement, pooling, reorientation, resampling, crop/pad)
+Every function here keeps the geometry: an array in (i, j, k) order travels with the 4x4 voxel-to-RAS affine
+of its grid, and each step that changes the grid (placement, pooling, reorientation, resampling, crop/pad)
 composes the affine with the index map of that step. See ``docs/data.md`` for what each preset does.
 """
 
@@ -63,7 +63,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preprocessing preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            raise ConfigError(
+                f"unknown preprocessing preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
+            )
         if self.size is not None:
             if int(self.size) != self.size or self.size < 2:
                 raise ConfigError(f"size must be a positive even integer, got {self.size!r}")
@@ -87,7 +89,9 @@ class PreprocessConfig:
         if self.spacing is not None:
             sp = (self.spacing,) * 3 if np.isscalar(self.spacing) else tuple(self.spacing)
             if len(sp) != 3 or any(float(s) <= 0 for s in sp):
-                raise ConfigError(f"spacing must be a positive number or three of them (mm), got {self.spacing!r}")
+                raise ConfigError(
+                    f"spacing must be a positive number or three of them (mm), got {self.spacing!r}"
+                )
             object.__setattr__(self, "spacing", tuple(float(s) for s in sp))
         if self.crop not in CROP_MODES:
             raise ConfigError(f"unknown crop mode {self.crop!r}; choose one of {', '.join(CROP_MODES)}")
@@ -264,7 +268,7 @@ def resample_to_spacing(array: np.ndarray, affine: np.ndarray, spacing) -> tuple
 
 
 def crop_or_pad(array: np.ndarray, affine: np.ndarray, size: int, start) -> tuple[np.ndarray, np.ndarray]:
-    """The ``size``^3 box whose voxel 0 is old voxel ``start`` (may be negative or run past the end: zeros)."""
+    """The ``size``^3 box whose voxel 0 is old voxel ``start`` (parts outside the old grid are zeros)."""
     start = np.asarray(start, dtype=int)
     out = np.zeros((size,) * 3, dtype=np.float32)
     src, dst = [], []
@@ -314,7 +318,9 @@ def foreground_start(array: np.ndarray, size: int, threshold: float, path: str) 
 def _minmax(clipped: np.ndarray, path: str) -> np.ndarray:
     lo, hi = clipped.min(), clipped.max()
     if not hi > lo:
-        raise DataError(f"{path}: the volume is constant after clipping ({lo}); it carries no image, remove it")
+        raise DataError(
+            f"{path}: the volume is constant after clipping ({lo}); it carries no image, remove it"
+        )
     return (clipped - lo) / (hi - lo)
 
 
@@ -328,7 +334,9 @@ def _case_of(case: Case | str | Path) -> Case:
     return Case(id=path.name, path=path)
 
 
-def _source(case: Case, data: np.ndarray, affine: np.ndarray, clip_low: float, clip_high: float) -> SourceInfo:
+def _source(
+    case: Case, data: np.ndarray, affine: np.ndarray, clip_low: float, clip_high: float
+) -> SourceInfo:
     return SourceInfo(
         case_id=case.id,
         path=str(case.path),

@@ -139,7 +139,8 @@ def spacing_warning(cases: list[CaseSummary], config: PreprocessConfig | None) -
     spacings = {tuple(round(s, 3) for s in c.spacing) for c in cases}
     if len(spacings) > 1:
         return [
-            f"voxel sizes differ ({len(spacings)} distinct), so equal cubes cover different physical extents; "
+            f"voxel sizes differ ({len(spacings)} distinct), so equal cubes cover different physical "
+            "extents; "
             "set spacing= in the preprocessing to resample to one voxel size"
         ]
     return []
