@@ -9,8 +9,8 @@ patient apart (``<output>/<PatientID>/<SeriesInstanceUID>/processed.nii.gz``) an
 the series (its orientation, the resampled voxel size and the crop/pad offset) instead of an identity.
 
 The series is read with SimpleITK (slices sorted by position, rescale slope/intercept applied); its array is
-kept in DICOM order (i along rows of a slice, i.e. columns index, j along columns, k along slices) rather
-than the axis order dicom2nifti would choose.
+kept in DICOM order (i = column index, along a row; j = row index; k = slice, by position) rather than
+the axis order dicom2nifti would choose.
 """
 
 from __future__ import annotations
