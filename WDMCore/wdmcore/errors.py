@@ -22,3 +22,7 @@ class ConfigError(WDMError, ValueError):
 
 class DownloadError(WDMError):
     """A model could not be downloaded, or a downloaded or cached file failed its SHA-256 check."""
+
+
+class DataError(WDMError):
+    """Input data (a folder, a list file, a volume file) is missing, unreadable or unusable."""

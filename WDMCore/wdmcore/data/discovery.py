@@ -1,0 +1,222 @@
+"""Finding the volumes of a dataset: BraTS 2023, LIDC-IDRI (preprocessed), any folder, or a list file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from .loading import VOLUME_SUFFIXES, strip_volume_suffix, volume_suffix
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "brats", "lidc", "general", "list")
+BRATS_SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
+LIDC_FILENAMES = ("processed.nii.gz", "processed.nii")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training volume: an identifier, its file and the layout it was found in.
+
+    ``format`` is "brats", "lidc" or "general" (the preset that suits it); ``sequence`` is the BraTS
+    sequence (t1n, t1c, t2w, t2f) for BraTS cases and None otherwise.
+    """
+
+    id: str
+    path: Path
+    format: str = "general"
+    sequence: str | None = None
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+
+def _visible_files(root: Path):
+    """All files below ``root``, sorted, ignoring hidden files and folders."""
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_file():
+            yield path
+
+
+def _brats_sequence(path: Path) -> str | None:
+    """The BraTS sequence of a file named like ``BraTS-GLI-00000-000-t1n.nii.gz``, else None."""
+    stem = strip_volume_suffix(path.name)
+    if volume_suffix(path) not in (".nii", ".nii.gz") or "-" not in stem:
+        return None
+    seq = stem.rsplit("-", 1)[1].lower()
+    return seq if seq in BRATS_SEQUENCES else None
+
+
+def _looks_like_brats(files: list[Path]) -> bool:
+    return any(_brats_sequence(f) is not None for f in files)
+
+
+def _looks_like_lidc(files: list[Path]) -> bool:
+    return any(f.name.lower() in LIDC_FILENAMES for f in files)
+
+
+def _discover_brats(root: Path, files: list[Path], sequence: str) -> list[Case]:
+    if sequence not in BRATS_SEQUENCES:
+        raise ConfigError(f"unknown BraTS sequence {sequence!r}; choose one of {', '.join(BRATS_SEQUENCES)}")
+    folders: dict[Path, dict[str, Path]] = {}
+    for f in files:
+        seq = _brats_sequence(f)
+        if seq is not None:
+            folders.setdefault(f.parent, {})[seq] = f
+    cases = []
+    for folder, seqs in sorted(folders.items()):
+        if sequence not in seqs:
+            log.warning(
+                "%s: BraTS case folder has no -%s file (found %s); skipped",
+                folder,
+                sequence,
+                ", ".join(sorted(seqs)),
+            )
+            continue
+        cases.append(Case(id=folder.name, path=seqs[sequence], format="brats", sequence=sequence))
+    if not cases:
+        raise DataError(
+            f"{root}: BraTS layout found but no case has a -{sequence}.nii.gz file; "
+            f"pick another sequence (one of {', '.join(BRATS_SEQUENCES)})"
+        )
+    return cases
+
+
+def _discover_lidc(root: Path, files: list[Path]) -> list[Case]:
+    cases = []
+    for f in files:
+        if f.name.lower() in LIDC_FILENAMES:
+            rel = f.parent.relative_to(root)
+            case_id = "/".join(rel.parts) if rel.parts else f.parent.name
+            cases.append(Case(id=case_id, path=f, format="lidc"))
+    if not cases:
+        raise DataError(
+            f"{root}: no processed.nii.gz files found (LIDC layout); run `wdm preprocess-lidc` on the "
+            "DICOM folder first, or use format='general'"
+        )
+    return cases
+
+
+def _discover_general(root: Path, files: list[Path]) -> list[Case]:
+    cases = []
+    for f in files:
+        if volume_suffix(f) is None:
+            continue
+        rel = f.relative_to(root)
+        case_id = "/".join(rel.parts[:-1] + (strip_volume_suffix(rel.name),))
+        cases.append(Case(id=case_id, path=f, format="general"))
+    return cases
+
+
+def _read_list_file(list_file: Path) -> list[Case]:
+    cases = []
+    missing = []
+    lines = list_file.read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry).expanduser()
+        if not path.is_absolute():
+            path = (list_file.parent / path).resolve()
+        if not path.is_file():
+            missing.append(f"line {lineno}: {entry}")
+            continue
+        if volume_suffix(path) is None:
+            raise DataError(
+                f"{list_file}: line {lineno} ({entry}) is not a volume file; "
+                f"list only files ending in {', '.join(VOLUME_SUFFIXES)}"
+            )
+        fmt = "brats" if _brats_sequence(path) else "lidc" if path.name.lower() in LIDC_FILENAMES else "general"
+        cases.append(Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path)))
+    if missing:
+        raise DataError(
+            f"{list_file}: {len(missing)} listed file(s) do not exist ({'; '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}); fix the paths (relative paths are read from the list "
+            "file's folder)"
+        )
+    # Disambiguate identical ids (e.g. many processed.nii.gz) with the parent folder names.
+    ids = [c.id for c in cases]
+    if len(set(ids)) != len(ids):
+        cases = [
+            Case(id=f"{c.path.parent.name}/{c.id}", path=c.path, format=c.format, sequence=c.sequence) for c in cases
+        ]
+    return cases
+
+
+def detect_format(path: str | Path) -> str:
+    """The layout of ``path``: "list" for a list file, "brats", "lidc" or "general" for a folder."""
+    path = Path(path)
+    if path.is_file():
+        return "general" if volume_suffix(path) else "list"
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder; check the dataset path")
+    files = list(_visible_files(path))
+    if _looks_like_brats(files):
+        return "brats"
+    if _looks_like_lidc(files):
+        return "lidc"
+    return "general"
+
+
+def discover(path: str | Path, format: str = "auto", sequence: str = "t1n") -> list[Case]:
+    """Find the cases of a dataset.
+
+    ``path`` is a folder (searched recursively, hidden entries ignored), a list file (one volume path per
+    line; blank lines and lines starting with ``#`` are ignored; relative paths are relative to the list
+    file) or a single volume file. ``format``:
+
+    * ``"brats"``: BraTS 2023 case folders holding ``<case>-t1n/-t1c/-t2w/-t2f.nii.gz``; one case per folder,
+      the file of ``sequence`` (t1n by default); folders without it are skipped with a logged warning.
+    * ``"lidc"``: LIDC-IDRI case folders holding one ``processed.nii.gz`` (written by ``wdm preprocess-lidc``
+      or the released script); the case id is the folder path relative to ``path``.
+    * ``"general"``: every .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file below ``path``.
+    * ``"list"``: ``path`` is a list file.
+    * ``"auto"``: a list file if ``path`` is a file that is not a volume; otherwise BraTS if any file is named
+      like a BraTS sequence, LIDC if any file is named processed.nii(.gz), else general.
+
+    Cases are sorted by path. Raises :class:`DataError` when nothing is found.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"unknown dataset format {format!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; check the dataset path")
+    if path.is_file():
+        if volume_suffix(path) is not None and format != "list":
+            fmt = "brats" if _brats_sequence(path) else "general"
+            return [Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path))]
+        if format not in ("auto", "list"):
+            raise ConfigError(f"{path} is a file; format={format!r} needs a folder (use format='list')")
+        cases = _read_list_file(path)
+        if not cases:
+            raise DataError(f"{path}: the list file names no volumes; add one path per line")
+        return cases
+
+    if format == "list":
+        raise ConfigError(f"{path} is a folder; format='list' needs a list file")
+    files = list(_visible_files(path))
+    fmt = format
+    if fmt == "auto":
+        fmt = "brats" if _looks_like_brats(files) else "lidc" if _looks_like_lidc(files) else "general"
+    if fmt == "brats":
+        cases = _discover_brats(path, files, sequence)
+    elif fmt == "lidc":
+        cases = _discover_lidc(path, files)
+    else:
+        cases = _discover_general(path, files)
+    if not cases:
+        raise DataError(
+            f"{path}: no volumes found (looked recursively for files ending in "
+            f"{', '.join(VOLUME_SUFFIXES)}); "
+            "point to the dataset folder or a list file"
+        )
+    log.info("%s: found %d %s case(s)", path, len(cases), fmt)
+    return cases

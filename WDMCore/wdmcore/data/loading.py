@@ -1,0 +1,165 @@
+"""Reading volume files into (array, affine) pairs.
+
+Every reader returns the voxel array in NIfTI index order (i, j, k) and a 4x4 voxel-to-RAS affine, whatever
+the file format. NIfTI files are read with nibabel (exactly what ``get_fdata`` gives, no reorientation);
+NRRD/MetaImage files with SimpleITK, whose (k, j, i) arrays are transposed and whose LPS geometry is turned
+into RAS. Both libraries are imported only when a file needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, InputShapeError
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def volume_suffix(path: str | Path) -> str | None:
+    """The volume suffix of ``path`` (``.nii.gz``, ``.nrrd``, ...) or None if it is not a volume file."""
+    name = Path(path).name.lower()
+    for suffix in (".nii.gz",) + tuple(s for s in VOLUME_SUFFIXES if s != ".nii.gz"):
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def strip_volume_suffix(name: str) -> str:
+    suffix = volume_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """Geometry of a volume file, read without decoding the voxels."""
+
+    path: Path
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return affine_spacing(self.affine)
+
+
+def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size along i, j, k (mm): the lengths of the affine's first three columns."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def _need_nibabel():
+    try:
+        import nibabel
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DataError(
+            "reading NIfTI files needs nibabel; install it with `pip install nibabel` (or `pip install wdmcore[io]`)"
+        ) from exc
+    return nibabel
+
+
+def _need_sitk():
+    try:
+        import SimpleITK
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DataError(
+            "reading NRRD/MetaImage/DICOM files needs SimpleITK; install it with `pip install SimpleITK` "
+            "(or `pip install wdmcore[io]`)"
+        ) from exc
+    return SimpleITK
+
+
+def sitk_affine(image) -> np.ndarray:
+    """Voxel-to-RAS affine of a 3-D SimpleITK image (or file reader), for its array as (i, j, k)."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing[None, :]
+    lps[:3, 3] = origin
+    return _LPS_TO_RAS @ lps
+
+
+def read_header(path: str | Path) -> VolumeHeader:
+    """Shape and affine of a volume file. Raises :class:`DataError` if the file cannot be read."""
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix is None:
+        raise DataError(f"{path}: not a volume file; supported endings are {', '.join(VOLUME_SUFFIXES)}")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check the path or rerun discovery")
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            nib = _need_nibabel()
+            img = nib.load(str(path))
+            return VolumeHeader(path, tuple(int(n) for n in img.shape), np.asarray(img.affine, np.float64))
+        sitk = _need_sitk()
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        shape = tuple(int(n) for n in reader.GetSize())
+        if reader.GetNumberOfComponents() > 1:
+            shape = shape + (int(reader.GetNumberOfComponents()),)
+        affine = sitk_affine(reader) if reader.GetDimension() == 3 else np.eye(4)
+        return VolumeHeader(path, shape, affine)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read the file header ({type(exc).__name__}: {exc})") from exc
+
+
+def check_3d(shape: tuple[int, ...], path: str | Path) -> tuple[int, int, int]:
+    """The 3-D shape, after dropping trailing singleton axes; raises :class:`InputShapeError` otherwise."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) > 3:
+        raise InputShapeError(
+            f"{path}: is a {len(dims)}-D image (shape {tuple(shape)}); only single 3-D volumes can be used. "
+            "Split it into 3-D volumes (one file per time point or channel) first"
+        )
+    if len(dims) < 3 or min(dims) == 1:
+        raise InputShapeError(
+            f"{path}: is a 2-D image (shape {tuple(shape)}); the models need 3-D volumes. "
+            "Remove it from the folder or list"
+        )
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def load_volume(path: str | Path, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Read a 3-D volume file: (array in (i, j, k) order as ``dtype``, 4x4 voxel-to-RAS affine).
+
+    NIfTI: the array is nibabel's ``get_fdata`` (scaling applied, no reorientation), as the released
+    preprocessing reads it. Raises :class:`DataError` for unreadable files and :class:`InputShapeError`
+    for images that are not 3-D.
+    """
+    path = Path(path)
+    header = read_header(path)
+    shape = check_3d(header.shape, path)
+    suffix = volume_suffix(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            nib = _need_nibabel()
+            img = nib.load(str(path))
+            data = np.asarray(img.get_fdata(dtype=dtype))
+            affine = np.asarray(img.affine, dtype=np.float64)
+        else:
+            sitk = _need_sitk()
+            image = sitk.ReadImage(str(path))
+            data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(dtype, copy=False)
+            affine = sitk_affine(image)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read the voxel data ({type(exc).__name__}: {exc})") from exc
+    data = data.reshape(shape)
+    if not np.all(np.isfinite(data)):
+        raise DataError(f"{path}: contains NaN or infinite values; fix or remove the file")
+    return data, affine
