@@ -32,6 +32,25 @@ class DiffusionNetwork(nn.Module):
             )
 
 
+def resblock_factory(config: NetworkConfig, *, wavelet: bool):
+    """``res(ch_in, ch_out=None, resample=None)`` building ResBlocks with the config's shared settings."""
+
+    def res(ch_in: int, ch_out: int | None = None, resample: str | None = None) -> ResBlock:
+        return ResBlock(
+            ch_in,
+            4 * config.model_channels,
+            ch_out,
+            num_groups=config.num_groups,
+            dropout=config.dropout,
+            resample=resample,
+            wavelet=wavelet,
+            scale_shift_norm=config.scale_shift_norm,
+            use_checkpoint=config.use_checkpoint,
+        )
+
+    return res
+
+
 def _make_time_embed(config: NetworkConfig) -> nn.Sequential:
     emb_dim = 4 * config.model_channels
     return nn.Sequential(nn.Linear(config.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -47,19 +66,9 @@ class UNet(DiffusionNetwork):
         if config.architecture != "unet":
             raise ValueError("UNet needs a config with architecture 'unet'")
         self.config = config
-        mc, emb_dim = config.model_channels, 4 * config.model_channels
+        mc = config.model_channels
 
-        def res(ch_in, ch_out=None, resample=None):
-            return ResBlock(
-                ch_in,
-                emb_dim,
-                ch_out,
-                num_groups=config.num_groups,
-                dropout=config.dropout,
-                resample=resample,
-                scale_shift_norm=config.scale_shift_norm,
-                use_checkpoint=config.use_checkpoint,
-            )
+        res = resblock_factory(config, wavelet=False)
 
         self.time_embed = _make_time_embed(config)
         self.input_blocks = nn.ModuleList([Stage([conv3(config.in_channels, mc)])])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import GroupNorm32, ResBlock, Stage, WaveletDownsample, conv3
+from .blocks import GroupNorm32, Stage, WaveletDownsample, conv3
 from .config import NetworkConfig
-from .unet import DiffusionNetwork, _make_time_embed
+from .unet import DiffusionNetwork, _make_time_embed, resblock_factory
 
 
 class WavUNet(DiffusionNetwork):
@@ -27,20 +27,9 @@ class WavUNet(DiffusionNetwork):
         if config.num_res_blocks < 2:
             raise ValueError("the WavU-Net decoder layout needs num_res_blocks >= 2")
         self.config = config
-        mc, emb_dim = config.model_channels, 4 * config.model_channels
+        mc = config.model_channels
 
-        def res(ch_in, ch_out=None, resample=None):
-            return ResBlock(
-                ch_in,
-                emb_dim,
-                ch_out,
-                num_groups=config.num_groups,
-                dropout=config.dropout,
-                resample=resample,
-                wavelet=True,
-                scale_shift_norm=config.scale_shift_norm,
-                use_checkpoint=config.use_checkpoint,
-            )
+        res = resblock_factory(config, wavelet=True)
 
         self.time_embed = _make_time_embed(config)
         self.input_blocks = nn.ModuleList([Stage([conv3(config.in_channels, mc)])])
