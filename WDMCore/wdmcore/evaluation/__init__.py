@@ -13,6 +13,7 @@ from .fid import (
     fid_from_features,
     fid_from_statistics,
     frechet_distance,
+    frechet_distance_from_features,
     kernel_inception_distance,
     mmd2_unbiased,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "fid_from_features",
     "fid_from_statistics",
     "frechet_distance",
+    "frechet_distance_from_features",
     "kernel_inception_distance",
     "list_volumes",
     "load_medicalnet_state_dict",

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..errors import InputShapeError
 from ..events import ProgressCallback, ProgressTracker
 from .fid import (
     FID_RECOMMENDED_N,
@@ -245,6 +246,16 @@ def evaluate(
     """
     real_reader = real_reader or NiftiReader()
     fake_reader = fake_reader or NiftiReader()
+    if ms_ssim_pairs is not None and not ms_ssim_reduced and fake:
+        # Fail before the (long) embedding rather than after it.
+        shape = fake_reader(Path(fake[0])).shape
+        released = MSSSIMSettings()
+        if min(shape) < released.min_size:
+            raise InputShapeError(
+                f"The generated volumes are {tuple(shape)}; MS-SSIM with the released setting needs at least "
+                f"{released.min_size} voxels per side. Ask for the reduced setting (--ms-ssim-reduced; not "
+                "comparable with the paper) or skip MS-SSIM (--ms-ssim-pairs none)."
+            )
     timings: dict[str, float] = {}
     notes: list[str] = []
 
