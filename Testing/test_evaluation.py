@@ -492,9 +492,12 @@ def test_command_writes_report_uses_cache_and_streams_jsonl(tiny_sets, weights_f
     ]
     args = _parse(argv)
     assert args.func is eval_command.run and args.format == "nifti"
-    with pytest.warns(SmallSampleWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallSampleWarning)  # reported in the table and JSON, not re-printed
         assert eval_command.run(args) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    assert "1000" in captured.err  # the table (on stderr with --progress jsonl) carries the N warning
+    lines = [json.loads(line) for line in captured.out.splitlines()]
     assert lines[-1]["event"] == "result" and lines[-1]["path"] == str(out)
     assert {e.get("task") for e in lines if e["event"] == "progress"} == {
         "embed-real",
@@ -506,9 +509,9 @@ def test_command_writes_report_uses_cache_and_streams_jsonl(tiny_sets, weights_f
     assert report["real_statistics_cache"] == "miss"
     assert report["ms_ssim"]["mode"] == "random" and report["ms_ssim"]["seed"] == 3
     assert report["ms_ssim"]["pairs"] == 2
+    assert report["fid"]["comparable_with_paper"] is False and "1000" in report["warnings"][0]
 
-    with pytest.warns(SmallSampleWarning):
-        assert eval_command.run(_parse(argv)) == 0
+    assert eval_command.run(_parse(argv)) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     again = json.loads(out.read_text())
     assert again["real_statistics_cache"] == "hit"

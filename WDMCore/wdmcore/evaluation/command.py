@@ -16,11 +16,13 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import WDMError
 from ..events import Event, ProgressCallback, emit, jsonl_writer
+from .fid import SmallSampleWarning
 from .volumes import FORMATS
 
 
@@ -126,7 +128,11 @@ def _bar_reader() -> tuple[ProgressCallback, Any]:
         bar = bars.get(task)
         if bar is None:
             bar = bars[task] = tqdm(
-                total=event.get("total"), desc=task, unit="vol", file=sys.stderr, leave=True
+                total=event.get("total"),
+                desc=task,
+                unit="pair" if task == "ms-ssim" else "vol",
+                file=sys.stderr,
+                leave=True,
             )
         bar.update(int(event["done"]) - bar.n)
 
@@ -156,20 +162,23 @@ def run(args: argparse.Namespace) -> int:
         fake_files = list_volumes(args.fake)
         extractor = MedicalNetFeatureExtractor(args.medicalnet, device=args.device)
         cache_dir = None if args.no_stats_cache else (args.stats_cache or default_cache_dir())
-        report = evaluate(
-            real_files,
-            fake_files,
-            extractor,
-            real_reader=real_reader,
-            fake_reader=NiftiReader(),
-            cache_dir=cache_dir,
-            ms_ssim_pairs=args.ms_ssim_pairs,
-            ms_ssim_reduced=args.ms_ssim_reduced,
-            seed=args.seed,
-            kid_subsets=args.kid_subsets,
-            kid_subset_size=args.kid_subset_size,
-            progress=progress,
-        )
+        with warnings.catch_warnings():
+            # The table and the JSON report carry this warning; it is not printed a second time.
+            warnings.simplefilter("ignore", SmallSampleWarning)
+            report = evaluate(
+                real_files,
+                fake_files,
+                extractor,
+                real_reader=real_reader,
+                fake_reader=NiftiReader(),
+                cache_dir=cache_dir,
+                ms_ssim_pairs=args.ms_ssim_pairs,
+                ms_ssim_reduced=args.ms_ssim_reduced,
+                seed=args.seed,
+                kid_subsets=args.kid_subsets,
+                kid_subset_size=args.kid_subset_size,
+                progress=progress,
+            )
         report.real.source = str(args.real)
         report.fake.source = str(args.fake)
         data = report.to_dict()

@@ -285,9 +285,7 @@ def evaluate(
         notes.append(message)
         logger.warning(message)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SmallSampleWarning)  # reported through the report's warnings instead
-        fid = fid_from_statistics(real_stats, fake_stats)
+    fid = fid_from_statistics(real_stats, fake_stats, warn=False)  # warned once, below
     kid = kernel_inception_distance(
         real_stats.features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
     )
