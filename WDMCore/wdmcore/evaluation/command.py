@@ -1,0 +1,214 @@
+"""The ``wdm evaluate`` sub-command: ``add_parser(subparsers)`` registers it, ``run(args)`` executes it.
+
+Example::
+
+    wdm evaluate --real data/brats_t1n_128_01 --fake samples/ --medicalnet resnet_50_23dataset.pth \\
+        --format nifti --out report.json
+
+prints a table (FID, KID, MS-SSIM with N and the protocol's caveats) and writes the full report as JSON.
+With ``--progress jsonl`` stdout carries only JSON lines (progress events, then one ``result`` event) and the
+table goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import WDMError
+from ..events import Event, ProgressCallback, emit, jsonl_writer
+from .fid import SmallSampleWarning
+from .volumes import FORMATS
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wdm" / "evaluation-stats"
+
+
+def _pairs(value: str) -> int | str | None:
+    if value in ("all", "none"):
+        return None if value == "none" else "all"
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected 'all', 'none' or a positive number of pairs, got {value!r}")
+    return number
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` sub-command to an ``argparse`` sub-parser collection and return its parser."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="FID/KID (MedicalNet features) and MS-SSIM diversity of generated volumes",
+        description=(
+            "Compare generated volumes with real ones: FID and KID on MedicalNet ResNet-50 features, and the "
+            "MS-SSIM diversity of the generated set, following the WDM paper's protocol "
+            "(see docs/evaluation.md)."
+        ),
+    )
+    parser.add_argument("--real", required=True, type=Path, help="folder of real volumes")
+    parser.add_argument("--fake", required=True, type=Path, help="folder of generated .nii/.nii.gz volumes")
+    parser.add_argument(
+        "--medicalnet", required=True, type=Path, help="MedicalNet weights file resnet_50_23dataset.pth"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="nifti",
+        help="how to read the real volumes: nifti = files already preprocessed to [0, 1], used as stored; "
+        "brats/lidc = the training preprocessing without the final 2x-1 (default: nifti)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=128, help="cube size of the brats/lidc preprocessing, 128 or 256 (default: 128)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON report path (default: <fake folder>_evaluation.json)"
+    )
+    parser.add_argument(
+        "--stats-cache",
+        type=Path,
+        default=None,
+        help=f"folder caching the real-set statistics (default: {default_cache_dir()})",
+    )
+    parser.add_argument("--no-stats-cache", action="store_true", help="do not read or write the statistics cache")
+    parser.add_argument(
+        "--ms-ssim-pairs",
+        type=_pairs,
+        default="all",
+        metavar="all|N|none",
+        help="MS-SSIM over all pairs of generated volumes (as released), N seeded random pairs, or none",
+    )
+    parser.add_argument(
+        "--ms-ssim-reduced",
+        action="store_true",
+        help="allow fewer MS-SSIM scales for volumes below 112 voxels per side (not comparable with the paper)",
+    )
+    parser.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets (default 100)")
+    parser.add_argument(
+        "--kid-subset-size",
+        type=int,
+        default=1000,
+        help="KID: volumes per subset, capped at N (default 1000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random MS-SSIM pairs and KID subsets")
+    parser.add_argument(
+        "--progress",
+        choices=("bar", "jsonl", "none"),
+        default="bar",
+        help="progress display: bars on stderr, JSON lines on stdout, or nothing (default: bar)",
+    )
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def _bar_reader() -> tuple[ProgressCallback, Any]:
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def on_event(event: Event) -> None:
+        if event.get("event") != "progress":
+            return
+        task = str(event.get("task", ""))
+        bar = bars.get(task)
+        if bar is None:
+            bar = bars[task] = tqdm(
+                total=event.get("total"),
+                desc=task,
+                unit="pair" if task == "ms-ssim" else "vol",
+                file=sys.stderr,
+                leave=True,
+            )
+        bar.update(int(event["done"]) - bar.n)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return on_event, close
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run an evaluation from parsed arguments; returns the process exit code (0 ok, 2 on a wdmcore error)."""
+    close = None
+    progress: ProgressCallback | None = None
+    if args.progress == "jsonl":
+        progress = jsonl_writer(sys.stdout)
+    elif args.progress == "bar":
+        progress, close = _bar_reader()
+    table_stream = sys.stderr if args.progress == "jsonl" else sys.stdout
+    try:
+        from .evaluate import evaluate
+        from .medicalnet import MedicalNetFeatureExtractor
+        from .volumes import NiftiReader, list_volumes, reader_for_format, real_volume_files
+
+        real_reader = reader_for_format(args.format, args.size)
+        real_files = real_volume_files(args.real, args.format)
+        fake_files = list_volumes(args.fake)
+        extractor = MedicalNetFeatureExtractor(args.medicalnet, device=args.device)
+        cache_dir = None if args.no_stats_cache else (args.stats_cache or default_cache_dir())
+        with warnings.catch_warnings():
+            # The table and the JSON report carry this warning; it is not printed a second time.
+            warnings.simplefilter("ignore", SmallSampleWarning)
+            report = evaluate(
+                real_files,
+                fake_files,
+                extractor,
+                real_reader=real_reader,
+                fake_reader=NiftiReader(),
+                cache_dir=cache_dir,
+                ms_ssim_pairs=args.ms_ssim_pairs,
+                ms_ssim_reduced=args.ms_ssim_reduced,
+                seed=args.seed,
+                kid_subsets=args.kid_subsets,
+                kid_subset_size=args.kid_subset_size,
+                progress=progress,
+            )
+        report.real.source = str(args.real)
+        report.fake.source = str(args.fake)
+        data = report.to_dict()
+        data["command"] = {
+            "real": str(args.real),
+            "fake": str(args.fake),
+            "medicalnet": str(args.medicalnet),
+            "format": args.format,
+            "device": str(extractor.device),
+            "ms_ssim_pairs": args.ms_ssim_pairs,
+            "seed": args.seed,
+            "stats_cache": None if cache_dir is None else str(cache_dir),
+        }
+        out = args.out or args.fake.parent / f"{args.fake.name}_evaluation.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    except WDMError as exc:
+        if close:
+            close()
+        if args.progress == "jsonl":
+            emit(progress, "error", kind=type(exc).__name__, message=str(exc))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if close:
+        close()
+    print(report.format_table(), file=table_stream)
+    print(f"report: {out}", file=table_stream)
+    emit(
+        progress if args.progress == "jsonl" else None,
+        "result",
+        path=str(out),
+        fid=report.fid,
+        kid=report.kid.mean,
+        ms_ssim=None if report.ms_ssim is None else report.ms_ssim.mean,
+        n_real=report.n_real,
+        n_fake=report.n_fake,
+    )
+    return 0

@@ -1,0 +1,319 @@
+"""Evaluation of a generated set against a real set: FID and KID on MedicalNet features, MS-SSIM diversity.
+
+Protocol (WDM, Friedrich et al. 2024): real volumes go through the training preprocessing without its final
+``2x - 1`` (values in [0, 1]); generated volumes are used as saved; every volume passes one at a time, without
+resizing or z-scoring, through MedicalNet's ResNet-50; FID compares the float64 mean and covariance of the
+2048-d features. MS-SSIM is the mean over pairs of generated volumes.
+
+The real set's statistics (mean, covariance, count and the features, which KID needs) are cached under a
+key made of the feature network (hash of the weights, dtype), the reader's configuration and the real files'
+names, sizes and modification times; a second evaluation against the same real set embeds only the
+generated volumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputShapeError
+from ..events import ProgressCallback, ProgressTracker
+from .fid import (
+    FID_RECOMMENDED_N,
+    FeatureStatistics,
+    KIDResult,
+    SmallSampleWarning,
+    config_hash,
+    fid_from_statistics,
+    kernel_inception_distance,
+    small_sample_message,
+)
+from .medicalnet import NETWORK_NAME, MedicalNetFeatureExtractor
+from .ms_ssim import MSSSIMResult, MSSSIMSettings, ms_ssim_diversity
+from .volumes import NiftiReader, VolumeReader, reader_config
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass
+class SetSummary:
+    """What was read from one set of volumes."""
+
+    count: int
+    shapes: list[list[int]]
+    value_min: float
+    value_max: float
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "count": self.count,
+            "shapes": self.shapes,
+            "value_range": [self.value_min, self.value_max],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SetSummary:
+        return cls(
+            count=int(data["count"]),
+            shapes=[list(s) for s in data["shapes"]],
+            value_min=float(data["value_range"][0]),
+            value_max=float(data["value_range"][1]),
+            source=str(data.get("source", "")),
+        )
+
+
+def embed_volumes(
+    paths: Sequence[Path],
+    extractor: MedicalNetFeatureExtractor,
+    read: VolumeReader,
+    progress: ProgressCallback | None = None,
+    task: str = "embed",
+) -> tuple[np.ndarray, SetSummary]:
+    """Features [N, 2048] (float64) of exactly the N volumes given, read one at a time, plus what was seen."""
+    tracker = ProgressTracker(progress, task, total=len(paths))
+    rows: list[np.ndarray] = []
+    shapes: list[list[int]] = []
+    lo, hi = math.inf, -math.inf
+    for path in paths:
+        volume = read(Path(path))
+        if list(volume.shape) not in shapes:
+            shapes.append(list(volume.shape))
+        lo, hi = min(lo, float(np.min(volume))), max(hi, float(np.max(volume)))
+        rows.append(extractor.features(volume))
+        tracker.advance()
+    features = np.stack(rows) if rows else np.zeros((0, 2048))
+    return features, SetSummary(count=len(rows), shapes=shapes, value_min=lo, value_max=hi)
+
+
+def real_statistics_key(paths: Sequence[Path], extractor: MedicalNetFeatureExtractor, read: VolumeReader) -> dict:
+    """The configuration that determines the real-set statistics (hashed into the cache key)."""
+    files = []
+    for path in paths:
+        stat = Path(path).stat()
+        files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    return {
+        "cache_format": CACHE_FORMAT_VERSION,
+        "features": extractor.config,
+        "preprocessing": reader_config(read),
+        "files": files,
+    }
+
+
+def real_statistics(
+    paths: Sequence[Path],
+    extractor: MedicalNetFeatureExtractor,
+    read: VolumeReader,
+    cache_dir: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[FeatureStatistics, SetSummary, str]:
+    """Statistics of the real set, from the cache when it holds them for this exact configuration.
+
+    Returns ``(statistics, summary, cache_status)``; on a cache hit the summary is the stored one. The status
+    is ``"hit"``, ``"miss"`` (computed and stored) or ``"disabled"``.
+    """
+    if cache_dir is None:
+        features, summary = embed_volumes(paths, extractor, read, progress, task="embed-real")
+        return FeatureStatistics.from_features(features), summary, "disabled"
+    key = real_statistics_key(paths, extractor, read)
+    cache_file = Path(cache_dir) / f"real-{config_hash(key)[:24]}.npz"
+    cached = FeatureStatistics.load(cache_file, key)
+    usable = cached is not None and cached.features is not None and "summary" in (cached.meta or {})
+    if usable and cached.count == len(paths):
+        logger.info("Real-set statistics read from %s (%d volumes)", cache_file, cached.count)
+        return cached, SetSummary.from_dict(cached.meta["summary"]), "hit"
+    features, summary = embed_volumes(paths, extractor, read, progress, task="embed-real")
+    stats = FeatureStatistics.from_features(features)
+    stats.meta = {"summary": summary.to_dict()}
+    try:
+        stats.save(cache_file, key)
+        logger.info("Real-set statistics stored in %s", cache_file)
+    except OSError as exc:
+        logger.warning("Could not store real-set statistics in %s (%s); continuing without cache", cache_file, exc)
+    return stats, summary, "miss"
+
+
+@dataclass
+class EvaluationReport:
+    """Everything one evaluation measured, with the protocol it followed and its caveats."""
+
+    fid: float
+    kid: KIDResult
+    n_real: int
+    n_fake: int
+    real: SetSummary
+    fake: SetSummary
+    ms_ssim: MSSSIMResult | None
+    feature_config: dict
+    cache_status: str
+    warnings: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "wdmcore_version": __version__,
+            "fid": {
+                "value": self.fid,
+                "n_real": self.n_real,
+                "n_fake": self.n_fake,
+                "protocol": (f"{NETWORK_NAME}; float64 mean/covariance (N-1); paper: {FID_RECOMMENDED_N} per set"),
+                "comparable_with_paper": min(self.n_real, self.n_fake) >= FID_RECOMMENDED_N,
+            },
+            "kid": {**self.kid.to_dict(), "kernel": "(x.y/2048 + 1)^3, unbiased MMD^2"},
+            "ms_ssim": None if self.ms_ssim is None else self.ms_ssim.to_dict(),
+            "real": self.real.to_dict(),
+            "fake": self.fake.to_dict(),
+            "features": self.feature_config,
+            "real_statistics_cache": self.cache_status,
+            "warnings": list(self.warnings),
+            "timings_s": dict(self.timings_s),
+        }
+
+    def format_table(self) -> str:
+        rows = [
+            ("FID (MedicalNet)", f"{self.fid:.4f}", f"N real {self.n_real}, N generated {self.n_fake}"),
+            (
+                "KID (MedicalNet)",
+                f"{self.kid.mean:.6f}",
+                f"std {self.kid.std:.6f}, {self.kid.subsets} subsets of {self.kid.subset_size}",
+            ),
+        ]
+        if self.ms_ssim is not None:
+            m = self.ms_ssim
+            detail = f"{m.pairs} pairs ({m.mode}), setting {m.settings.name}"
+            rows.append(("MS-SSIM (generated)", f"{m.mean:.4f}", detail))
+        width = [max(len(r[i]) for r in rows + [("metric", "value", "details")]) for i in range(3)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(("metric", "value", "details"), width, strict=True))]
+        lines.append("  ".join("-" * w for w in width))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _range_warning(summary: SetSummary, what: str) -> str | None:
+    if summary.value_min < -0.05 or summary.value_max > 1.05:
+        return (
+            f"{what} volumes span [{summary.value_min:.3g}, {summary.value_max:.3g}], not [0, 1]: the "
+            "protocol compares volumes in [0, 1] (generated samples after (x + 1) / 2, real volumes "
+            "preprocessed without the final 2x - 1). Rescale them, or the features are not comparable."
+        )
+    return None
+
+
+def evaluate(
+    real: Sequence[Path],
+    fake: Sequence[Path],
+    extractor: MedicalNetFeatureExtractor,
+    real_reader: VolumeReader | None = None,
+    fake_reader: VolumeReader | None = None,
+    cache_dir: str | Path | None = None,
+    ms_ssim_pairs: int | str | None = "all",
+    ms_ssim_reduced: bool = False,
+    seed: int = 0,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    progress: ProgressCallback | None = None,
+) -> EvaluationReport:
+    """Evaluate generated volumes ``fake`` against real volumes ``real`` (lists of files).
+
+    Args:
+        extractor: the MedicalNet feature network (its device is used for MS-SSIM as well).
+        real_reader: path -> volume in [0, 1] for the real files (training preprocessing without 2x - 1);
+            default :class:`NiftiReader` (files already preprocessed).
+        fake_reader: the same for generated files; default :class:`NiftiReader` (as saved, as released).
+        cache_dir: folder for the real-set statistics cache; ``None`` disables it.
+        ms_ssim_pairs: ``"all"``, a number of random pairs, or ``None`` to skip MS-SSIM.
+        ms_ssim_reduced: allow the reduced MS-SSIM setting for volumes smaller than 112 voxels per side.
+        seed: seeds the random MS-SSIM pairs and the KID subsets.
+        progress: callback receiving the progress events (tasks ``embed-real``, ``embed-fake``, ``ms-ssim``).
+    """
+    real_reader = real_reader or NiftiReader()
+    fake_reader = fake_reader or NiftiReader()
+    if ms_ssim_pairs is not None and not ms_ssim_reduced and fake:
+        # Fail before the (long) embedding rather than after it.
+        shape = fake_reader(Path(fake[0])).shape
+        released = MSSSIMSettings()
+        if min(shape) < released.min_size:
+            raise InputShapeError(
+                f"The generated volumes are {tuple(shape)}; MS-SSIM with the released setting needs at least "
+                f"{released.min_size} voxels per side. Ask for the reduced setting (--ms-ssim-reduced; not "
+                "comparable with the paper) or skip MS-SSIM (--ms-ssim-pairs none)."
+            )
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+
+    start = time.perf_counter()
+    real_stats, real_summary, cache_status = real_statistics(real, extractor, real_reader, cache_dir, progress)
+    timings["embed_real"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    fake_features, fake_summary = embed_volumes(fake, extractor, fake_reader, progress, task="embed-fake")
+    fake_stats = FeatureStatistics.from_features(fake_features)
+    timings["embed_fake"] = time.perf_counter() - start
+
+    small_sample = small_sample_message(real_stats.count, fake_stats.count)
+    if small_sample:
+        notes.append(small_sample)
+    for summary, what in ((real_summary, "Real"), (fake_summary, "Generated")):
+        if message := _range_warning(summary, what):
+            notes.append(message)
+            logger.warning(message)
+    if sorted(real_summary.shapes) != sorted(fake_summary.shapes):
+        message = (
+            f"Real volumes have shapes {real_summary.shapes} and generated ones {fake_summary.shapes}; the "
+            "protocol compares volumes of the same size (e.g. 128^3 against 128^3)."
+        )
+        notes.append(message)
+        logger.warning(message)
+
+    fid = fid_from_statistics(real_stats, fake_stats, warn=False)  # warned once, below
+    kid = kernel_inception_distance(
+        real_stats.features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+    )
+
+    ms = None
+    if ms_ssim_pairs is not None:
+        start = time.perf_counter()
+        ms = ms_ssim_diversity(
+            list(fake),
+            read=fake_reader,
+            pairs=ms_ssim_pairs,
+            seed=seed,
+            reduced=ms_ssim_reduced,
+            device=extractor.device,
+            progress=progress,
+        )
+        timings["ms_ssim"] = time.perf_counter() - start
+        if ms.settings.name != "released":
+            notes.append(
+                f"MS-SSIM used the {ms.settings.name} setting because the volumes are smaller than "
+                f"{MSSSIMSettings().min_size} voxels per side; it is not comparable with the paper's."
+            )
+
+    if small_sample:
+        warnings.warn(small_sample, SmallSampleWarning, stacklevel=2)
+        logger.warning(small_sample)
+    return EvaluationReport(
+        fid=fid,
+        kid=kid,
+        n_real=real_stats.count,
+        n_fake=fake_stats.count,
+        real=real_summary,
+        fake=fake_summary,
+        ms_ssim=ms,
+        feature_config=extractor.config,
+        cache_status=cache_status,
+        warnings=notes,
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+    )
