@@ -137,6 +137,17 @@ def ras_to_lps(affine: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------ files
 
 
+def _optional(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"writing this file format needs the {module} package: install it with `pip install 'wdmcore[io]'`."
+        ) from None
+
+
 def split_format(path: str | os.PathLike) -> tuple[Path, str]:
     """(path, format) where format is "nii.gz", "nii" or "nrrd", read from the file name."""
     path = Path(path)
@@ -160,8 +171,7 @@ def save_nifti(
 
     ``dtype="int16"`` stores 16-bit integers with the NIfTI slope/intercept chosen by nibabel (readers that
     apply the scaling get the values back to within (max - min) / 65535)."""
-    import nibabel as nib
-
+    nib = _optional("nibabel")
     data = np.asarray(array, dtype=np.float32)
     image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
     image.set_qform(affine, code=1)
@@ -181,8 +191,7 @@ def save_nrrd(
     array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, metadata: dict[str, str] | None = None
 ) -> Path:
     """Write an (i, j, k) float32 array as compressed NRRD (LPS space) through SimpleITK."""
-    import SimpleITK as sitk
-
+    sitk = _optional("SimpleITK")
     data = np.asarray(array, dtype=np.float32)
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # SimpleITK arrays are (k, j, i)
     spacing, direction, origin = decompose_affine(ras_to_lps(affine))
