@@ -14,7 +14,16 @@ from wdmcore.generate import DEFAULT_STEPS, GeneratedVolume, generate
 from wdmcore.hub import load_catalogue
 from wdmcore.model import WDMModel
 from wdmcore.networks import NetworkConfig, build_network
-from wdmcore.samplers import Cancelled, NoiseSource, ddim, dpmpp_2m, model_denoiser, scheduler_loop, unipc
+from wdmcore.samplers import (
+    Cancelled,
+    NoiseSource,
+    ddim,
+    diffusers_scheduler,
+    dpmpp_2m,
+    model_denoiser,
+    scheduler_loop,
+    unipc,
+)
 
 TINY = NetworkConfig("unet", model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4)
 
@@ -211,3 +220,15 @@ def test_catalogue_model_geometry_for_the_released_cards():
         np.testing.assert_allclose(geometry.spacing, [2, 2, 2])
         assert geometry.known is False and "orientation unknown" in geometry.notes
         np.testing.assert_allclose(geometry.affine[:3, :3] @ np.full(3, 63.5) + geometry.affine[:3, 3], 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["dpm++2m", "unipc"])
+def test_solver_timesteps_are_distinct_for_every_step_count(name):
+    diffusion = Diffusion()
+    scheduler = diffusers_scheduler(name, diffusion)
+    for steps in [*range(1, 60), *range(60, 990, 37), *range(990, 1000)]:
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps.tolist()
+        assert len(set(timesteps)) == steps and timesteps[0] == 999 and min(timesteps) >= 0, steps
+    with pytest.raises(ConfigError, match="ancestral"):
+        scheduler_loop(name, lambda x, t: x, diffusion, torch.zeros(1, 8, 2, 2, 2), steps=1000)

@@ -196,8 +196,12 @@ def scheduler_loop(
     """
     if diffusion.num_timesteps != diffusion.config.steps:
         raise ConfigError("the diffusers samplers run on the full schedule, not on a respaced diffusion.")
-    if not 1 <= steps <= diffusion.num_timesteps:
-        raise ConfigError(f"steps must be between 1 and {diffusion.num_timesteps}, got {steps}.")
+    # The schedulers' evenly spread ("linspace") timesteps repeat one timestep at T steps: T - 1 at most.
+    if not 1 <= steps < diffusion.num_timesteps:
+        raise ConfigError(
+            f"the {scheduler_name} sampler takes between 1 and {diffusion.num_timesteps - 1} steps, got {steps}; "
+            "for the full schedule use the 'ancestral' sampler."
+        )
     scheduler = diffusers_scheduler(scheduler_name, diffusion)
     scheduler.set_timesteps(steps)
     x = x.float()
