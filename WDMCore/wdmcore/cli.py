@@ -13,7 +13,7 @@ from . import __version__
 from .errors import WDMError
 
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
-COMMAND_MODULES = ("wdmcore.hub_commands", "wdmcore.inspect", "wdmcore.data.lidc_dicom")
+COMMAND_MODULES = ("wdmcore.hub_commands", "wdmcore.inspect", "wdmcore.data.lidc_dicom", "wdmcore.training.command")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,11 +47,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoints import save_model_file
-from .diffusion import Diffusion, DiffusionConfig
-from .errors import CheckpointError, ConfigError, WDMError
-from .events import ProgressCallback, emit
-from .networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, preset_config
+from ..checkpoints import save_model_file
+from ..diffusion import Diffusion, DiffusionConfig
+from ..errors import CheckpointError, ConfigError, WDMError
+from ..events import ProgressCallback, emit
+from ..networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, preset_config
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,13 @@ class TrainConfig:
     data_description: str = ""
     geometry: dict[str, Any] = field(default_factory=dict)
     intensity: Any = "[0, 1] (network space 2x - 1)"
+    data: dict[str, Any] = field(default_factory=dict)  # where the data came from (informational, for the record)
 
     def resolved(self) -> TrainConfig:
         """A copy with defaults filled in and every value checked."""
-        c = dataclasses.replace(self, network=dict(self.network), diffusion=dict(self.diffusion))
+        c = dataclasses.replace(
+            self, network=dict(self.network), diffusion=dict(self.diffusion), data=dict(self.data)
+        )
         c.adam_betas = tuple(float(b) for b in c.adam_betas)
         if c.preset is not None and c.preset not in PRESETS:
             raise ConfigError(f"unknown preset {c.preset!r}; choose one of {', '.join(PRESETS)} (or give a network).")
@@ -423,7 +426,7 @@ def _card_affine(card: dict[str, Any], size: int) -> np.ndarray:
 
 def write_preview(ema_network: DiffusionNetwork, card: dict[str, Any], path_stem: Path, steps: int) -> list[Path]:
     """Sample one volume (DDIM, seed 0) and save it as NIfTI (when nibabel is installed) and a PNG."""
-    from .model import WDMModel
+    from ..model import WDMModel
 
     network = copy.deepcopy(ema_network).eval()
     model = WDMModel(network, card)
@@ -491,7 +494,7 @@ def _make_card(config: TrainConfig, network_config: NetworkConfig, step: int, da
 
 
 def _dataset_description(dataset: Dataset) -> str:
-    from .data.phantoms import PhantomDataset
+    from ..data.phantoms import PhantomDataset
 
     if isinstance(dataset, PhantomDataset):
         return (
@@ -765,7 +768,7 @@ def _global_mean(value: torch.Tensor, dist: _Dist) -> float:
 
 
 _RESUME_FREE = {"max_steps", "checkpoint_interval", "keep_last", "preview_interval", "preview_steps",
-                "log_interval", "num_workers", "device", "tensorboard", "name", "description"}  # fmt: skip
+                "log_interval", "num_workers", "device", "tensorboard", "name", "description", "data"}  # fmt: skip
 
 
 def _changed_for_resume(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
