@@ -85,9 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, previews, logs")
     parser.add_argument("--config", type=Path, help="YAML or JSON file of options (training fields, 'data')")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument(
-        "--progress", choices=("tqdm", "jsonl", "none"), default="tqdm", help="how to report progress"
-    )
+    parser.add_argument("--progress", choices=("tqdm", "jsonl", "none"), default="tqdm", help="how to report progress")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", dest="data_path", type=Path, help="dataset folder, list file or volume file")

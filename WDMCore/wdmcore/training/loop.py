@@ -107,9 +107,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with defaults filled in and every value checked."""
-        c = dataclasses.replace(
-            self, network=dict(self.network), diffusion=dict(self.diffusion), data=dict(self.data)
-        )
+        c = dataclasses.replace(self, network=dict(self.network), diffusion=dict(self.diffusion), data=dict(self.data))
         c.adam_betas = tuple(float(b) for b in c.adam_betas)
         if c.preset is not None and c.preset not in PRESETS:
             raise ConfigError(f"unknown preset {c.preset!r}; choose one of {', '.join(PRESETS)} (or give a network).")
@@ -511,7 +509,12 @@ def _dataset_geometry(dataset: Dataset, size: int) -> dict[str, Any]:
         return {"spacing_mm": [1.0, 1.0, 1.0], "known": False}
     affine = np.asarray(affine, dtype=np.float64)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    return {"spacing_mm": [float(s) for s in spacing], "affine": affine.tolist(), "known": True}
+    return {
+        "spacing_mm": [float(s) for s in spacing],
+        "affine": affine.tolist(),
+        "known": True,
+        "note": "the geometry of the first training volume after preprocessing",
+    }
 
 
 def _check_item(item: Any, size: int) -> torch.Tensor:
@@ -592,6 +595,9 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
         raise ConfigError("the dataset is empty.")
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*out_dir.glob(".model_*.tmp"), *out_dir.glob(".state_*.tmp")]:
+            log.info("removing %s, left by an interrupted checkpoint write", stale)
+            stale.unlink(missing_ok=True)
     network_config = config.network_config()
     diffusion = Diffusion(DiffusionConfig.from_dict(config.diffusion))
 
