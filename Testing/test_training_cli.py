@@ -217,3 +217,24 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path
     b = load_training_state(tmp_path / "straight" / "state_0000004.pt")["network"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list(out.glob(".*.tmp"))
+
+
+def test_sigterm_stops_wdm_train_with_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "WDMCore"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "wdmcore", "train", *TINY, "--format", "phantoms", "--phantoms", "8",
+               "--max-steps", "100000", "--checkpoint-interval", "100000", "--log-interval", "1", "--out", str(out),
+               "--progress", "jsonl"]  # fmt: skip
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in child.stdout:
+            if json.loads(line).get("done", 0) >= 3:
+                child.send_signal(signal.SIGTERM)
+                break
+        rest = child.stdout.read()
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == 0
+    result = json.loads(rest.strip().splitlines()[-1])
+    assert result["event"] == "result" and result["stopped"] is True
+    assert Path(result["path"]).is_file() and load_training_state(out / f"state_{result['step']:07d}.pt")

@@ -82,15 +82,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="network preset (default unet-128)")
-    parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, previews, logs")
-    parser.add_argument("--config", type=Path, help="YAML or JSON file of options (training fields, 'data')")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="run folder: checkpoints, previews, logs"
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="YAML or JSON file of options (training fields, 'data')"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--progress", choices=("tqdm", "jsonl", "none"), default="tqdm", help="how to report progress")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data", dest="data_path", type=Path, help="dataset folder, list file or volume file")
+    data.add_argument(
+        "--data", dest="data_path", type=Path, metavar="PATH", help="dataset folder, list file or volume file"
+    )
     data.add_argument("--format", dest="data_format", choices=FORMATS, help="dataset layout (default auto)")
-    data.add_argument("--sequence", dest="data_sequence", help="BraTS sequence (default t1n)")
+    data.add_argument("--sequence", dest="data_sequence", metavar="SEQ", help="BraTS sequence (default t1n)")
     data.add_argument(
         "--resample",
         dest="data_resample",
@@ -99,22 +105,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "fits the cube, then crops/pads; 'crop' keeps the grids and crops/pads; 'none' keeps the volumes as "
         "they are (they must already be cubes of the image size)",
     )
-    data.add_argument("--spacing", dest="data_spacing", type=float, help="folder data: resample to this spacing (mm)")
+    data.add_argument(
+        "--spacing", dest="data_spacing", type=float, metavar="MM", help="folder data: resample to this spacing (mm)"
+    )
     data.add_argument("--crop", dest="data_crop", choices=("center", "foreground"), help="crop/pad around")
     data.add_argument("--intensity", dest="data_intensity", choices=("mri", "ct"), help="intensity scaling")
-    data.add_argument("--cache", dest="data_cache", type=Path, help="preprocessing cache (default OUT/cache)")
+    data.add_argument(
+        "--cache", dest="data_cache", type=Path, metavar="DIR", help="preprocessing cache (default OUT/cache)"
+    )
     data.add_argument(
         "--skip-bad-files",
         dest="data_skip_bad_files",
         action="store_true",
         help="train on the usable files when some cannot be used (default: stop and list them)",
     )
-    data.add_argument("--phantoms", dest="data_phantoms", type=int, help="number of phantoms (--format phantoms)")
+    data.add_argument(
+        "--phantoms", dest="data_phantoms", type=int, metavar="N", help="number of phantoms (--format phantoms)"
+    )
 
     hyper = parser.add_argument_group("training")
     for option, name, kind, text in _TRAIN_OPTIONS:
-        hyper.add_argument(option, dest=f"train_{name}", type=kind, help=text)
-    hyper.add_argument("--adam-betas", dest="train_adam_betas", type=float, nargs=2, help="AdamW betas")
+        hyper.add_argument(option, dest=f"train_{name}", type=kind, metavar=name.upper(), help=text)
+    hyper.add_argument(
+        "--adam-betas", dest="train_adam_betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas"
+    )
     hyper.add_argument("--precision", dest="train_precision", choices=("auto", "fp32", "bf16"), help="precision")
     hyper.add_argument("--no-ema-warmup", dest="train_ema_warmup", action="store_false", help="constant EMA rate")
     hyper.add_argument(
@@ -126,7 +140,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     hyper.add_argument("--no-tensorboard", dest="train_tensorboard", action="store_false", help="no TensorBoard")
     net = parser.add_argument_group("network (overrides the preset)")
     for option, name, kind, text in _NETWORK_OPTIONS:
-        net.add_argument(option, dest=f"net_{name}", type=kind, help=text)
+        net.add_argument(option, dest=f"net_{name}", type=kind, metavar=name.upper(), help=text)
     parser.set_defaults(handler=run)
     return parser
 
