@@ -2,7 +2,9 @@
 
 One step = the paper's loss (forward), backward and an AdamW update, as in ``wdmcore.training``. Each case runs
 in a fresh process: one warm-up step, then ``--repeats`` timed steps (median reported); peak memory is the
-process's peak RSS sampled every 5 ms during the timed steps, minus the RSS before the first step. Usage:
+process's peak RSS sampled every 5 ms during the timed steps, minus the RSS before the first step (so it includes
+the AdamW state and gradients); ``saved_for_backward_mb`` counts the distinct tensors autograd keeps for the
+backward pass of one loss (the activations that checkpointing avoids storing). Usage:
 
     python benchmarks/bench_training.py                     # reduced-size cases, 1 thread, writes benchmarks/results/
     python benchmarks/bench_training.py --cases unet128_full unet128_full_ckpt --repeats 1
@@ -63,6 +65,24 @@ class PeakRSS:
         self.peak = max(self.peak, _rss_mb())
 
 
+def _saved_for_backward_mb(network, diffusion, image, generator) -> float:
+    """Megabytes of distinct tensors the autograd graph keeps for the backward pass of one loss."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    t = torch.randint(0, diffusion.num_timesteps, (image.shape[0],), generator=generator)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss, _ = diffusion.training_loss(network, image, t, generator=generator)
+    del loss
+    return sum(seen.values()) / 2**20
+
+
 def measure(name: str, repeats: int, threads: int) -> dict:
     import dataclasses
 
@@ -93,6 +113,7 @@ def measure(name: str, repeats: int, threads: int) -> dict:
     start = time.perf_counter()
     step()
     warmup_s = time.perf_counter() - start
+    saved_mb = _saved_for_backward_mb(network, diffusion, image, generator)
     times = []
     with PeakRSS() as peak:
         for _ in range(repeats):
@@ -111,6 +132,7 @@ def measure(name: str, repeats: int, threads: int) -> dict:
         "step_s_median": round(statistics.median(times), 3),
         "step_s_all": [round(t, 3) for t in times],
         "peak_rss_mb_above_start": round(peak.peak - base, 1),
+        "saved_for_backward_mb": round(saved_mb, 1),
         "rss_mb_at_start": round(base, 1),
     }
 
