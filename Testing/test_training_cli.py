@@ -238,3 +238,21 @@ def test_sigterm_stops_wdm_train_with_a_checkpoint(tmp_path):
     result = json.loads(rest.strip().splitlines()[-1])
     assert result["event"] == "result" and result["stopped"] is True
     assert Path(result["path"]).is_file() and load_training_state(out / f"state_{result['step']:07d}.pt")
+
+
+def test_unet128_preset_prepares_any_folder_to_128_cubes(tmp_path):
+    from wdmcore.training.command import build_dataset
+    from wdmcore.training.loop import TrainConfig
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _volume(data / "wide.nii.gz", (60, 50, 20), spacing=(3.0, 3.0, 5.0))
+    _volume(data / "small.nii", (10, 12, 14), spacing=(1.0, 1.0, 1.0), seed=1)
+    config = TrainConfig(preset="unet-128").resolved()
+    options = {"path": str(data), "format": "folder", "sequence": "t1n", "resample": "fit", "spacing": None,
+               "crop": "center", "intensity": "mri", "cache": None, "skip_bad_files": False}  # fmt: skip
+    dataset = build_dataset(config, options, tmp_path / "run")
+    assert len(dataset) == 2
+    for i in range(2):
+        image, _ = dataset[i]
+        assert image.shape == (1, 128, 128, 128) and float(image.min()) >= -1.0 and float(image.max()) <= 1.0
