@@ -11,6 +11,7 @@ configuration (training and data) is written into the run folder as ``config.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -192,10 +193,32 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
         raise ConfigError(f"unknown data options {sorted(unknown)}; known: {sorted(DATA_DEFAULTS)}.")
     if data_options["path"] is not None:
         data_options["path"] = str(Path(data_options["path"]).expanduser().resolve())
+    train_fields.setdefault("intensity", _intensity_meaning(data_options))
     train_fields["network"] = network
     train_fields["data"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in data_options.items()}
     config = TrainConfig.from_dict(train_fields).resolved()
     return config, data_options
+
+
+def _intensity_meaning(data: dict[str, Any]) -> dict[str, Any]:
+    """What the [0, 1] output intensities mean, for the model card."""
+    fmt = data["format"]
+    if fmt == "auto" and data["path"] is not None:
+        from ..data import detect_format
+
+        with contextlib.suppress(WDMError):  # reported when the dataset is built
+            fmt = detect_format(data["path"])
+    if fmt == "phantoms":
+        meaning = "synthetic phantom units (background 0, skull 0.8-1.0; see wdmcore.data.phantoms)"
+    elif fmt == "brats":
+        meaning = "MRI, released BraTS preprocessing: clipped to the 0.1/99.9 % quantiles, min-max scaled"
+    elif fmt == "lidc":
+        meaning = "CT, released LIDC preprocessing: HU clipped to [-1000, q99.9], min-max scaled"
+    elif data["intensity"] == "ct":
+        meaning = "CT: Hounsfield units of the window [-1000, 1000] mapped linearly to [0, 1]"
+    else:
+        meaning = "MRI: clipped to the 0.1/99.9 percentiles of each volume, min-max scaled (relative intensities)"
+    return {"range": [0.0, 1.0], "meaning": meaning}
 
 
 def _channel_mult(value: str) -> list[int]:
