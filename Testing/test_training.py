@@ -211,3 +211,14 @@ def test_png_writer_round_trips_pixels(tmp_path):
     raw = zlib.decompress(data[41 : 41 + idat_len])
     rows = [raw[r * 5 + 1 : r * 5 + 5] for r in range(3)]
     assert np.array_equal(np.frombuffer(b"".join(rows), np.uint8).reshape(3, 4), np.round(image * 255))
+
+
+def test_tensorboard_logs_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    train(tiny_config(max_steps=2, tensorboard=True), PhantomDataset(4, 16), tmp_path)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"loss", "lr", "loss_band/0", "loss_band/7"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
