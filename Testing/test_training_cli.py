@@ -256,3 +256,16 @@ def test_unet128_preset_prepares_any_folder_to_128_cubes(tmp_path):
     for i in range(2):
         image, _ = dataset[i]
         assert image.shape == (1, 128, 128, 128) and float(image.min()) >= -1.0 and float(image.max()) <= 1.0
+
+
+def test_yaml_config(tmp_path, capsys):
+    pytest.importorskip("yaml")
+    (tmp_path / "c.yaml").write_text("lr: 0.003\nmax_steps: 2\ndata:\n  format: phantoms\n  phantoms: 4\n")
+    out = tmp_path / "run"
+    code, _, err = _wdm([*TINY, "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--progress", "none"], capsys)
+    assert code == 0, err
+    resolved = json.loads((out / "config.json").read_text())
+    assert (resolved["lr"], resolved["max_steps"], resolved["data"]["phantoms"]) == (0.003, 2, 4)
+    (tmp_path / "bad.yaml").write_text("lr: [1, 2\n")
+    code, _, err = _wdm([*TINY, "--config", str(tmp_path / "bad.yaml"), "--out", str(out)], capsys)
+    assert code == 2 and "not valid YAML" in err
