@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import logging
+import re
 import shutil
 import signal
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from wdmcore.checkpoints import read_model_file
 from wdmcore.data.phantoms import PhantomDataset, phantom_affine
 from wdmcore.events import jsonl_writer
 from wdmcore.training import TrainConfig, list_checkpoints, train
@@ -56,6 +58,17 @@ DEMO_CONFIG = TrainConfig(
 )  # fmt: skip
 
 
+def _catalogue_text(catalogue: dict) -> str:
+    """JSON with two-space indents and short lists of numbers on one line, as models.json is written."""
+    text = json.dumps(catalogue, indent=2, ensure_ascii=False) + "\n"
+    number = r"(?:-?[\d.]+(?:e-?\d+)?|null)"
+    return re.sub(
+        rf"\[\s*({number}(?:,\s*{number})*)\s*\]",
+        lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+        text,
+    )
+
+
 def publish(run_dir: Path) -> Path:
     step, model_file, _ = list_checkpoints(run_dir)[-1]
     target = PACKAGE / "assets" / "demo_phantom_64.safetensors"
@@ -69,7 +82,22 @@ def publish(run_dir: Path) -> Path:
             entry["sha256"] = hashlib.sha256(data).hexdigest()
             entry["size_bytes"] = len(data)
             entry["approx_size_bytes"] = len(data)
-    catalogue_path.write_text(json.dumps(catalogue, indent=2, ensure_ascii=False) + "\n")
+            tensors, card = read_model_file(target)
+            entry["card"].update(
+                {
+                    "spacing_mm": card["geometry"]["spacing_mm"],
+                    "intensity": card["intensity"],
+                    "parameters": sum(t.numel() for t in tensors.values()),
+                    "training": {
+                        "steps": card["training"]["step"],
+                        "batch_size": card["training"]["batch_size"],
+                        "optimizer": f"AdamW lr {DEMO_CONFIG.lr:g} ({DEMO_CONFIG.lr_warmup_steps} warm-up steps), "
+                        f"gradient clipping {DEMO_CONFIG.grad_clip:g}, EMA {DEMO_CONFIG.ema_rate:g}",
+                        "script": "scripts/train_demo_model.py",
+                    },
+                }
+            )
+    catalogue_path.write_text(_catalogue_text(catalogue))
     print(f"published step {step}: {target} ({len(data)} bytes)")
     return target
 
