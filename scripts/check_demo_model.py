@@ -1,6 +1,6 @@
 """Measure how phantom-like the samples of a model are (used for the bundled demo model, docs/training.md).
 
-    PYTHONPATH=WDMCore python scripts/check_demo_model.py [MODEL] [--num 8] [--sampler ddim --steps 50]
+    PYTHONPATH=WDMCore python scripts/check_demo_model.py [MODEL] [--num 8] [--sampler ddim --steps 50] [--png F]
 
 Prints JSON: the statistics of the samples (foreground fraction, foreground mean, histogram distance and the
 combined distance of wdmcore.data.phantoms) next to those of real phantoms, of an untrained network of the
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="ddim")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--png", help="also write the samples' mid-slices (one row each) above 4 real phantoms")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model)
@@ -61,6 +62,16 @@ def main() -> None:
         "uniform_noise": describe(volume_statistics(noise), reference),
     }
     print(json.dumps(result, indent=2))
+    if args.png:
+        import numpy as np
+
+        from wdmcore.data.phantoms import phantom_batch
+        from wdmcore.training import mid_slices, write_png_gray
+
+        rows = [mid_slices(v) for v in samples[:, 0].numpy()]
+        rows.append(np.zeros_like(rows[0][:2]))
+        rows += [mid_slices(v) for v in phantom_batch(4, size, seed=12345)]
+        write_png_gray(args.png, np.concatenate(rows, axis=0))
 
 
 if __name__ == "__main__":
