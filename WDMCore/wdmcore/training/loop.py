@@ -609,7 +609,8 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
         if changed:
             raise ConfigError(
                 f"the run in {out_dir} was started with other settings ({', '.join(changed)}); resume with "
-                "the same settings (only max_steps, intervals, keep_last, num_workers and device may change), "
+                "the same settings (max_steps, intervals, keep_last, num_workers, device and activation "
+                "checkpointing may change), "
                 "or start a new run in another folder."
             )
         start_step = int(state["step"])
@@ -774,7 +775,8 @@ def _global_mean(value: torch.Tensor, dist: _Dist) -> float:
 
 
 _RESUME_FREE = {"max_steps", "checkpoint_interval", "keep_last", "preview_interval", "preview_steps",
-                "log_interval", "num_workers", "device", "tensorboard", "name", "description", "data"}  # fmt: skip
+                "log_interval", "num_workers", "device", "tensorboard", "name", "description", "data",
+                "activation_checkpointing", "max_nonfinite_steps"}  # fmt: skip
 
 
 def _changed_for_resume(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
