@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "wdmcore.hub_commands",
     "wdmcore.inspect",
     "wdmcore.data.lidc_dicom",
+    "wdmcore.training.command",
 )
 
 
