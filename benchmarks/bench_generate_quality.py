@@ -15,7 +15,7 @@ Measures, per sampler and step count, over ``--seeds`` volumes (seeds 0 ... N-1)
   foreground fraction (voxels > 0.05);
 * ``phantom_distance``: ``PhantomStatistics.distance`` to 16 fresh training-distribution phantoms (demo model).
 
-The baseline row ``ancestral1000_independent`` compares a second 1000-step set (seeds N ... 2N-1) with the
+The baseline row ``ancestral<reference steps>_independent`` compares a second 1000-step set (seeds N ... 2N-1) with the
 reference: differences below it are within sampling noise for this N.
 """
 
@@ -96,7 +96,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    add("ancestral1000_independent", args.reference_steps, independent, ind_s, same_seeds=False)
+    add(f"ancestral{args.reference_steps}_independent", args.reference_steps, independent, ind_s, same_seeds=False)
     rows[-1]["phantom_distance_reference"] = round(volume_statistics(reference).distance(phantoms), 5)
     for sampler in args.samplers.split(","):
         for steps in (int(s) for s in args.steps.split(",")):
