@@ -14,10 +14,12 @@ from .errors import WDMError
 
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
 COMMAND_MODULES = (
+    "wdmcore.sample_command",
+    "wdmcore.training.command",
+    "wdmcore.evaluation.command",
     "wdmcore.hub_commands",
     "wdmcore.inspect",
     "wdmcore.data.lidc_dicom",
-    "wdmcore.evaluation.command",
 )
 
 
