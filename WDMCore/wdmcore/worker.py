@@ -134,7 +134,7 @@ class Worker:
             except _Stop:
                 self.send("bye", id=job_id)
                 return 0
-            except BaseException as exc:  # noqa: BLE001 - every failure is reported, the worker lives on
+            except BaseException as exc:  # every failure is reported, the worker lives on
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 if _is_cancellation(exc):

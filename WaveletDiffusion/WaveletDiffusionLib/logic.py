@@ -270,7 +270,9 @@ class WaveletDiffusionLogic:
 
     def _on_error(self, job: Job, event: dict[str, Any]) -> None:
         message = str(event.get("message", "unknown error"))
-        self._finish(job, "failed", GenerationError(message, kind=str(event.get("kind")), detail=event.get("detail", "")))
+        self._finish(
+            job, "failed", GenerationError(message, kind=str(event.get("kind")), detail=event.get("detail", ""))
+        )
 
     def _on_cancelled(self, job: Job, event: dict[str, Any]) -> None:
         self._finish(job, "cancelled", GenerationCancelled())

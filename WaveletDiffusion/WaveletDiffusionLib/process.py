@@ -10,6 +10,7 @@ its last error and the tail of its stderr. :meth:`kill` ends the worker and ever
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -154,10 +155,8 @@ class WorkerProcess:
     def cancel(self, request_id: int | None = None) -> None:
         """Ask the worker to stop a job (the running one when ``request_id`` is None)."""
         if self.running:
-            try:
+            with contextlib.suppress(WorkerError):
                 self.send("cancel", id=None, **({} if request_id is None else {"target": request_id}))
-            except WorkerError:
-                pass
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Ask the worker to leave; kill it (and its children) if it does not within ``timeout`` seconds."""
@@ -170,10 +169,8 @@ class WorkerProcess:
                 self._proc.stdin.close()
             except (WorkerError, OSError):
                 pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
     def kill(self) -> None:
@@ -185,17 +182,13 @@ class WorkerProcess:
             self._killed = True
         children = _descendants(proc.pid)
         if os.name != "nt":
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         else:
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
         for child in children:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 child.kill()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
         if proc.poll() is None:
             proc.kill()
         try:
@@ -313,5 +306,5 @@ def _descendants(pid: int) -> list[Any]:
         return []
     try:
         return psutil.Process(pid).children(recursive=True)
-    except Exception:  # noqa: BLE001 - the process is gone
+    except Exception:  # the process is gone
         return []
