@@ -13,7 +13,12 @@ from . import __version__
 from .errors import WDMError
 
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
-COMMAND_MODULES = ("wdmcore.hub_commands", "wdmcore.inspect", "wdmcore.data.lidc_dicom")
+COMMAND_MODULES = (
+    "wdmcore.sample_command",
+    "wdmcore.hub_commands",
+    "wdmcore.inspect",
+    "wdmcore.data.lidc_dicom",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

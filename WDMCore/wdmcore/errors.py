@@ -26,3 +26,7 @@ class DownloadError(WDMError):
 
 class DataError(WDMError):
     """Input data (a folder, a list file, a volume file) is missing, unreadable or unusable."""
+
+
+class OutOfMemoryError(WDMError, MemoryError):
+    """The device ran out of memory (for example while generating a batch of volumes)."""

@@ -25,7 +25,7 @@ from .diffusion import Diffusion, DiffusionConfig
 from .errors import ConfigError
 from .events import ProgressCallback, ProgressTracker
 from .networks import DiffusionNetwork, NetworkConfig, build_network
-from .samplers import SAMPLERS, CancelCheck, NoiseSource, StepCallback, model_denoiser
+from .samplers import CancelCheck, NoiseSource, StepCallback, run_sampler
 from .wavelets import from_coefficients
 
 
@@ -68,16 +68,16 @@ class WDMModel:
         on_step: StepCallback | None = None,
         cancel: CancelCheck | None = None,
     ) -> torch.Tensor:
-        """One batch: coefficients [len(seeds), 8, S/2, S/2, S/2], sample i from seed ``seeds[i]``."""
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-        diffusion = self.sampling_diffusion(steps)
+        """One batch: coefficients [len(seeds), 8, S/2, S/2, S/2], sample i from seed ``seeds[i]``.
+
+        ``sampler``: "ancestral" (the released sampler; respaced when ``steps`` < 1000), "ddim", "dpm++2m" or
+        "unipc" (see :mod:`wdmcore.samplers`)."""
         half = self.image_size // 2
         noise = NoiseSource(seeds, self.device)
         x = noise.initial((self.network.config.in_channels, half, half, half))
-        denoise = model_denoiser(self.network, diffusion)
-        kwargs = {"eta": eta} if sampler == "ddim" else {}
-        return SAMPLERS[sampler](denoise, diffusion, x, noise, on_step=on_step, cancel=cancel, **kwargs)
+        return run_sampler(
+            sampler, self.network, self.diffusion, x, noise, steps=steps, eta=eta, on_step=on_step, cancel=cancel
+        )
 
     def sample(
         self,

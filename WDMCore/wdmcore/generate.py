@@ -1,0 +1,295 @@
+"""Model + settings -> generated volumes with intensities and geometry.
+
+>>> from wdmcore.generate import generate
+>>> volumes = generate("demo_phantom_64", 2, seed=0)             # default fast sampler
+>>> volumes[0].array.shape, volumes[0].affine                     # (64, 64, 64) in (i, j, k), voxel-to-RAS
+>>> volumes[0].save("out/sample_0.nii.gz")                        # + out/sample_0.json
+
+Sample i is drawn from seed ``seed + i`` alone: the same seed gives the same volume whatever the batch size.
+On CUDA, ``precision="bf16"`` or ``"fp16"`` runs the network under autocast (GroupNorm, the image-space x0 clip
+and the sampler update stay in fp32), the network uses the channels-last-3d layout, and ``compile=True``
+wraps it in :func:`torch.compile`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, OutOfMemoryError
+from .events import ProgressCallback, ProgressTracker
+from .model import WDMModel, load_model
+from .outputs import Geometry, card_geometry, save_volume
+from .samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
+from .wavelets import from_coefficients
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "demo_phantom_64"
+DEFAULT_SAMPLER = "dpm++2m"
+# Steps used when a sampler is chosen without a step count (see docs/generation.md for the measurements).
+DEFAULT_STEPS = {"ancestral": 1000, "ddim": 50, "dpm++2m": 25, "unipc": 25}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+PreviewCallback = Callable[[int, np.ndarray], None]
+Cancel = Callable[[], bool] | threading.Event
+
+
+@dataclass
+class GeneratedVolume:
+    """One generated volume: ``array`` float32 in NIfTI index order (i, j, k) in the card's intensity range,
+    ``affine`` 4x4 voxel-to-RAS (mm), the ``seed`` it was drawn from and a ``meta`` record."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    seed: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, *, dtype: str = "float32", sidecar: bool = True) -> Path:
+        """Write as ``.nii.gz``/``.nii``/``.nrrd`` (from the name) plus a ``.json`` sidecar with ``meta``."""
+        return save_volume(self.array, self.affine, path, self.meta, dtype=dtype, sidecar=sidecar)
+
+
+# --------------------------------------------------------------------------------------------- model, device
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was requested but PyTorch sees no GPU here; use device 'cpu' (or 'auto').")
+    return device
+
+
+def resolve_model(
+    model: WDMModel | str | os.PathLike,
+    *,
+    preset: str | None = None,
+    device: str | torch.device = "cpu",
+    on_progress: ProgressCallback | None = None,
+) -> WDMModel:
+    """A :class:`WDMModel` from a model object, a checkpoint path or a catalogue name (fetched if needed)."""
+    if isinstance(model, WDMModel):
+        return model.to(device)
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return load_model(path, preset=preset, device=device)
+    if path.suffix in (".pt", ".pth", ".safetensors") or os.sep in text or "/" in text:
+        raise ConfigError(
+            f"model file {path} not found; give the path of an existing .pt or .safetensors checkpoint, "
+            "or a model name from `wdm models`."
+        )
+    from . import hub
+
+    info = hub.get_model_info(text)  # ConfigError listing the known names if unknown
+    file = hub.fetch(text, on_progress=on_progress)
+    catalogue_card = {k: v for k, v in info.card.items() if k not in ("image_size", "note")}
+    if file.suffix == ".safetensors":
+        loaded = load_model(file, device=device)
+        # The file's own card is authoritative; the catalogue only fills gaps.
+        loaded.card = {**catalogue_card, **loaded.card, "name": loaded.card.get("name") or info.name}
+        return loaded
+    card = {**catalogue_card, "name": info.name, "description": info.description}
+    return load_model(file, preset=preset or info.preset, card=card, device=device)
+
+
+def _cancel_check(cancel: Cancel | None) -> Callable[[], bool] | None:
+    if cancel is None:
+        return None
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    if not callable(cancel):
+        raise ConfigError("cancel must be a callable returning True to stop, or a threading.Event.")
+    return cancel
+
+
+def _intensity(card: dict[str, Any]) -> tuple[float, float, str]:
+    info = card.get("intensity")
+    if isinstance(info, dict):
+        low, high = info.get("range") or (0.0, 1.0)
+        return float(low), float(high), str(info.get("meaning", ""))
+    return 0.0, 1.0, str(info or "[0, 1] (the network's [-1, 1] mapped by (x + 1) / 2)")
+
+
+def _network_call(network: torch.nn.Module, device: torch.device, precision: str) -> Callable:
+    """network(x, t) in the requested precision; the output is always fp32."""
+    autocast_dtype = PRECISIONS[precision]
+    channels_last = device.type == "cuda"
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if autocast_dtype is None:
+            out = network(x, t)
+        else:
+            with torch.autocast(device.type, dtype=autocast_dtype):
+                out = network(x, t)
+        return out.float().contiguous()
+
+    return call
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _report_step(
+    tracker: ProgressTracker,
+    to_output: Callable[[torch.Tensor], np.ndarray],
+    on_preview: PreviewCallback | None,
+    preview_every: int,
+    first_index: int,
+    count: int,
+    done: int,
+    total: int,
+    x: torch.Tensor,
+    pred_x0: torch.Tensor,
+) -> None:
+    tracker.advance(count, volume=first_index)
+    if on_preview is not None and (done % preview_every == 0 or done == total):
+        for b, image in enumerate(to_output(pred_x0)):
+            on_preview(first_index + b, image)
+
+
+# -------------------------------------------------------------------------------------------------- generate
+
+
+def generate(
+    model: WDMModel | str | os.PathLike = DEFAULT_MODEL,
+    num: int = 1,
+    *,
+    seed: int = 0,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    cancel: Cancel | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_preview: PreviewCallback | None = None,
+    preview_every: int = 5,
+    compile: bool = False,
+    preset: str | None = None,
+    reference_affine: np.ndarray | None = None,
+) -> list[GeneratedVolume]:
+    """Generate ``num`` volumes.
+
+    Args:
+        model: a :class:`WDMModel`, a checkpoint path (``.pt`` released format, ``.safetensors`` ours) or a
+            catalogue name (``wdm models``; downloaded and verified on first use).
+        num: how many volumes; volume i is drawn from seed ``seed + i`` (independent of ``batch_size``).
+        sampler: ``"dpm++2m"`` (default), ``"unipc"``, ``"ddim"`` or ``"ancestral"`` (the paper's sampler;
+            with 1000 steps exactly the released one).
+        steps: network evaluations per volume; default per sampler (:data:`DEFAULT_STEPS`).
+        batch_size: volumes sampled together (memory vs. speed; the results do not change).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the network (meant for CUDA).
+        cancel: a callable returning True, or a :class:`threading.Event`; checked before every step, then
+            :class:`~wdmcore.samplers.Cancelled` is raised.
+        on_progress: receives ``{"event": "progress", "task": "sample", "done", "total", "eta_s", ...}`` after
+            every step (``total`` = num x steps).
+        on_preview: ``on_preview(index, x0_image)`` every ``preview_every`` steps and at the last step, with the
+            current x0 estimate of volume ``index`` as an (i, j, k) float32 array in the output intensity range.
+        compile: wrap the network in :func:`torch.compile` (pays off for many volumes; first call is slow).
+        preset: the network preset of a ``.pt`` file whose preset cannot be detected.
+        reference_affine: for cards stating ``source_voxel_of_output_voxel``, the affine of a training-set
+            volume to place the outputs in its frame (see :func:`wdmcore.outputs.card_geometry`).
+
+    Returns one :class:`GeneratedVolume` per seed, in order. Raises :class:`OutOfMemoryError` when the device
+    runs out of memory, :class:`Cancelled` when cancelled, :class:`ConfigError` for invalid settings.
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    if num < 1 or batch_size < 1:
+        raise ConfigError("num and batch_size must be at least 1.")
+    if preview_every < 1:
+        raise ConfigError("preview_every must be at least 1.")
+    steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    torch_device = resolve_device(device)
+    wdm = resolve_model(model, preset=preset, device=torch_device, on_progress=on_progress)
+    if not 1 <= steps <= wdm.diffusion.num_timesteps:
+        raise ConfigError(f"steps must be between 1 and {wdm.diffusion.num_timesteps}, got {steps}.")
+    check_cancel = _cancel_check(cancel)
+
+    size = wdm.image_size
+    geometry: Geometry = card_geometry(wdm.card, (size, size, size), reference_affine)
+    low, high, meaning = _intensity(wdm.card)
+    lll_scale = wdm.diffusion_config.lll_scale
+
+    def to_output(coeffs: torch.Tensor) -> np.ndarray:
+        image = from_coefficients(coeffs.float(), lll_scale)[:, 0].clamp(-1, 1)
+        return (low + (high - low) * (image + 1) / 2).cpu().numpy().astype(np.float32, copy=False)
+
+    from . import __version__
+
+    base_meta = {
+        "model": wdm.card.get("name") or "unnamed",
+        "sampler": sampler,
+        "steps": steps,
+        "precision": precision,
+        "device": str(torch_device),
+        "wdmcore_version": __version__,
+        "image_size": size,
+        "intensity": meaning,
+        "intensity_range": [low, high],
+        "geometry_known": geometry.known,
+        "geometry_notes": geometry.notes,
+    }
+
+    network = wdm.network
+    if torch_device.type == "cuda":
+        network = network.to(memory_format=torch.channels_last_3d)
+    if compile:
+        network = torch.compile(network)
+    call = _network_call(network, torch_device, precision)
+    tracker = ProgressTracker(on_progress, "sample", total=num * steps, sampler=sampler, steps=steps)
+    half = size // 2
+    results: list[GeneratedVolume] = []
+    started = time.perf_counter()
+    for start in range(0, num, batch_size):
+        seeds = [seed + i for i in range(start, min(num, start + batch_size))]
+
+        on_step = functools.partial(_report_step, tracker, to_output, on_preview, preview_every, start, len(seeds))
+        try:
+            with torch.inference_mode():
+                noise = NoiseSource(seeds, torch_device)
+                x = noise.initial((wdm.network.config.in_channels, half, half, half))
+                coeffs = run_sampler(
+                    sampler, call, wdm.diffusion, x, noise, steps=steps, on_step=on_step, cancel=check_cancel
+                )
+                arrays = to_output(coeffs)
+        except Cancelled:
+            raise
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            if torch_device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise OutOfMemoryError(
+                f"out of memory on {torch_device} while generating {len(seeds)} volume(s) of {size}^3 at once. "
+                "Use a smaller batch size (1 needs the least memory), precision 'bf16' or 'fp16' on a GPU, or "
+                "generate on the CPU (device 'cpu'), which is slower but limited only by RAM."
+            ) from exc
+        for s, array in zip(seeds, arrays, strict=True):
+            meta = {**base_meta, "seed": s}
+            results.append(GeneratedVolume(array=array, affine=geometry.affine.copy(), seed=s, meta=meta))
+    log.info("generated %d volume(s) in %.1f s", num, time.perf_counter() - started)
+    return results

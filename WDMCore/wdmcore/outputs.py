@@ -1,0 +1,246 @@
+"""Geometry of generated volumes and the files they are written to (NIfTI, NRRD, JSON sidecar).
+
+Arrays are in NIfTI index order (i, j, k) and carry a 4x4 voxel-to-RAS affine (millimetres). The affine comes
+from the model card through :func:`card_geometry`, the one place that turns a card into an affine:
+
+* ``affine`` (4x4, voxel-to-RAS) if the card has one;
+* otherwise ``spacing_mm`` (3 values), ``direction`` (3x3, RAS; ``direction[r][c]`` is the R/A/S component
+  ``r`` of voxel axis ``c``, i.e. the normalised columns of the affine) and ``origin_mm`` (RAS position of the
+  centre of voxel (0, 0, 0));
+* these keys are read from the card itself or from a nested ``"geometry"`` object (top-level values win);
+* a missing or null ``direction`` means "unknown": the voxel axes i, j, k are then laid along R, A, S;
+  a missing ``origin_mm`` means "unknown": the volume is then centred on the RAS origin; a missing
+  ``spacing_mm`` means 1 mm. Whenever something is unknown, :attr:`Geometry.known` is False and
+  :attr:`Geometry.notes` says what was assumed;
+* with a ``reference_affine`` (the affine of a training-set volume) and a card that states
+  ``source_voxel_of_output_voxel`` (``scale``, ``offset``: output voxel p is source voxel ``scale * p +
+  offset``), the output is placed in that volume's frame: ``reference_affine @ [diag(scale) | offset]``.
+
+NRRD files (through SimpleITK) are in LPS, NIfTI in RAS; :func:`ras_to_lps` does the one conversion
+(x and y change sign, in the direction and in the origin).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+FORMATS = ("nii.gz", "nii", "nrrd")
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an output grid lies: voxel-to-RAS affine, whether the card states it, and what was assumed."""
+
+    affine: np.ndarray
+    known: bool
+    notes: str
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+
+def _vector(value: Any, name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(3, float(arr))
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)):
+        raise ConfigError(f"model card {name} must be 3 finite numbers, got {value!r}; fix the model card.")
+    return arr
+
+
+def card_geometry(card: dict[str, Any], shape: Sequence[int], reference_affine: np.ndarray | None = None) -> Geometry:
+    """The voxel-to-RAS affine of an output of ``shape`` (i, j, k) from a model card (see the module doc)."""
+    shape = np.asarray(shape, dtype=np.float64)
+    nested = card.get("geometry") if isinstance(card.get("geometry"), dict) else {}
+    keys = ("affine", "spacing_mm", "direction", "origin_mm", "source_voxel_of_output_voxel")
+    geo = {**nested, **{k: card[k] for k in keys if card.get(k) is not None}}
+    declared_unknown = nested.get("known") is False and not any(card.get(k) is not None for k in keys[:1] + keys[2:4])
+
+    if reference_affine is not None:
+        mapping = geo.get("source_voxel_of_output_voxel")
+        if not isinstance(mapping, dict) or "scale" not in mapping or "offset" not in mapping:
+            raise ConfigError(
+                "a reference affine was given but the model card does not say which source voxel each output "
+                "voxel comes from (source_voxel_of_output_voxel with scale and offset); generate without it."
+            )
+        ref = np.asarray(reference_affine, dtype=np.float64)
+        if ref.shape != (4, 4):
+            raise ConfigError(f"the reference affine must be 4x4, got shape {ref.shape}.")
+        index_map = np.eye(4)
+        index_map[:3, :3] = np.diag(_vector(mapping["scale"], "source_voxel_of_output_voxel.scale"))
+        index_map[:3, 3] = _vector(mapping["offset"], "source_voxel_of_output_voxel.offset")
+        return Geometry(ref @ index_map, True, "placed in the frame of the given reference volume")
+
+    if geo.get("affine") is not None:
+        affine = np.asarray(geo["affine"], dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ConfigError(f"model card affine must be an invertible 4x4 matrix, got {geo['affine']!r}.")
+        return Geometry(affine, not declared_unknown, "affine from the model card")
+
+    notes = []
+    if geo.get("spacing_mm") is not None:
+        spacing = _vector(geo["spacing_mm"], "spacing_mm")
+        if np.any(spacing <= 0):
+            raise ConfigError(f"model card spacing_mm must be positive, got {geo['spacing_mm']!r}.")
+    else:
+        spacing = np.ones(3)
+        notes.append("spacing not stated: 1 mm assumed")
+    if geo.get("direction") is not None:
+        direction = np.asarray(geo["direction"], dtype=np.float64)
+        if direction.shape != (3, 3) or abs(np.linalg.det(direction)) < 1e-6:
+            raise ConfigError(f"model card direction must be an invertible 3x3 matrix, got {geo['direction']!r}.")
+        direction = direction / np.linalg.norm(direction, axis=0)
+    else:
+        direction = np.eye(3)
+        notes.append("orientation unknown: axes i, j, k drawn along R, A, S")
+    linear = direction * spacing
+    if geo.get("origin_mm") is not None:
+        origin = _vector(geo["origin_mm"], "origin_mm")
+    else:
+        origin = -linear @ ((shape - 1) / 2)
+        notes.append("position unknown: volume centred on the origin")
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = origin
+    known = not notes and not declared_unknown
+    return Geometry(affine, known, "; ".join(notes) if notes else "spacing, orientation and origin from the model card")
+
+
+# ------------------------------------------------------------------------------------------------ conversions
+
+
+def decompose_affine(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(spacing [3], direction [3, 3] with unit columns, origin [3]) of a voxel-to-world affine."""
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    return spacing, affine[:3, :3] / spacing, affine[:3, 3].copy()
+
+
+def ras_to_lps(affine: np.ndarray) -> np.ndarray:
+    """A voxel-to-RAS affine as voxel-to-LPS (the same matrix with the x and y rows negated); its own inverse."""
+    out = np.asarray(affine, dtype=np.float64).copy()
+    out[:3] = _RAS_TO_LPS @ out[:3]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ files
+
+
+def split_format(path: str | os.PathLike) -> tuple[Path, str]:
+    """(path, format) where format is "nii.gz", "nii" or "nrrd", read from the file name."""
+    path = Path(path)
+    name = path.name.lower()
+    for fmt in FORMATS:
+        if name.endswith("." + fmt):
+            return path, fmt
+    raise ConfigError(f"cannot tell the file format of {path.name!r}: end the name with .nii.gz, .nii or .nrrd.")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``sample.nii.gz`` -> ``sample.json`` (next to the volume)."""
+    path, fmt = split_format(path)
+    return path.with_name(path.name[: -len(fmt) - 1] + ".json")
+
+
+def save_nifti(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, dtype: str = "float32", description: str = ""
+) -> Path:
+    """Write an (i, j, k) array with its voxel-to-RAS affine (qform and sform, code 1 = scanner).
+
+    ``dtype="int16"`` stores 16-bit integers with the NIfTI slope/intercept chosen by nibabel (readers that
+    apply the scaling get the values back to within (max - min) / 65535)."""
+    import nibabel as nib
+
+    data = np.asarray(array, dtype=np.float32)
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    image.header["descrip"] = description.encode("ascii", "replace")[:79]
+    if dtype == "int16":
+        image.set_data_dtype(np.int16)
+    elif dtype != "float32":
+        raise ConfigError(f"unsupported output dtype {dtype!r}; use 'float32' or 'int16'.")
+    path = Path(path)
+    nib.save(image, str(path))
+    return path
+
+
+def save_nrrd(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write an (i, j, k) float32 array as compressed NRRD (LPS space) through SimpleITK."""
+    import SimpleITK as sitk
+
+    data = np.asarray(array, dtype=np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # SimpleITK arrays are (k, j, i)
+    spacing, direction, origin = decompose_affine(ras_to_lps(affine))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in direction.ravel()])  # row-major; column c = direction of axis c
+    image.SetOrigin([float(v) for v in origin])
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(key, value)
+    path = Path(path)
+    sitk.WriteImage(image, str(path), True)
+    return path
+
+
+def save_volume(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike,
+    meta: dict[str, Any] | None = None,
+    *,
+    dtype: str = "float32",
+    sidecar: bool = True,
+) -> Path:
+    """Write a volume as NIfTI or NRRD (from the file name) and, unless ``sidecar`` is False, a JSON file
+    with ``meta``, the affine and the spacing next to it. Returns the volume's path."""
+    path, fmt = split_format(path)
+    meta = dict(meta or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if fmt == "nrrd":
+            if dtype != "float32":
+                raise ConfigError("NRRD output is written as float32 only; use --format nii.gz for int16 files.")
+            keys = ("model", "sampler", "steps", "seed", "geometry_known", "wdmcore_version")
+            save_nrrd(array, affine, path, metadata={f"wdm_{k}": str(meta[k]) for k in keys if k in meta})
+        else:
+            known = "geometry known" if meta.get("geometry_known", True) else "geometry unknown"
+            description = f"wdm {meta.get('model', '')} seed {meta.get('seed', '')} {known}"
+            save_nifti(array, affine, path, dtype=dtype, description=description)
+    except OSError as exc:
+        raise DataError(f"cannot write {path} ({exc}); choose another output folder.") from exc
+    if sidecar:
+        spacing, _, _ = decompose_affine(affine)
+        record = {
+            **meta,
+            "file": path.name,
+            "format": fmt,
+            "dtype": dtype,
+            "shape": list(np.shape(array)),
+            "array_axes": "i, j, k (NIfTI index order)",
+            "affine_ras": np.asarray(affine, dtype=np.float64).tolist(),
+            "spacing_mm": spacing.tolist(),
+        }
+        sidecar_path(path).write_text(json.dumps(record, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

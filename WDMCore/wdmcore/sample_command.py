@@ -1,0 +1,151 @@
+"""`wdm sample`: generate volumes and write them as NIfTI or NRRD files with JSON sidecars.
+
+With no arguments it writes one volume of the bundled demo model, on the CPU, into ``./wdm_samples``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import OutOfMemoryError
+from .events import emit, jsonl_writer
+from .generate import (
+    DEFAULT_MODEL,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    PRECISIONS,
+    generate,
+    resolve_device,
+    resolve_model,
+)
+from .outputs import FORMATS, card_geometry, save_volume
+from .samplers import SAMPLERS
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="generate volumes with a model",
+        description=(
+            "Generate volumes with a diffusion model and write them with their geometry (NIfTI or NRRD) and a "
+            "JSON sidecar (model, sampler, steps, seed, version, whether the geometry is known). Without "
+            "arguments: one volume of the bundled demo model on the CPU into ./wdm_samples."
+        ),
+    )
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"catalogue name (see `wdm models`) or checkpoint file [{DEFAULT_MODEL}]"
+    )
+    parser.add_argument("--preset", default=None, help="network preset of a .pt file that cannot be detected")
+    parser.add_argument("--num", type=int, default=1, help="number of volumes [1]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed + i [0]")
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="network evaluations per volume [" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_STEPS.items()) + "]",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled at once (memory vs speed) [1]")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="network precision [fp32]")
+    parser.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
+    parser.add_argument("--out", type=Path, default=Path("wdm_samples"), help="output folder [./wdm_samples]")
+    parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="file format [nii.gz]")
+    parser.add_argument("--dtype", choices=("float32", "int16"), default="float32", help="voxel type [float32]")
+    parser.add_argument("--prefix", default="sample", help="file name prefix: PREFIX_seedNNNN.FORMAT [sample]")
+    parser.add_argument(
+        "--preview-every",
+        type=int,
+        default=0,
+        help="with --progress jsonl: write the current x0 estimate every N steps to OUT/previews and "
+        "report it as a 'preview' event [0: off]",
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("bar", "jsonl", "none"),
+        default="bar",
+        help="progress display: a tqdm bar on stderr, JSON lines on stdout, or nothing [bar]",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _bar_callback():
+    from tqdm.auto import tqdm
+
+    state: dict[str, Any] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") != "progress":
+            return
+        bar = state.get(event.get("task"))
+        if bar is None:
+            unit = "B" if event.get("task") == "download" else "step"
+            bar = tqdm(total=event.get("total"), unit=unit, unit_scale=unit == "B", desc=event.get("task"))
+            state[event.get("task")] = bar
+        bar.update(event["done"] - bar.n)
+
+    def close() -> None:
+        for bar in state.values():
+            bar.close()
+
+    return on_event, close
+
+
+def run(args: argparse.Namespace) -> int:
+    close = None
+    if args.progress == "jsonl":
+        callback = jsonl_writer(sys.stdout)
+    elif args.progress == "bar":
+        callback, close = _bar_callback()
+    else:
+        callback = None
+
+    try:
+        device = resolve_device(args.device)
+        model = resolve_model(args.model, preset=args.preset, device=device, on_progress=callback)
+        on_preview = None
+        if args.progress == "jsonl" and args.preview_every > 0:
+            size = model.image_size
+            preview_affine = card_geometry(model.card, (size, size, size)).affine
+            preview_dir = args.out / "previews"
+
+            def on_preview(index: int, image) -> None:
+                name = f"{args.prefix}_preview_seed{args.seed + index:04d}.nii"
+                path = save_volume(image, preview_affine, preview_dir / name, sidecar=False)
+                emit(callback, "preview", index=index, seed=args.seed + index, path=str(path.resolve()))
+
+        volumes = generate(
+            model,
+            args.num,
+            seed=args.seed,
+            sampler=args.sampler,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            device=device,
+            precision=args.precision,
+            on_progress=callback,
+            on_preview=on_preview,
+            preview_every=max(1, args.preview_every),
+            compile=args.compile,
+            preset=args.preset,
+        )
+    except OutOfMemoryError as exc:
+        if args.progress == "jsonl":
+            emit(callback, "error", kind="OutOfMemory", message=str(exc))
+        else:
+            print(f"wdm: error: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        if close is not None:
+            close()
+
+    for volume in volumes:
+        path = volume.save(args.out / f"{args.prefix}_seed{volume.seed:04d}.{args.format}", dtype=args.dtype)
+        if args.progress == "jsonl":
+            emit(callback, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
+        else:
+            print(path)
+    return 0
