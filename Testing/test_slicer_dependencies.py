@@ -9,7 +9,7 @@ from WaveletDiffusionLib import dependencies as deps
 tomllib = pytest.importorskip("tomllib")
 
 ALL_PRESENT = {"torch": "2.5.1+cu121", "numpy": "1.26.4", "safetensors": "0.4.5", "tqdm": "4.66.0",
-               "pooch": "1.8.2", "platformdirs": "4.2.0"}  # fmt: skip
+               "pooch": "1.8.2", "platformdirs": "4.2.0", "diffusers": "0.31.0"}  # fmt: skip
 
 
 class FakeSlicer:
@@ -116,8 +116,8 @@ def test_other_packages_go_through_pip_ensure_which_asks_itself():
     fake = FakeSlicer({"torch": "2.3.0", "numpy": "1.26.0", "tqdm": "4.66.0"})
     outcome = deps.ensure_dependencies(fake.installers())
     assert fake.questions == []  # pip_ensure shows its own prompt
-    assert fake.calls == [("pip_ensure", ["safetensors>=0.4", "pooch>=1.8", "platformdirs>=3"])]
-    assert [s.split()[0] for s in outcome.installed] == ["safetensors", "pooch", "platformdirs"]
+    assert fake.calls == [("pip_ensure", ["safetensors>=0.4", "pooch>=1.8", "platformdirs>=3", "diffusers>=0.30"])]
+    assert [s.split()[0] for s in outcome.installed] == ["safetensors", "pooch", "platformdirs", "diffusers"]
 
 
 def test_older_slicer_uses_pip_install_after_confirmation_and_asks_for_restart_when_a_loaded_package_changed():

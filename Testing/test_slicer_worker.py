@@ -175,7 +175,7 @@ def tiny_model_file(generate_module, tmp_path_factory, reference_dir):
     """A real (small) model file: the released tiny fixture network saved in our .safetensors format."""
     fixture = torch.load(reference_dir / "unet_tiny_additive.pt", weights_only=True)
     model = wdmcore.load_model(
-        reference_dir / "unet_tiny_additive_state_dict.pt", official_args=fixture["official_args"]
+        reference_dir / "unet_tiny_additive_state_dict.pt", official_args=dict(fixture["config"])
     )
     return model.save(tmp_path_factory.mktemp("model") / "tiny.safetensors", name="tiny")
 

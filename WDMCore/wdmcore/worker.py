@@ -222,6 +222,12 @@ class Worker:
         name = _safe_name(request.get("name") or "volume")
 
         progress = _JobProgress(self, job_id, num)
+        preview_affine = None
+        if preview_every > 0:
+            from .outputs import card_geometry
+
+            size = int(self.model.image_size)
+            preview_affine = card_geometry(self.model.card, (size, size, size)).affine
         written = []
         for start in range(0, num, batch_size):
             count = min(batch_size, num - start)
@@ -238,7 +244,7 @@ class Worker:
             if steps is not None:
                 kwargs["steps"] = int(steps)
             if preview_every > 0:
-                kwargs["on_preview"] = progress.preview_callback(output_dir)
+                kwargs["on_preview"] = progress.preview_callback(output_dir, preview_affine)
                 kwargs["preview_every"] = preview_every
             volumes = generate(self.model, count, **kwargs)
             for offset, volume in enumerate(volumes):
@@ -297,7 +303,7 @@ class _JobProgress:
         self.start = time.perf_counter()
         self.chunk_start = 0
         self.chunk_count = 1
-        self._last_done_fraction = 0.0
+        self.step = 0
 
     def begin_chunk(self, start: int, count: int) -> None:
         self.chunk_start = start
@@ -311,6 +317,7 @@ class _JobProgress:
         if not total:
             return
         chunk_fraction = min(1.0, float(done) / float(total))
+        self.step = int(done) // max(1, self.chunk_count)
         fraction = (self.chunk_start + chunk_fraction * self.chunk_count) / self.num
         elapsed = time.perf_counter() - self.start
         eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
@@ -321,46 +328,35 @@ class _JobProgress:
             done=round(fraction * 1000),
             total=1000,
             fraction=round(fraction, 5),
-            step=done,
-            steps=total,
+            step=self.step,
+            steps=event.get("steps", int(total) // max(1, self.chunk_count)),
             volume=self.chunk_start,
             num=self.num,
             elapsed_s=round(elapsed, 3),
             eta_s=None if eta is None else round(eta, 2),
         )
 
-    def preview_callback(self, output_dir: Path):
+    def preview_callback(self, output_dir: Path, affine: Any):
+        """``on_preview(index, image)`` of :func:`wdmcore.generate.generate`: the current x0 estimate of volume
+        ``index`` of this chunk, written to ``preview.npy`` (replaced atomically) and announced."""
         path = output_dir / "preview.npy"
 
-        def on_preview(*args: Any, **kwargs: Any) -> None:
-            array, affine, step = _preview_payload(args, kwargs)
-            if array is None:
-                return
+        def on_preview(index: int, image: Any) -> None:
             import numpy as np
 
             tmp = path.with_name(f".preview-{os.getpid()}.npy")
-            np.save(tmp, np.asarray(array, dtype=np.float32))
+            np.save(tmp, np.asarray(image, dtype=np.float32))
             os.replace(tmp, path)
-            self.worker.send("preview", id=self.job_id, path=path, affine=affine, step=step, volume=self.chunk_start)
+            self.worker.send(
+                "preview",
+                id=self.job_id,
+                path=path,
+                affine=affine,
+                volume=self.chunk_start + int(index),
+                step=self.step,
+            )
 
         return on_preview
-
-
-def _preview_payload(args: tuple, kwargs: dict) -> tuple[Any, Any, Any]:
-    """Accept the preview as a GeneratedVolume-like object, a dict, or (array, affine[, step])."""
-    item = args[0] if args else kwargs.get("volume", kwargs.get("preview"))
-    step = kwargs.get("step")
-    if hasattr(item, "array"):
-        meta = getattr(item, "meta", {}) or {}
-        return item.array, getattr(item, "affine", None), meta.get("step", step)
-    if isinstance(item, dict):
-        return item.get("array"), item.get("affine"), item.get("step", item.get("done", step))
-    if item is not None:
-        affine = args[1] if len(args) > 1 else kwargs.get("affine")
-        if len(args) > 2:
-            step = args[2]
-        return item, affine, step
-    return None, None, None
 
 
 # ------------------------------------------------------------------------------------------- model loading
@@ -368,24 +364,9 @@ def _preview_payload(args: tuple, kwargs: dict) -> tuple[Any, Any, Any]:
 
 def load_any_model(ref: str, *, preset: str | None, device: str, on_progress=None):
     """A catalogue name (downloaded when needed) or a checkpoint path, loaded on ``device``."""
-    path = Path(ref).expanduser()
-    try:
-        from . import generate as _generate
+    from .generate import resolve_device, resolve_model
 
-        loader = getattr(_generate, "load", None) or getattr(_generate, "resolve_model", None)
-    except ImportError:
-        loader = None
-    if loader is not None and not path.exists():
-        return loader(ref, device=device, on_progress=on_progress)
-    from . import load_model
-
-    if path.exists():
-        return load_model(path, preset=preset, device=device)
-    from . import hub
-
-    info = hub.get_model_info(ref)
-    local = hub.fetch(ref, on_progress=on_progress)
-    return load_model(local, preset=preset or info.preset, device=device)
+    return resolve_model(ref, preset=preset, device=resolve_device(device), on_progress=on_progress)
 
 
 def _num_timesteps(model: Any) -> int | None:
@@ -458,14 +439,10 @@ def write_nifti(path: str | os.PathLike, array: Any, affine: Any) -> Path:
     affine = np.asarray(affine, dtype=np.float64)
     tmp = path.with_name(f".{path.name}.part{os.getpid()}.nii.gz")
     try:
-        import nibabel
+        from .outputs import save_nifti
 
-        image = nibabel.Nifti1Image(array, affine)
-        image.header.set_xyzt_units("mm", "sec")
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        nibabel.save(image, str(tmp))
-    except ImportError:
+        save_nifti(array, affine, tmp)
+    except ImportError:  # no nibabel (Slicer's Python): SimpleITK, which Slicer ships
         import SimpleITK as sitk
 
         spacing = np.linalg.norm(affine[:3, :3], axis=0)

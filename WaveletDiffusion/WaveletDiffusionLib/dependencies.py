@@ -46,6 +46,7 @@ PACKAGES: tuple[Requirement, ...] = (
     Requirement("tqdm", "4.60"),
     Requirement("pooch", "1.8"),
     Requirement("platformdirs", "3"),
+    Requirement("diffusers", "0.30"),
 )
 
 

@@ -454,16 +454,18 @@ class WaveletDiffusionLogic:
             log.warning("geometry read from %s differs from the worker's affine; using the worker's", event["path"])
             node.SetIJKToRASMatrix(volumes.vtk_matrix(expected))
         meta = event.get("meta") or {}
+        scalars = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
         volumes.set_attributes(
             node,
             {
+                **scalars,
+                "modelName": meta.get("model"),
                 "model": params.model,
                 "sampler": meta.get("sampler", params.sampler),
                 "steps": meta.get("steps", params.steps),
                 "seed": seed,
-                "device": params.device,
-                "precision": params.precision,
-                **{k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))},
+                "device": meta.get("device", params.device),
+                "precision": meta.get("precision", params.precision),
             },
         )
         job.nodes.append(node)
