@@ -1,0 +1,525 @@
+"""A persistent generation worker that speaks JSON lines on stdin/stdout.
+
+Run it as ``python -m wdmcore.worker`` (in Slicer: ``PythonSlicer -m wdmcore.worker``). The parent writes one
+request per line on the worker's stdin; the worker answers with one event per line on its stdout. Every request
+may carry an ``"id"``; the events it causes repeat that id.
+
+Requests::
+
+    {"type": "info"}                                       -> info (versions, CUDA devices with free memory)
+    {"type": "list_models"}                                -> models (the catalogue and the local cache)
+    {"type": "download", "model": NAME}                    -> progress..., downloaded
+    {"type": "load_model", "model": NAME_OR_PATH, "preset": null, "device": "cpu"}
+                                                           -> progress (downloads)..., loaded
+    {"type": "generate", "num": 2, "seed": 0, "sampler": "dpm++2m", "steps": 25, "batch_size": 1,
+     "precision": "fp32", "preview_every": 5, "output_dir": DIR, "name": "volume"}
+                                                           -> progress..., preview..., result (one per volume),
+                                                              done | cancelled
+    {"type": "cancel", "target": JOB_ID_OR_NULL}           (no answer: that job, or the running one, ends with
+                                                            cancelled)
+    {"type": "shutdown"}                                   -> bye, then the worker exits
+
+Events the worker sends on its own: ``ready`` when it has started, ``error`` (``kind``, ``message``,
+``detail``) when a request fails (the worker stays alive), ``log`` for warnings.
+
+Big arrays never travel through the pipe: a preview is written to a ``.npy`` file (replaced atomically) and
+its path is sent; each generated volume is written as a NIfTI file whose path, affine, seed and meta are sent.
+
+The model stays loaded between requests. ``cancel`` is read by a separate thread that sets a
+:class:`threading.Event` the sampler checks before every step, so GPU work stops within one sampling step.
+The worker exits on ``shutdown`` or when its stdin closes (the parent went away).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+PROTOCOL_VERSION = 1
+
+log = logging.getLogger("wdmcore.worker")
+
+
+class _Stop(Exception):
+    """Ends the request loop."""
+
+
+class JobCancelled(Exception):
+    """Raised from inside a progress callback to stop a download that the parent cancelled."""
+
+
+class Worker:
+    """The request loop. ``out`` receives the events, ``inp`` is read by a background thread."""
+
+    def __init__(self, inp: IO[str], out: IO[str]):
+        self._inp = inp
+        self._out = out
+        self._out_lock = threading.Lock()
+        self._requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._state_lock = threading.Lock()
+        self._current: Any = None  # id of the running job
+        self._cancelled_ids: set[Any] = set()
+        self.cancel_event = threading.Event()
+        self.model: Any = None
+        self.model_key: tuple | None = None
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    def send(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields}, default=_json_default)
+        with self._out_lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+    def _read_requests(self) -> None:
+        """Reader thread: parse lines, act on cancel/shutdown at once, queue the rest."""
+        try:
+            for raw in self._inp:
+                raw = raw.strip()
+                if not raw:
+                    continue
+                try:
+                    request = json.loads(raw)
+                    if not isinstance(request, dict) or not isinstance(request.get("type"), str):
+                        raise ValueError("a request is a JSON object with a string 'type'")
+                except ValueError as exc:
+                    self.send("error", id=None, kind="BadRequest", message=f"unreadable request {raw[:200]!r}: {exc}")
+                    continue
+                kind = request["type"]
+                if kind == "cancel":
+                    self._cancel(request.get("target"))
+                elif kind == "shutdown":
+                    self._cancel(None)
+                    self._requests.put(request)
+                    return
+                else:
+                    self._requests.put(request)
+        finally:
+            # EOF: the parent closed our stdin or died. Stop the running job and leave.
+            self._cancel(None)
+            self._requests.put(None)
+
+    def _cancel(self, job_id: Any) -> None:
+        with self._state_lock:
+            if job_id is None or job_id == self._current:
+                self.cancel_event.set()
+            else:
+                self._cancelled_ids.add(job_id)
+
+    def run(self) -> int:
+        threading.Thread(target=self._read_requests, name="wdm-worker-stdin", daemon=True).start()
+        self.send("ready", protocol=PROTOCOL_VERSION, pid=os.getpid(), python=sys.executable)
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return 0
+            job_id = request.get("id")
+            with self._state_lock:
+                self._current = job_id
+                self.cancel_event.clear()
+                if job_id is not None and job_id in self._cancelled_ids:
+                    self._cancelled_ids.discard(job_id)
+                    self.cancel_event.set()
+            try:
+                self._handle(request)
+            except _Stop:
+                self.send("bye", id=job_id)
+                return 0
+            except BaseException as exc:  # every failure is reported, the worker lives on
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                if _is_cancellation(exc):
+                    self.send("cancelled", id=job_id)
+                else:
+                    self.send("error", id=job_id, **describe_error(exc))
+            finally:
+                with self._state_lock:
+                    self._current = None
+
+    def _handle(self, request: dict[str, Any]) -> None:
+        kind = request["type"]
+        handler = getattr(self, f"_do_{kind}", None)
+        if handler is None:
+            raise _BadRequest(f"unknown request type {kind!r}")
+        handler(request)
+
+    # ------------------------------------------------------------------------------------------- requests
+
+    def _do_shutdown(self, request: dict[str, Any]) -> None:
+        raise _Stop
+
+    def _do_ping(self, request: dict[str, Any]) -> None:
+        self.send("pong", id=request.get("id"))
+
+    def _do_info(self, request: dict[str, Any]) -> None:
+        self.send("info", id=request.get("id"), **environment_info())
+
+    def _do_list_models(self, request: dict[str, Any]) -> None:
+        from . import hub
+
+        models = [
+            {
+                "name": m.name,
+                "description": m.description,
+                "preset": m.preset,
+                "size_bytes": m.size_bytes,
+                "size_exact": m.size_exact,
+                "license": m.license,
+                "cached": m.cached,
+                "path": m.path,
+                "source": m.source,
+            }
+            for m in hub.list_models()
+        ]
+        self.send("models", id=request.get("id"), models=models, cache_dir=hub.cache_dir())
+
+    def _do_download(self, request: dict[str, Any]) -> None:
+        from . import hub
+
+        name = _required(request, "model")
+        path = hub.fetch(name, on_progress=self._forward(request.get("id"), raise_on_cancel=True))
+        self.send("downloaded", id=request.get("id"), model=name, path=path)
+
+    def _do_load_model(self, request: dict[str, Any]) -> None:
+        self._ensure_model(request)
+        card = getattr(self.model, "card", {}) or {}
+        self.send(
+            "loaded",
+            id=request.get("id"),
+            model=request["model"],
+            device=str(getattr(self.model, "device", request.get("device", "cpu"))),
+            image_size=card.get("image_size"),
+            num_timesteps=_num_timesteps(self.model),
+        )
+
+    def _do_generate(self, request: dict[str, Any]) -> None:
+        from .generate import generate
+
+        job_id = request.get("id")
+        if "model" in request:
+            self._ensure_model(request)
+        if self.model is None:
+            raise _BadRequest("no model is loaded: send load_model first, or give 'model' with the request")
+        num = int(request.get("num", 1))
+        seed = int(request.get("seed", 0))
+        batch_size = max(1, int(request.get("batch_size", 1)))
+        sampler = request.get("sampler", "dpm++2m")
+        steps = request.get("steps")
+        precision = request.get("precision", "fp32")
+        device = request.get("device", self.model_key[1] if self.model_key else "cpu")
+        preview_every = int(request.get("preview_every") or 0)
+        output_dir = Path(request.get("output_dir") or tempfile.mkdtemp(prefix="wdm-generate-"))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        name = _safe_name(request.get("name") or "volume")
+
+        progress = _JobProgress(self, job_id, num)
+        preview_affine = None
+        if preview_every > 0:
+            from .outputs import card_geometry
+
+            size = int(self.model.image_size)
+            preview_affine = card_geometry(self.model.card, (size, size, size)).affine
+        written = []
+        for start in range(0, num, batch_size):
+            count = min(batch_size, num - start)
+            progress.begin_chunk(start, count)
+            kwargs: dict[str, Any] = {
+                "seed": seed + start,
+                "sampler": sampler,
+                "batch_size": count,
+                "device": device,
+                "precision": precision,
+                "cancel": self.cancel_event,
+                "on_progress": progress.on_progress,
+            }
+            if steps is not None:
+                kwargs["steps"] = int(steps)
+            if preview_every > 0:
+                kwargs["on_preview"] = progress.preview_callback(output_dir, preview_affine)
+                kwargs["preview_every"] = preview_every
+            volumes = generate(self.model, count, **kwargs)
+            for offset, volume in enumerate(volumes):
+                index = start + offset
+                path = output_dir / f"{name}_seed{volume.seed}.nii.gz"
+                write_nifti(path, volume.array, volume.affine)
+                meta = dict(volume.meta)
+                written.append(str(path))
+                self.send(
+                    "result",
+                    id=job_id,
+                    index=index,
+                    num=num,
+                    path=path,
+                    affine=volume.affine,
+                    seed=volume.seed,
+                    shape=list(volume.array.shape),
+                    meta=meta,
+                )
+        self.send("done", id=job_id, paths=written, elapsed_s=round(time.perf_counter() - progress.start, 3))
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _forward(self, job_id: Any, raise_on_cancel: bool = False):
+        def forward(event: dict[str, Any]) -> None:
+            if raise_on_cancel and self.cancel_event.is_set():
+                raise JobCancelled("cancelled")
+            self.send(event.get("event", "progress"), id=job_id, **{k: v for k, v in event.items() if k != "event"})
+
+        return forward
+
+    def _ensure_model(self, request: dict[str, Any]) -> None:
+        ref = _required(request, "model")
+        device = request.get("device", "cpu")
+        preset = request.get("preset")
+        key = (str(ref), device, preset)
+        if self.model is not None and self.model_key == key:
+            return
+        self.model = None  # free the previous one first (GPU memory)
+        _empty_cuda_cache()
+        self.model = load_any_model(ref, preset=preset, device=device, on_progress=self._forward(request.get("id")))
+        self.model_key = key
+
+
+class _BadRequest(Exception):
+    """A request that cannot be served as written."""
+
+
+class _JobProgress:
+    """Turns the engine's per-chunk progress into whole-job progress with its own ETA, and writes previews."""
+
+    def __init__(self, worker: Worker, job_id: Any, num: int):
+        self.worker = worker
+        self.job_id = job_id
+        self.num = num
+        self.start = time.perf_counter()
+        self.chunk_start = 0
+        self.chunk_count = 1
+        self.step = 0
+
+    def begin_chunk(self, start: int, count: int) -> None:
+        self.chunk_start = start
+        self.chunk_count = count
+
+    def on_progress(self, event: dict[str, Any]) -> None:
+        if event.get("event", "progress") != "progress":
+            self.worker.send(event["event"], id=self.job_id, **{k: v for k, v in event.items() if k != "event"})
+            return
+        done, total = event.get("done"), event.get("total")
+        if not total:
+            return
+        chunk_fraction = min(1.0, float(done) / float(total))
+        self.step = int(done) // max(1, self.chunk_count)
+        fraction = (self.chunk_start + chunk_fraction * self.chunk_count) / self.num
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        self.worker.send(
+            "progress",
+            id=self.job_id,
+            task="generate",
+            done=round(fraction * 1000),
+            total=1000,
+            fraction=round(fraction, 5),
+            step=self.step,
+            steps=event.get("steps", int(total) // max(1, self.chunk_count)),
+            volume=self.chunk_start,
+            num=self.num,
+            elapsed_s=round(elapsed, 3),
+            eta_s=None if eta is None else round(eta, 2),
+        )
+
+    def preview_callback(self, output_dir: Path, affine: Any):
+        """``on_preview(index, image)`` of :func:`wdmcore.generate.generate`: the current x0 estimate of volume
+        ``index`` of this chunk, written to ``preview.npy`` (replaced atomically) and announced."""
+        path = output_dir / "preview.npy"
+
+        def on_preview(index: int, image: Any) -> None:
+            import numpy as np
+
+            tmp = path.with_name(f".preview-{os.getpid()}.npy")
+            np.save(tmp, np.asarray(image, dtype=np.float32))
+            os.replace(tmp, path)
+            self.worker.send(
+                "preview",
+                id=self.job_id,
+                path=path,
+                affine=affine,
+                volume=self.chunk_start + int(index),
+                step=self.step,
+            )
+
+        return on_preview
+
+
+# ------------------------------------------------------------------------------------------- model loading
+
+
+def load_any_model(ref: str, *, preset: str | None, device: str, on_progress=None):
+    """A catalogue name (downloaded when needed) or a checkpoint path, loaded on ``device``."""
+    from .generate import resolve_device, resolve_model
+
+    return resolve_model(ref, preset=preset, device=resolve_device(device), on_progress=on_progress)
+
+
+def _num_timesteps(model: Any) -> int | None:
+    diffusion = getattr(model, "diffusion", None)
+    return getattr(diffusion, "num_timesteps", None)
+
+
+def _empty_cuda_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------- environment
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions and compute devices, as the Slicer module shows them."""
+    import platform
+
+    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(), "devices": []}
+    try:
+        import torch
+    except ImportError as exc:
+        info["torch"] = None
+        info["torch_error"] = str(exc)
+        return info
+    info["torch"] = torch.__version__
+    info["cuda_build"] = torch.version.cuda
+    devices = [{"id": "cpu", "name": platform.processor() or "CPU", "kind": "cpu"}]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            try:
+                free, total = torch.cuda.mem_get_info(index)
+            except RuntimeError:
+                free, total = None, props.total_memory
+            devices.insert(
+                index,
+                {
+                    "id": f"cuda:{index}",
+                    "kind": "cuda",
+                    "name": props.name,
+                    "total_bytes": total,
+                    "free_bytes": free,
+                },
+            )
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.insert(0, {"id": "mps", "kind": "mps", "name": "Apple GPU (MPS)"})
+    info["devices"] = devices
+    try:
+        from . import __version__
+
+        info["wdmcore"] = __version__
+    except ImportError:
+        info["wdmcore"] = None
+    return info
+
+
+# ------------------------------------------------------------------------------------------- files
+
+
+def write_nifti(path: str | os.PathLike, array: Any, affine: Any) -> Path:
+    """Write an (i, j, k) array with its voxel-to-RAS affine as NIfTI (nibabel, or SimpleITK as in Slicer)."""
+    import numpy as np
+
+    path = Path(path)
+    array = np.asarray(array, dtype=np.float32)
+    affine = np.asarray(affine, dtype=np.float64)
+    tmp = path.with_name(f".{path.name}.part{os.getpid()}.nii.gz")
+    try:
+        from .outputs import save_nifti
+
+        save_nifti(array, affine, tmp)
+    except ImportError:  # no nibabel (Slicer's Python): SimpleITK, which Slicer ships
+        import SimpleITK as sitk
+
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        lps = np.diag([-1.0, -1.0, 1.0])
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+        image.SetSpacing([float(s) for s in spacing])
+        image.SetDirection([float(v) for v in (lps @ (affine[:3, :3] / spacing)).ravel()])
+        image.SetOrigin([float(v) for v in lps @ affine[:3, 3]])
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def describe_error(exc: BaseException) -> dict[str, Any]:
+    """The ``error`` event fields for an exception: a kind the parent can act on, and a message."""
+    name = type(exc).__name__
+    message = str(exc) or name
+    if "OutOfMemory" in name or "out of memory" in message.lower():
+        kind = "OutOfMemory"
+        message = (
+            f"{message.splitlines()[0]}. Generate fewer volumes at once (batch size 1), use half precision, "
+            "or choose the CPU."
+        )
+    elif isinstance(exc, _BadRequest):
+        kind = "BadRequest"
+    elif isinstance(exc, ModuleNotFoundError):
+        kind = "MissingPackage"
+        message = f"{message}. Install the missing package into this Python ({sys.executable})."
+    else:
+        kind = name
+    return {"kind": kind, "message": message, "detail": "".join(traceback.format_exception(exc))[-4000:]}
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, JobCancelled):
+        return True
+    try:
+        from .samplers import Cancelled
+    except ImportError:
+        return False
+    return isinstance(exc, Cancelled)
+
+
+def _required(request: dict[str, Any], key: str) -> Any:
+    if request.get(key) in (None, ""):
+        raise _BadRequest(f"request {request.get('type')!r} needs {key!r}")
+    return request[key]
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).strip("._")
+    return cleaned or "volume"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve requests until shutdown or EOF. The protocol owns the real stdout; prints go to stderr."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
+    # Anything else written to stdout (a library's print, a C extension) must not corrupt the protocol.
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    inp = open(sys.stdin.fileno(), encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the worker
+    return Worker(inp, protocol_out).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

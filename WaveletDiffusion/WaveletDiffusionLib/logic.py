@@ -1,0 +1,484 @@
+"""The logic of the *Wavelet Diffusion* module: jobs on the generation worker, results as volume nodes.
+
+Usable without the module's GUI, from Slicer's Python console::
+
+    from WaveletDiffusionLib import WaveletDiffusionLogic
+    logic = WaveletDiffusionLogic()
+    nodes = logic.generate(model="demo_phantom_64", count=2, seed=7, steps=25, device="cpu")
+
+:meth:`WaveletDiffusionLogic.generate` blocks (keeping the application responsive when an ``idle`` callback
+such as ``slicer.app.processEvents`` is given); :meth:`WaveletDiffusionLogic.start_generation` returns at once
+and reports through callbacks while someone calls :meth:`WaveletDiffusionLogic.poll` (the module widget does
+from a QTimer; a ``schedule`` callback makes the logic arrange it itself).
+
+The heavy work happens in a separate process (:mod:`WaveletDiffusionLib.process`), never in the caller's
+thread. Nodes are added to the scene only from complete result files, so a cancelled or crashed job leaves
+the scene as it was apart from the volumes that were already finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import volumes
+from .parameters import GenerationParameters
+from .process import WorkerError, WorkerProcess
+
+log = logging.getLogger(__name__)
+
+PREVIEW_NODE_NAME = "WaveletDiffusion preview"
+
+
+class GenerationError(RuntimeError):
+    """A job failed: the worker reported an error or died. ``kind`` is the worker's error kind."""
+
+    def __init__(self, message: str, kind: str = "Error", detail: str = ""):
+        super().__init__(message)
+        self.kind = kind
+        self.detail = detail
+
+
+class GenerationCancelled(GenerationError):
+    """The job was cancelled before it finished."""
+
+    def __init__(self, message: str = "generation was cancelled"):
+        super().__init__(message, kind="Cancelled")
+
+
+@dataclass
+class Job:
+    """One request to the worker and what came back."""
+
+    kind: str
+    params: Any = None
+    request_id: int | None = None
+    state: str = "running"  # running | done | cancelled | failed
+    fraction: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    error: GenerationError | None = None
+    nodes: list[Any] = field(default_factory=list)
+    result: Any = None
+    output_dir: Path | None = None
+    started: float = field(default_factory=time.monotonic)
+    on_progress: Callable[[Job, dict], None] | None = None
+    on_preview: Callable[[Job, Any], None] | None = None
+    on_volume: Callable[[Job, Any], None] | None = None
+    on_finished: Callable[[Job], None] | None = None
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+
+class WaveletDiffusionLogic:
+    """Generation jobs on a persistent worker process, results as scalar volume nodes."""
+
+    def __init__(
+        self,
+        scene: Any = None,
+        *,
+        python: str | None = None,
+        worker_env: dict[str, str] | None = None,
+        idle: Callable[[], None] | None = None,
+        schedule: Callable[[int, Callable[[], None]], None] | None = None,
+        keep_files: bool = False,
+        keep_preview: bool = False,
+    ):
+        self._scene = scene
+        self.python = python
+        self.worker_env = dict(worker_env or {})
+        self.idle = idle
+        self.schedule = schedule
+        self.keep_files = keep_files
+        self.keep_preview = keep_preview
+        self._worker: WorkerProcess | None = None
+        self._jobs: dict[int, Job] = {}
+        self.preview_node: Any = None
+        self.log_callback: Callable[[str], None] | None = None
+        self._polling_scheduled = False
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    @property
+    def scene(self) -> Any:
+        if self._scene is not None:
+            return self._scene
+        import slicer
+
+        return slicer.mrmlScene
+
+    @property
+    def worker(self) -> WorkerProcess:
+        """The running worker, started when first needed (and again after a crash)."""
+        if self._worker is None or not self._worker.running:
+            if self._worker is not None:
+                self._worker.kill()
+            self._worker = WorkerProcess(self.python, env=self.worker_env)
+            self._worker.start()
+            self._log(f"started generation worker (pid {self._worker.pid}, {self._worker.python})")
+        return self._worker
+
+    @property
+    def busy(self) -> bool:
+        return any(not job.finished for job in self._jobs.values())
+
+    def shutdown(self) -> None:
+        """Stop the worker and every process it started; running jobs end as cancelled."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(timeout=2.0)
+        for job in list(self._jobs.values()):
+            self._finish(job, "cancelled", GenerationCancelled("the worker was stopped"))
+        self._jobs.clear()
+
+    def _log(self, message: str) -> None:
+        log.info(message)
+        if self.log_callback is not None:
+            self.log_callback(message)
+
+    def _submit(self, job: Job, request_type: str, **fields: Any) -> Job:
+        try:
+            job.request_id = self.worker.send(request_type, **fields)
+        except WorkerError as exc:
+            self._finish(job, "failed", GenerationError(str(exc), kind="WorkerError"))
+            return job
+        self._jobs[job.request_id] = job
+        self._ensure_polling()
+        return job
+
+    def _ensure_polling(self) -> None:
+        if self.schedule is None or self._polling_scheduled:
+            return
+        self._polling_scheduled = True
+
+        def tick() -> None:
+            self._polling_scheduled = False
+            if self.poll():
+                self._ensure_polling()
+
+        self.schedule(100, tick)
+
+    # ------------------------------------------------------------------------------------------- events
+
+    def poll(self) -> bool:
+        """Handle every event that has arrived. Returns True while jobs are still running."""
+        if self._worker is None:
+            return self.busy
+        for event in self._worker.poll():
+            self._dispatch(event)
+        return self.busy
+
+    def wait(self, job: Job, timeout: float | None = None) -> Job:
+        """Handle events until ``job`` has finished (``idle`` is called between polls)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not job.finished:
+            if self._worker is None:
+                break
+            for event in self._worker.poll(timeout=0.0 if self.idle else 0.05):
+                self._dispatch(event)
+            if job.finished:
+                break
+            if self.idle is not None:
+                self.idle()
+                time.sleep(0.01)
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel(job, force=True)
+                self._finish(job, "failed", GenerationError(f"no result within {timeout} s", kind="Timeout"))
+        return job
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "exit":
+            self._worker_exited(event)
+            return
+        if kind in ("ready", "bye"):
+            return
+        if kind == "log":
+            self._log(str(event.get("message", "")))
+            return
+        job = self._jobs.get(event.get("id"))  # type: ignore[arg-type]
+        if job is None:
+            if kind == "error":
+                self._log(f"worker error: {event.get('kind')}: {event.get('message')}")
+            return
+        handler = getattr(self, f"_on_{job.kind}_{kind}", None) or getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            return
+        try:
+            handler(job, event)
+        except Exception as exc:  # a callback or a node update failed: the job fails, the worker lives on
+            log.exception("handling %s event failed", kind)
+            self.cancel(job)
+            self._finish(job, "failed", GenerationError(f"{type(exc).__name__}: {exc}", kind=type(exc).__name__))
+
+    def _worker_exited(self, event: dict[str, Any]) -> None:
+        message = event.get("message", "the generation worker exited")
+        if event.get("crashed"):
+            self._log(message)
+        for job in list(self._jobs.values()):
+            if job.finished:
+                continue
+            if job.cancel_requested:
+                self._finish(job, "cancelled", GenerationCancelled())
+            else:
+                last = event.get("last_error") or {}
+                self._finish(
+                    job,
+                    "failed",
+                    GenerationError(message, kind="WorkerCrashed", detail=str(last.get("detail", ""))),
+                )
+        self._jobs.clear()
+        if self._worker is not None:
+            self._worker.kill()
+            self._worker = None
+
+    def _finish(self, job: Job, state: str, error: GenerationError | None = None) -> None:
+        if job.finished:
+            return
+        job.state = state
+        job.error = error
+        job.message = str(error) if error else "finished"
+        if job.request_id is not None:
+            self._jobs.pop(job.request_id, None)
+        if job.kind == "generate":
+            if not self.keep_preview:
+                self.remove_preview()
+            if job.output_dir is not None and not self.keep_files:
+                shutil.rmtree(job.output_dir, ignore_errors=True)
+        if job.on_finished is not None:
+            job.on_finished(job)
+
+    def _on_progress(self, job: Job, event: dict[str, Any]) -> None:
+        total = event.get("total") or 0
+        if total:
+            job.fraction = min(1.0, float(event.get("done", 0)) / float(total))
+        job.eta_s = event.get("eta_s")
+        if job.on_progress is not None:
+            job.on_progress(job, event)
+
+    def _on_error(self, job: Job, event: dict[str, Any]) -> None:
+        message = str(event.get("message", "unknown error"))
+        self._finish(
+            job, "failed", GenerationError(message, kind=str(event.get("kind")), detail=event.get("detail", ""))
+        )
+
+    def _on_cancelled(self, job: Job, event: dict[str, Any]) -> None:
+        self._finish(job, "cancelled", GenerationCancelled())
+
+    def _on_warning(self, job: Job, event: dict[str, Any]) -> None:
+        self._log(f"warning: {event.get('message')}")
+
+    # ------------------------------------------------------------------------------------------- simple requests
+
+    def request(self, request_type: str, on_finished: Callable[[Job], None] | None = None, **fields: Any) -> Job:
+        """Send a request whose single answer ends the job (``info``, ``list_models``, ``download``)."""
+        job = Job(kind=request_type, on_finished=on_finished)
+        return self._submit(job, request_type, **fields)
+
+    def _on_info_info(self, job: Job, event: dict[str, Any]) -> None:
+        job.result = event
+        self._finish(job, "done")
+
+    def _on_list_models_models(self, job: Job, event: dict[str, Any]) -> None:
+        job.result = event
+        self._finish(job, "done")
+
+    def _on_download_downloaded(self, job: Job, event: dict[str, Any]) -> None:
+        job.result = event.get("path")
+        self._finish(job, "done")
+
+    def start_download(
+        self,
+        model: str,
+        on_progress: Callable[[Job, dict], None] | None = None,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> Job:
+        job = Job(kind="download", params=model, on_progress=on_progress, on_finished=on_finished)
+        return self._submit(job, "download", model=model)
+
+    def _blocking(self, job: Job, timeout: float | None) -> Any:
+        self.wait(job, timeout)
+        if job.state == "cancelled":
+            raise job.error or GenerationCancelled()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def device_info(self, timeout: float | None = 120) -> dict[str, Any]:
+        """Versions and devices as the worker sees them (``devices``: id, name, free/total bytes)."""
+        return self._blocking(self.request("info"), timeout)
+
+    def list_models(self, timeout: float | None = 120) -> list[dict[str, Any]]:
+        """The model catalogue with local state (cached, size, license, path)."""
+        return self._blocking(self.request("list_models"), timeout)["models"]
+
+    def download(self, model: str, timeout: float | None = None) -> str:
+        """Download a catalogue model into the cache (verified); returns its local path."""
+        return self._blocking(self.start_download(model), timeout)
+
+    # ------------------------------------------------------------------------------------------- generation
+
+    def start_generation(
+        self,
+        params: GenerationParameters | None = None,
+        *,
+        on_progress: Callable[[Job, dict], None] | None = None,
+        on_preview: Callable[[Job, Any], None] | None = None,
+        on_volume: Callable[[Job, Any], None] | None = None,
+        on_finished: Callable[[Job], None] | None = None,
+        **overrides: Any,
+    ) -> Job:
+        """Start generating; returns the :class:`Job` at once. Callbacks run in the thread that polls."""
+        params = dataclasses.replace(params or GenerationParameters(), **overrides).validate()
+        output_dir = Path(tempfile.mkdtemp(prefix="WaveletDiffusion-"))
+        job = Job(
+            kind="generate",
+            params=params,
+            output_dir=output_dir,
+            on_progress=on_progress,
+            on_preview=on_preview,
+            on_volume=on_volume,
+            on_finished=on_finished,
+        )
+        self._log(
+            f"generating {params.count} volume(s) with {params.model} on {params.device}: "
+            f"{params.sampler}, {params.steps} steps, seed {params.seed}"
+        )
+        return self._submit(
+            job,
+            "generate",
+            model=params.model,
+            preset=params.preset or None,
+            device=params.device,
+            num=int(params.count),
+            seed=int(params.seed),
+            sampler=params.sampler,
+            steps=int(params.steps),
+            batch_size=int(params.batch_size),
+            precision=params.precision,
+            preview_every=int(params.preview_every) if params.preview else 0,
+            output_dir=str(output_dir),
+            name=params.node_name(),
+        )
+
+    def cancel(self, job: Job | None = None, *, force: bool = False) -> None:
+        """Ask the worker to stop ``job`` (every job when None) within one sampling step; ``force`` kills the
+        worker at once instead (the model must then be loaded again)."""
+        jobs = [job] if job is not None else [j for j in self._jobs.values() if not j.finished]
+        for item in jobs:
+            if item is None or item.finished:
+                continue
+            item.cancel_requested = True
+            if not force and self._worker is not None:
+                self._worker.cancel(item.request_id)
+        if force and self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker.kill()
+            for item in jobs:
+                self._finish(item, "cancelled", GenerationCancelled())
+
+    def generate(
+        self,
+        model: str | None = None,
+        count: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        device: str = "cpu",
+        *,
+        sampler: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> list[Any]:
+        """Generate ``count`` volumes and return their nodes (blocks until done).
+
+        ``sampler`` defaults to the fast sampler with 25 steps; ``sampler="ancestral", steps=1000`` is the
+        paper's. Other keywords are :class:`GenerationParameters` fields (``batch_size``, ``precision``,
+        ``preset``, ``output_name``, ``preview``). Raises :class:`GenerationError` (or
+        :class:`GenerationCancelled`); volumes finished before a failure stay in the scene and are listed
+        in the exception's ``nodes``.
+        """
+        params = GenerationParameters(preview=False)
+        fields: dict[str, Any] = {"count": count, "seed": seed, "device": device, **options}
+        if model is not None:
+            fields["model"] = str(model)
+        if sampler is not None:
+            fields["sampler"] = sampler
+            if sampler == "ancestral" and steps is None:
+                steps = 1000
+        if steps is not None:
+            fields["steps"] = steps
+        job = self.start_generation(dataclasses.replace(params, **fields))
+        self.wait(job, timeout)
+        if job.error is not None:
+            job.error.nodes = list(job.nodes)  # type: ignore[attr-defined]
+            raise job.error
+        return list(job.nodes)
+
+    def _on_generate_preview(self, job: Job, event: dict[str, Any]) -> None:
+        path = event.get("path")
+        if not path or not Path(path).is_file():
+            return
+        array = np.load(path)
+        affine = event.get("affine")
+        if affine is None:
+            affine = np.eye(4)
+        node = self.preview_node
+        if node is None or self.scene.GetNodeByID(node.GetID()) is None:
+            node = volumes.add_volume_from_array(self.scene, array, affine, PREVIEW_NODE_NAME)
+            node.SetAttribute("WaveletDiffusion.preview", "1")
+            self.preview_node = node
+        else:
+            volumes.update_volume_node(node, array, affine)
+            volumes.apply_display(node, array)
+        if job.on_preview is not None:
+            job.on_preview(job, node)
+
+    def _on_generate_result(self, job: Job, event: dict[str, Any]) -> None:
+        params: GenerationParameters = job.params
+        seed = event.get("seed")
+        node = volumes.load_volume_file(self.scene, event["path"], f"{params.node_name()}_seed{seed}")
+        expected = event.get("affine")
+        if expected is not None and not np.allclose(volumes.ijk_to_ras(node), expected, atol=1e-3):
+            log.warning("geometry read from %s differs from the worker's affine; using the worker's", event["path"])
+            node.SetIJKToRASMatrix(volumes.vtk_matrix(expected))
+        meta = event.get("meta") or {}
+        scalars = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+        volumes.set_attributes(
+            node,
+            {
+                **scalars,
+                "modelName": meta.get("model"),
+                "model": params.model,
+                "sampler": meta.get("sampler", params.sampler),
+                "steps": meta.get("steps", params.steps),
+                "seed": seed,
+                "device": meta.get("device", params.device),
+                "precision": meta.get("precision", params.precision),
+            },
+        )
+        job.nodes.append(node)
+        self._log(f"volume {len(job.nodes)}/{params.count}: {node.GetName()}")
+        if job.on_volume is not None:
+            job.on_volume(job, node)
+
+    def _on_generate_done(self, job: Job, event: dict[str, Any]) -> None:
+        job.fraction = 1.0
+        job.result = job.nodes
+        self._finish(job, "done")
+
+    def remove_preview(self) -> None:
+        node, self.preview_node = self.preview_node, None
+        if node is not None and self.scene.GetNodeByID(node.GetID()) is not None:
+            self.scene.RemoveNode(node)

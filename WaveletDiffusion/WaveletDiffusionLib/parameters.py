@@ -1,0 +1,112 @@
+"""The generation settings: one dataclass, its checks, and its persistence in the application settings.
+
+The module widget mirrors these fields in a ``@parameterNodeWrapper`` class (saved with the scene) and stores
+the last choices with :func:`save_settings` / :func:`load_settings` in QSettings. The settings object is
+passed in (anything with ``value(key, default)`` and ``setValue(key, value)``), so this file never imports Qt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SETTINGS_GROUP = "WaveletDiffusion/Generate"
+
+# "fast": a few dozen steps of a fast sampler; "faithful": the 1000-step ancestral sampler of the paper.
+SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"sampler": "dpm++2m", "steps": 25},
+    "faithful": {"sampler": "ancestral", "steps": 1000},
+}
+SAMPLERS = ("dpm++2m", "unipc", "ddim", "ancestral")
+PRESETS = ("", "unet-128", "unet-256", "wavunet-128", "wavunet-256")
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_MODEL = "demo_phantom_64"
+
+
+@dataclass
+class GenerationParameters:
+    """Everything one *Generate* press needs."""
+
+    model: str = DEFAULT_MODEL
+    """A catalogue name or a checkpoint path."""
+    preset: str = ""
+    """Network preset for a released-format ``.pt`` checkpoint of one's own ("" = detect from the file)."""
+    device: str = "cpu"
+    sampler: str = "dpm++2m"
+    steps: int = 25
+    count: int = 1
+    seed: int = 0
+    batch_size: int = 1
+    precision: str = "fp32"
+    output_name: str = ""
+    """Node name prefix; empty: named after the model."""
+    preview: bool = True
+    preview_every: int = 5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> GenerationParameters:
+        """Raise ``ValueError`` with a message saying what to change."""
+        if not self.model:
+            raise ValueError("choose a model (or open a checkpoint file)")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= int(self.steps) <= 1000:
+            raise ValueError("steps must be between 1 and 1000")
+        if int(self.count) < 1:
+            raise ValueError("generate at least one volume")
+        if int(self.batch_size) < 1:
+            raise ValueError("the batch size is at least 1")
+        if not 0 <= int(self.seed) < 2**63:
+            raise ValueError("the seed is a non-negative integer")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision is one of {', '.join(PRECISIONS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(p for p in PRESETS if p)}")
+        return self
+
+    def apply_sampler_preset(self, preset: str) -> None:
+        chosen = SAMPLER_PRESETS[preset]
+        self.sampler = chosen["sampler"]
+        self.steps = chosen["steps"]
+
+    def node_name(self) -> str:
+        if self.output_name:
+            return self.output_name
+        base = self.model.replace("\\", "/").rsplit("/", 1)[-1]
+        for suffix in (".safetensors", ".pt", ".pth"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+        return base or "WDM"
+
+
+_PERSISTED = ("model", "preset", "device", "sampler", "steps", "count", "batch_size", "precision", "preview")
+
+
+def save_settings(settings: Any, params: GenerationParameters) -> None:
+    """Remember the last choices (not the seed or the output name, which belong to one run)."""
+    values = {name: getattr(params, name) for name in _PERSISTED}
+    settings.setValue(f"{SETTINGS_GROUP}/last", json.dumps(values))
+
+
+def load_settings(settings: Any, defaults: GenerationParameters | None = None) -> GenerationParameters:
+    """The last choices over ``defaults``; unreadable or invalid stored values are ignored."""
+    params = dataclasses.replace(defaults) if defaults is not None else GenerationParameters()
+    raw = settings.value(f"{SETTINGS_GROUP}/last", "")
+    try:
+        stored = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        stored = {}
+    if not isinstance(stored, dict):
+        stored = {}
+    for name in _PERSISTED:
+        if name not in stored:
+            continue
+        candidate = dataclasses.replace(params, **{name: stored[name]})
+        try:
+            candidate.validate()
+        except (TypeError, ValueError):
+            continue
+        params = candidate
+    return params

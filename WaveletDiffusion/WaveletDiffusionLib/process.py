@@ -1,0 +1,310 @@
+"""The generation worker as seen from Slicer: a child process that speaks JSON lines.
+
+:class:`WorkerProcess` starts ``python -m wdmcore.worker`` (PythonSlicer inside Slicer), sends requests and
+hands back the worker's events without ever blocking: a reader thread turns stdout lines into a queue that the
+caller drains with :meth:`WorkerProcess.poll` (the module widget does it from a QTimer, a script from a loop).
+When the worker exits on its own, :meth:`poll` yields an ``exit`` event that says whether it crashed, with
+its last error and the tail of its stderr. :meth:`kill` ends the worker and every process it started.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib.util
+import itertools
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+
+class WorkerError(RuntimeError):
+    """The worker could not be started, or it died."""
+
+
+def wdmcore_search_path() -> str | None:
+    """The folder that holds the ``wdmcore`` package (without importing it), for the worker's PYTHONPATH."""
+    spec = importlib.util.find_spec("wdmcore")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(next(iter(spec.submodule_search_locations))).resolve().parent)
+
+
+def default_python() -> str:
+    """The interpreter for the worker: PythonSlicer inside Slicer (``sys.executable`` is set to it there)."""
+    executable = Path(sys.executable)
+    if executable.stem.lower().startswith("slicerapp"):
+        candidate = executable.with_name("PythonSlicer" + executable.suffix)
+        if candidate.exists():
+            return str(candidate)
+    return str(executable)
+
+
+class WorkerProcess:
+    """One ``wdmcore.worker`` child process."""
+
+    def __init__(
+        self,
+        python: str | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        extra_path: Sequence[str] = (),
+        stderr_lines: int = 200,
+    ):
+        self.python = python or default_python()
+        self._env_overrides = dict(env or {})
+        self._extra_path = list(extra_path)
+        self._proc: subprocess.Popen | None = None
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=stderr_lines)
+        self._ids = itertools.count(1)
+        self._write_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.last_error: Event | None = None
+        self.ready: Event | None = None
+        self._exit_reported = False
+        self._killed = False
+        self._said_bye = False
+
+    # ----------------------------------------------------------------------------------------- lifetime
+
+    def start(self) -> None:
+        if self.running:
+            return
+        env = dict(os.environ)
+        env.update(self._env_overrides)
+        paths = [p for p in [*self._extra_path, wdmcore_search_path()] if p]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("PYTHONIOENCODING", "utf-8")
+        kwargs: dict[str, Any] = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True  # its own process group: killed as a whole
+        self._events = queue.Queue()
+        self._stderr.clear()
+        self.last_error = None
+        self.ready = None
+        self._exit_reported = False
+        self._killed = False
+        self._said_bye = False
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-u", "-m", "wdmcore.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                **kwargs,
+            )
+        except OSError as exc:
+            raise WorkerError(f"cannot start the generation worker with {self.python}: {exc}") from exc
+        self._threads = [
+            threading.Thread(target=self._read_stdout, args=(self._proc,), daemon=True, name="wdm-worker-stdout"),
+            threading.Thread(target=self._read_stderr, args=(self._proc,), daemon=True, name="wdm-worker-stderr"),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        return "\n".join(list(self._stderr)[-lines:])
+
+    def send(self, request_type: str, **fields: Any) -> int:
+        """Send one request; returns its id (events caused by it carry the same id)."""
+        if not self.running:
+            raise WorkerError("the generation worker is not running")
+        request_id = fields.pop("id", None) or next(self._ids)
+        line = json.dumps({"type": request_type, "id": request_id, **fields}, default=str)
+        assert self._proc is not None and self._proc.stdin is not None
+        with self._write_lock:
+            try:
+                self._proc.stdin.write(line + "\n")
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError) as exc:
+                raise WorkerError(f"the generation worker stopped listening: {exc}") from exc
+        return request_id
+
+    def cancel(self, request_id: int | None = None) -> None:
+        """Ask the worker to stop a job (the running one when ``request_id`` is None)."""
+        if self.running:
+            with contextlib.suppress(WorkerError):
+                self.send("cancel", id=None, **({} if request_id is None else {"target": request_id}))
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Ask the worker to leave; kill it (and its children) if it does not within ``timeout`` seconds."""
+        if self._proc is None:
+            return
+        if self.running:
+            try:
+                self.send("shutdown")
+                assert self._proc.stdin is not None
+                self._proc.stdin.close()
+            except (WorkerError, OSError):
+                pass
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """End the worker and every process it started (its process group; psutil's tree where available)."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._killed = True
+        children = _descendants(proc.pid)
+        if os.name != "nt":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
+        for child in children:
+            with contextlib.suppress(Exception):  # already gone
+                child.kill()
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            log.warning("generation worker %s did not exit after SIGKILL", proc.pid)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    # ----------------------------------------------------------------------------------------- events
+
+    def poll(self, timeout: float = 0.0) -> list[Event]:
+        """Every event that has arrived; waits up to ``timeout`` seconds for the first one."""
+        events: list[Event] = []
+        try:
+            events.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
+        except queue.Empty:
+            return self._with_exit(events)
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return self._with_exit(events)
+
+    def events(self, timeout: float) -> Iterator[Event]:
+        """Yield events until ``timeout`` seconds pass without any (a blocking reader for scripts and tests)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            batch = self.poll(min(remaining, 0.1))
+            for event in batch:
+                deadline = time.monotonic() + timeout
+                yield event
+
+    def _with_exit(self, events: list[Event]) -> list[Event]:
+        proc = self._proc
+        if (
+            proc is not None
+            and not self._exit_reported
+            and proc.poll() is not None
+            and self._events.empty()
+            and not any(t.is_alive() for t in self._threads)
+        ):
+            self._exit_reported = True
+            events.append(self._exit_event(proc.returncode))
+        return events
+
+    def _exit_event(self, returncode: int) -> Event:
+        expected = self._killed or self._said_bye
+        crashed = not expected
+        message = f"the generation worker exited (code {returncode})"
+        if crashed:
+            if returncode < 0:
+                message = f"the generation worker was killed by signal {-returncode}"
+            if self.last_error:
+                message += f"; its last error: {self.last_error.get('kind')}: {self.last_error.get('message')}"
+            tail = self.stderr_tail(5)
+            if tail:
+                message += f"\n{tail}"
+        return {
+            "event": "exit",
+            "returncode": returncode,
+            "crashed": crashed,
+            "message": message,
+            "last_error": self.last_error,
+            "stderr_tail": self.stderr_tail(),
+        }
+
+    def _read_stdout(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                    if not isinstance(event, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    self._stderr.append(f"[stdout] {line}")
+                    continue
+                if event.get("event") == "error":
+                    self.last_error = event
+                elif event.get("event") == "ready":
+                    self.ready = event
+                elif event.get("event") == "bye":
+                    self._said_bye = True
+                self._events.put(event)
+        except (OSError, ValueError):
+            pass
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        try:
+            for line in proc.stderr:
+                line = line.rstrip()
+                if line:
+                    self._stderr.append(line)
+                    log.debug("worker: %s", line)
+        except (OSError, ValueError):
+            pass
+
+
+def _descendants(pid: int) -> list[Any]:
+    try:
+        import psutil
+    except ImportError:
+        return []
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except Exception:  # the process is gone
+        return []
