@@ -170,8 +170,16 @@ def save_nifti(
     """Write an (i, j, k) array with its voxel-to-RAS affine (qform and sform, code 1 = scanner).
 
     ``dtype="int16"`` stores 16-bit integers with the NIfTI slope/intercept chosen by nibabel (readers that
-    apply the scaling get the values back to within (max - min) / 65535)."""
-    nib = _optional("nibabel")
+    apply the scaling get the values back to within (max - min) / 65535). Without nibabel (3D Slicer's Python
+    has SimpleITK but not nibabel) float32 files are written through SimpleITK with the same geometry."""
+    if dtype not in ("float32", "int16"):
+        raise ConfigError(f"unsupported output dtype {dtype!r}; use 'float32' or 'int16'.")
+    try:
+        import nibabel as nib
+    except ImportError:
+        if dtype != "float32":
+            raise ConfigError("int16 NIfTI output needs nibabel: `pip install 'wdmcore[io]'`.") from None
+        return _write_with_simpleitk(array, affine, path, {"descrip": description[:79]} if description else None)
     data = np.asarray(array, dtype=np.float32)
     image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
     image.set_qform(affine, code=1)
@@ -180,17 +188,15 @@ def save_nifti(
     image.header["descrip"] = description.encode("ascii", "replace")[:79]
     if dtype == "int16":
         image.set_data_dtype(np.int16)
-    elif dtype != "float32":
-        raise ConfigError(f"unsupported output dtype {dtype!r}; use 'float32' or 'int16'.")
     path = Path(path)
     nib.save(image, str(path))
     return path
 
 
-def save_nrrd(
-    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, metadata: dict[str, str] | None = None
+def _write_with_simpleitk(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, metadata: dict[str, str] | None
 ) -> Path:
-    """Write an (i, j, k) float32 array as compressed NRRD (LPS space) through SimpleITK."""
+    """Write an (i, j, k) float32 array through SimpleITK (LPS internally; NIfTI files come out in RAS)."""
     sitk = _optional("SimpleITK")
     data = np.asarray(array, dtype=np.float32)
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # SimpleITK arrays are (k, j, i)
@@ -203,6 +209,13 @@ def save_nrrd(
     path = Path(path)
     sitk.WriteImage(image, str(path), True)
     return path
+
+
+def save_nrrd(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write an (i, j, k) float32 array as compressed NRRD (LPS space) through SimpleITK."""
+    return _write_with_simpleitk(array, affine, path, metadata)
 
 
 def save_volume(
