@@ -15,9 +15,10 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from memory import PeakRSS, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT.parent / "shared" / "reference" / "official_cpu_baseline.json"
@@ -27,34 +28,6 @@ CASES = {
     "unet128": ("unet-128", 64),
     "unet256": ("unet-256", 128),
 }
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class PeakRSS:
-    """Samples this process's RSS every 5 ms while active."""
-
-    def __enter__(self):
-        self.peak = _rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
 
 
 def run_case(name: str, threads: int) -> dict:
@@ -68,7 +41,7 @@ def run_case(name: str, threads: int) -> dict:
 
         x = torch.randn(1, 1, size, size, size)
         idwt3(dwt3(x[..., :8, :8, :8]))  # warm the cached matrix, not the big call
-        before = _rss_mb()
+        before = rss_mb()
         with PeakRSS() as rss:
             t0 = time.perf_counter()
             bands = dwt3(x)
@@ -88,7 +61,7 @@ def run_case(name: str, threads: int) -> dict:
     network = build_network(preset_config(kind)).eval()
     x = torch.randn(1, 8, size, size, size)
     t = torch.tensor([500])
-    before = _rss_mb()
+    before = rss_mb()
     with torch.inference_mode(), PeakRSS() as rss:
         t0 = time.perf_counter()
         network(x, t)

@@ -19,9 +19,10 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from memory import PeakRSS, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (preset, image size, batch size, activation checkpointing)
@@ -32,37 +33,6 @@ CASES = {
     "unet128_full_ckpt": ("unet-128", 128, 1, True),
 }
 DEFAULT_CASES = ["unet128_at64", "unet128_at64_ckpt"]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class PeakRSS:
-    """Samples the process's resident memory every 5 ms in a thread while active."""
-
-    def __init__(self):
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
 
 
 def _saved_for_backward_mb(network, diffusion, image, generator) -> float:
@@ -109,7 +79,7 @@ def measure(name: str, repeats: int, threads: int) -> dict:
         optimizer.step()
         return float(loss)
 
-    base = _rss_mb()
+    base = rss_mb()
     start = time.perf_counter()
     step()
     warmup_s = time.perf_counter() - start
