@@ -160,3 +160,21 @@ def test_activation_checkpointing_gives_same_gradients():
     checkpointed(x, t).square().mean().backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_silu_after_norm_works_in_place_only_without_autograd():
+    from wdmcore.networks.blocks import SiLUAfterNorm
+
+    x = torch.randn(2, 3, 4)
+    expected = torch.nn.functional.silu(x)
+    with torch.no_grad():
+        y = x.clone()
+        out = SiLUAfterNorm()(y)
+    assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)  # inference: no second buffer
+
+    leaf = x.clone().requires_grad_(True)
+    y = leaf * 1.0
+    out = SiLUAfterNorm()(y)
+    assert out.data_ptr() != y.data_ptr() and torch.equal(y, x)  # training: the input stays for backward
+    out.sum().backward()
+    assert leaf.grad is not None

@@ -38,6 +38,15 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
+class SiLUAfterNorm(nn.SiLU):
+    """SiLU placed right after a GroupNorm: in inference it overwrites the norm's output instead of allocating
+    a second feature map. Bit-identical to ``nn.SiLU``; on CPU at 256^3 each fresh full-size map costs
+    hundreds of thousands of page faults, so fewer allocations make the forward pass measurably faster."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
 def conv3(in_channels: int, out_channels: int) -> nn.Conv3d:
     return nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
 
@@ -73,13 +82,15 @@ class ResBlock(nn.Module):
         self.use_checkpoint = use_checkpoint
         if resample is not None and out_channels != channels:
             raise ValueError("resampling ResBlocks keep their channel count")
-        self.in_layers = nn.Sequential(GroupNorm32(num_groups, channels), nn.SiLU(), conv3(channels, out_channels))
+        self.in_layers = nn.Sequential(
+            GroupNorm32(num_groups, channels), SiLUAfterNorm(), conv3(channels, out_channels)
+        )
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if scale_shift_norm else out_channels)
         )
         self.out_layers = nn.Sequential(
             GroupNorm32(num_groups, out_channels),
-            nn.SiLU(),
+            SiLUAfterNorm(),
             nn.Dropout(dropout),
             conv3(out_channels, out_channels),
         )
@@ -124,6 +135,8 @@ class ResBlock(nn.Module):
         else:
             h = h + emb_out
             h = self.out_layers(h)
+        # Out of place on purpose: adding into h in place (here and for the U-Net's skips) cut page faults
+        # further but raised the measured peak RSS at 256^3 above the released code's (docs/benchmarks.md).
         h = self.skip_connection(x) + h
         return h if high_bands is None else (h, high_bands)
 

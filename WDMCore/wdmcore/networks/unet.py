@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import GroupNorm32, ResBlock, Stage, conv3, timestep_embedding
+from .blocks import GroupNorm32, ResBlock, SiLUAfterNorm, Stage, conv3, timestep_embedding
 from .config import NetworkConfig
 
 
@@ -102,7 +102,7 @@ class UNet(DiffusionNetwork):
                     block.append(res(ch, resample="up"))
                 self.output_blocks.append(Stage(block))
 
-        self.out = nn.Sequential(GroupNorm32(config.num_groups, ch), nn.SiLU(), conv3(ch, config.out_channels))
+        self.out = nn.Sequential(GroupNorm32(config.num_groups, ch), SiLUAfterNorm(), conv3(ch, config.out_channels))
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
 

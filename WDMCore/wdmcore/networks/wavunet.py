@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import GroupNorm32, Stage, WaveletDownsample, conv3
+from .blocks import GroupNorm32, SiLUAfterNorm, Stage, WaveletDownsample, conv3
 from .config import NetworkConfig
 from .unet import DiffusionNetwork, _make_time_embed, resblock_factory
 
@@ -56,7 +56,7 @@ class WavUNet(DiffusionNetwork):
             self.output_blocks.append(Stage([shared, res(ch, resample="up")]))
 
         self.out_res = nn.ModuleList([Stage([res(ch)]), Stage([res(ch)])])
-        self.out = nn.Sequential(GroupNorm32(config.num_groups, ch), nn.SiLU(), conv3(ch, config.out_channels))
+        self.out = nn.Sequential(GroupNorm32(config.num_groups, ch), SiLUAfterNorm(), conv3(ch, config.out_channels))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
