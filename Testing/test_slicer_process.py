@@ -20,9 +20,9 @@ CHILD = textwrap.dedent(
         signal.signal(signal.SIGTERM, lambda *a: (print(json.dumps({"event": "bye"}), flush=True), sys.exit(0)))
     grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-    print(json.dumps({"event": "hello", "grandchild": grandchild.pid}), flush=True)
     print("not json", flush=True)
     print("a warning", file=sys.stderr, flush=True)
+    print(json.dumps({"event": "hello", "grandchild": grandchild.pid}), flush=True)
     if sys.argv[1] == "fail":
         print(json.dumps({"event": "error", "kind": "DataError", "message": "bad file x"}), flush=True)
         sys.exit(2)
@@ -43,15 +43,20 @@ def alive(pid: int) -> bool:
         return True
 
 
-def start(mode: str) -> tuple[ChildProcess, dict]:
+def start(mode: str) -> tuple[ChildProcess, dict, list[dict]]:
+    """The started child, its hello event and the events that came after it in the same batch."""
     child = ChildProcess(name="the test child")
     child.start(["-c", CHILD, mode])
-    hello = next(e for e in child.events(TIMEOUT) if e["event"] == "hello")
-    return child, hello
-
-
-def drain(child: ChildProcess) -> list[dict]:
     events, deadline = [], time.monotonic() + TIMEOUT
+    while not any(e["event"] == "hello" for e in events):
+        assert time.monotonic() < deadline
+        events += child.poll(0.1)
+    index = next(i for i, e in enumerate(events) if e["event"] == "hello")
+    return child, events[index], events[index + 1 :]
+
+
+def drain(child: ChildProcess, events: list[dict] | None = None) -> list[dict]:
+    events, deadline = list(events or []), time.monotonic() + TIMEOUT
     while not events or events[-1]["event"] != "exit":
         assert time.monotonic() < deadline
         events += child.poll(0.1)
@@ -60,9 +65,9 @@ def drain(child: ChildProcess) -> list[dict]:
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals and process groups")
 def test_interrupt_is_a_graceful_stop_not_a_crash():
-    child, hello = start("graceful")
+    child, hello, after = start("graceful")
     assert child.interrupt()
-    events = drain(child)
+    events = drain(child, after)
     assert [e["event"] for e in events] == ["bye", "exit"]
     exit_event = events[-1]
     assert exit_event["returncode"] == 0 and exit_event["interrupted"] and not exit_event["crashed"]
@@ -76,10 +81,10 @@ def test_interrupt_is_a_graceful_stop_not_a_crash():
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals and process groups")
 def test_kill_ends_the_whole_tree():
-    child, hello = start("wait")
+    child, hello, after = start("wait")
     pid = child.pid
     child.kill()
-    exit_event = drain(child)[-1]
+    exit_event = drain(child, after)[-1]
     assert exit_event["killed"] and not exit_event["crashed"] and exit_event["returncode"] == -9
     deadline = time.monotonic() + 10
     while (alive(pid) or alive(hello["grandchild"])) and time.monotonic() < deadline:
@@ -88,8 +93,8 @@ def test_kill_ends_the_whole_tree():
 
 
 def test_a_failing_child_is_reported_with_its_last_error():
-    child, hello = start("fail")
-    events = drain(child)
+    child, hello, after = start("fail")
+    events = drain(child, after)
     assert [e["event"] for e in events] == ["error", "exit"]
     exit_event = events[-1]
     assert exit_event["crashed"] and exit_event["returncode"] == 2
