@@ -9,8 +9,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO_ROOT / "WaveletDiffusion"
-if str(MODULE_DIR) not in sys.path:
-    sys.path.insert(0, str(MODULE_DIR))
+TRAINING_MODULE_DIR = REPO_ROOT / "WaveletDiffusionTraining"
+# Inside Slicer both modules are installed into one scripted-modules folder, so each Lib can import the other.
+for _folder in (MODULE_DIR, TRAINING_MODULE_DIR):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 def require_slicer():

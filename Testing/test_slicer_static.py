@@ -12,14 +12,29 @@ from pathlib import Path
 import pytest
 from slicer_support import REPO_ROOT
 
-MODULE = REPO_ROOT / "WaveletDiffusion"
-MODULE_FILE = MODULE / "WaveletDiffusion.py"
-UI_FILE = MODULE / "Resources" / "UI" / "WaveletDiffusion.ui"
+MODULES = ("WaveletDiffusion", "WaveletDiffusionTraining")
 ENGINE = REPO_ROOT / "WDMCore"
 
+# Widget classes each .ui may use: Qt's own and those Slicer's CTK/MRML libraries provide.
+ALLOWED_WIDGETS = {
+    "WaveletDiffusion": {"qMRMLWidget", "ctkCollapsibleButton", "QComboBox", "QPushButton", "QLabel", "QSpinBox",
+                         "QProgressBar", "QLineEdit", "QCheckBox", "QPlainTextEdit"},
+    "WaveletDiffusionTraining": {"qMRMLWidget", "ctkCollapsibleButton", "ctkPathLineEdit",
+                                 "qMRMLCheckableNodeComboBox", "QComboBox", "QPushButton", "QLabel", "QSpinBox",
+                                 "QDoubleSpinBox", "QProgressBar", "QLineEdit", "QCheckBox", "QPlainTextEdit"},
+}  # fmt: skip
 
-def ui_widgets() -> dict[str, ET.Element]:
-    return {w.get("name"): w for w in ET.parse(UI_FILE).getroot().iter("widget")}
+
+def module_file(name: str) -> Path:
+    return REPO_ROOT / name / f"{name}.py"
+
+
+def ui_file(name: str) -> Path:
+    return REPO_ROOT / name / "Resources" / "UI" / f"{name}.ui"
+
+
+def ui_widgets(name: str = "WaveletDiffusion") -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(ui_file(name)).getroot().iter("widget")}
 
 
 def cmake_text(path: Path) -> str:
@@ -32,37 +47,70 @@ def listed_files(cmake: str, variable: str) -> set[str]:
     return set(match.group(1).split())
 
 
-def test_every_widget_the_module_uses_exists_in_the_ui():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
-    missing = used - set(ui_widgets())
+@pytest.mark.parametrize("name", MODULES)
+def test_every_widget_the_module_uses_exists_in_the_ui(name):
+    used = set(re.findall(r"self\.ui\.(\w+)", module_file(name).read_text()))
+    missing = used - set(ui_widgets(name))
     assert used and not missing, f"widgets used in the code but missing from the .ui: {sorted(missing)}"
 
 
-def test_ui_parameter_names_are_fields_of_the_parameter_node():
-    tree = ast.parse(MODULE_FILE.read_text())
-    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "WaveletDiffusionParameterNode")
+@pytest.mark.parametrize("name", MODULES)
+def test_ui_parameter_names_are_fields_of_the_parameter_node(name):
+    tree = ast.parse(module_file(name).read_text())
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == f"{name}ParameterNode")
     fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
     named = set()
-    for widget in ui_widgets().values():
+    for widget in ui_widgets(name).values():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 named.add(prop.find("string").text)
     assert named and named <= fields, f"unknown parameter names in the .ui: {sorted(named - fields)}"
 
 
-def test_ui_uses_only_widgets_slicer_provides():
-    allowed = {"qMRMLWidget", "ctkCollapsibleButton", "QComboBox", "QPushButton", "QLabel", "QSpinBox",
-               "QProgressBar", "QLineEdit", "QCheckBox", "QPlainTextEdit"}  # fmt: skip
-    classes = {w.get("class") for w in ui_widgets().values()}
-    assert classes <= allowed, classes - allowed
+@pytest.mark.parametrize("name", MODULES)
+def test_ui_choices_match_the_parameter_choices(name):
+    """A combo box bound to a Choice parameter must offer exactly the allowed values, as its item texts."""
+    source = module_file(name).read_text()
+    for widget in ui_widgets(name).values():
+        names = [p.find("string").text for p in widget.findall("property") if p.get("name") == "SlicerParameterName"]
+        if widget.get("class") != "QComboBox" or not names:
+            continue
+        items = [i.find("property/string").text for i in widget.findall("item")]
+        match = re.search(rf"{names[0]}: Annotated\[str, Choice\(list\(parameters\.(\w+)\)\)\]", source)
+        assert match, f"{names[0]} is bound to a combo box but is not a Choice of a parameters constant"
+        module = __import__(f"{name}Lib.parameters", fromlist=["parameters"])
+        assert items == [v for v in getattr(module, match.group(1)) if v], (names[0], items)
 
 
-def test_module_cmake_lists_every_script_and_resource():
-    cmake = cmake_text(MODULE / "CMakeLists.txt").replace("${MODULE_NAME}", "WaveletDiffusion")
-    scripts = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts}
-    resources = {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+@pytest.mark.parametrize("name", MODULES)
+def test_ui_uses_only_widgets_slicer_provides(name):
+    classes = {w.get("class") for w in ui_widgets(name).values()}
+    assert classes <= ALLOWED_WIDGETS[name], classes - ALLOWED_WIDGETS[name]
+    declared = {c.find("class").text for c in ET.parse(ui_file(name)).getroot().iter("customwidget")}
+    assert {c for c in classes if not c.startswith("Q")} <= declared
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_cmake_lists_every_script_and_resource(name):
+    module = REPO_ROOT / name
+    cmake = cmake_text(module / "CMakeLists.txt").replace("${MODULE_NAME}", name)
+    assert re.search(rf"set\(MODULE_NAME {name}\)", cmake)
+    scripts = {p.relative_to(module).as_posix() for p in module.rglob("*.py") if "__pycache__" not in p.parts}
+    resources = {p.relative_to(module).as_posix() for p in (module / "Resources").rglob("*") if p.is_file()}
     assert listed_files(cmake, "MODULE_PYTHON_SCRIPTS") == scripts
     assert listed_files(cmake, "MODULE_PYTHON_RESOURCES") == resources
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module.joinpath("CMakeLists.txt").read_text()
+
+
+def test_training_module_depends_on_the_generation_module():
+    """Its Lib imports WaveletDiffusionLib and its "Open in Wavelet Diffusion" selects that module."""
+    tree = ast.parse(module_file("WaveletDiffusionTraining").read_text())
+    assigns = [n for n in ast.walk(tree) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]).endswith(
+        "parent.dependencies")]  # fmt: skip
+    assert [ast.literal_eval(a.value) for a in assigns] == [["WaveletDiffusion"]]
+    generation = ast.parse(module_file("WaveletDiffusion").read_text())
+    widget = next(n for n in ast.walk(generation) if isinstance(n, ast.ClassDef) and n.name == "WaveletDiffusionWidget")
+    assert "useCheckpoint" in {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
 
 
 def test_engine_cmake_installs_the_whole_package():
@@ -121,12 +169,17 @@ def test_icon_and_screenshot_urls_point_at_files_in_the_repository():
         relative = url.split("/main/", 1)[1]
         assert (REPO_ROOT / relative).is_file(), relative
     assert png_size(REPO_ROOT / "Resources" / "Icons" / "WaveletDiffusion.png") == (128, 128)
-    assert png_size(MODULE / "Resources" / "Icons" / "WaveletDiffusion.png") == (128, 128)
+    for name in MODULES:
+        assert png_size(REPO_ROOT / name / "Resources" / "Icons" / f"{name}.png") == (128, 128)
 
 
-@pytest.mark.parametrize("path", sorted((MODULE / "WaveletDiffusionLib").glob("*.py")), ids=lambda p: p.name)
+LIB_FILES = sorted(p for name in MODULES for p in (REPO_ROOT / name / f"{name}Lib").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_lib_never_imports_gui_parts(path):
-    forbidden = ("qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
+    # wdmcore imports torch: Slicer's own process never loads it (the child processes do).
+    forbidden = ("qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "wdmcore")
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]

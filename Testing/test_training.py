@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import zlib
 
 import numpy as np
@@ -200,6 +201,24 @@ def test_previews_are_nifti_with_the_card_affine_and_a_valid_png(tmp_path):
     png = (tmp_path / "previews" / "preview_0000002.png").read_bytes()
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (3 * 16 + 6, 16)
+
+
+def test_previews_are_nifti_without_nibabel_too(tmp_path, monkeypatch):
+    """3D Slicer's Python has SimpleITK but not nibabel: the Slicer module still gets a volume to load."""
+    pytest.importorskip("SimpleITK")
+    from wdmcore.data import load_volume
+
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # `import nibabel` raises ImportError
+    events = []
+    train(tiny_config(max_steps=2, preview_interval=2, preview_steps=2), PhantomDataset(4, 16), tmp_path,
+          on_event=events.append)  # fmt: skip
+    (preview,) = [e for e in events if e["event"] == "preview"]
+    (nii,) = [p for p in preview["paths"] if p.endswith(".nii.gz")]
+    monkeypatch.delitem(sys.modules, "nibabel")
+    pytest.importorskip("nibabel")
+    volume, affine = load_volume(nii)
+    assert volume.shape == (16, 16, 16) and np.isfinite(volume).all()
+    np.testing.assert_allclose(affine, phantom_affine(16), atol=1e-5)
 
 
 def test_png_writer_round_trips_pixels(tmp_path):

@@ -338,10 +338,17 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = qt.QFileDialog.getOpenFileName(
             slicer.util.mainWindow(), "Open a WDM checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth)"
         )
-        if not path:
-            return
+        if path:
+            self.useCheckpoint(path)
+
+    def useCheckpoint(self, path: str) -> None:
+        """Select a checkpoint file as the model (also called by the training module's "Open in Wavelet
+        Diffusion")."""
+        path = str(path)
         if path not in self._customCheckpoints:
             self._customCheckpoints.append(path)
+        if not self._parameterNode:
+            self.initializeParameterNode()
         self._parameterNode.model = path
         self.setModelItems(self._models)
         self.appendLog(f"checkpoint: {path}")

@@ -1,6 +1,8 @@
-"""Draw the extension/module icon: a brain slice and its one-level 2-D Haar wavelet decomposition.
+"""Draw the icons: a brain slice and its one-level 2-D Haar wavelet decomposition (the extension and the
+generation module), and the same tile, dimmed, under a falling loss curve (the training module).
 
-Usage: python scripts/make_icon.py  (writes Resources/Icons/WaveletDiffusion.png and the module's copy)
+Usage: python scripts/make_icon.py  (writes Resources/Icons/WaveletDiffusion.png, the generation module's copy
+and WaveletDiffusionTraining/Resources/Icons/WaveletDiffusionTraining.png)
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def colourise(values: np.ndarray, colour: tuple[int, int, int], gain: float) -> 
     return base + v * (np.array(colour, dtype=np.float64) - base)
 
 
-def main() -> None:
+def wavelet_tile() -> np.ndarray:
+    """The RGBA float image of the extension icon."""
     pane, gap, margin = 58, 4, 4
     ll, lh, hl, hh = haar2d(brain_slice(2 * pane))
     rgba = np.zeros((SIZE, SIZE, 4), dtype=np.float64)
@@ -66,13 +69,48 @@ def main() -> None:
         left = margin + col * (pane + gap) + 2
         rgba[top : top + pane, left : left + pane, :3] = colourise(values, colour, gain)
         rgba[top : top + pane, left : left + pane, 3] = 255
+    return rgba
+
+
+def training_tile() -> np.ndarray:
+    """The wavelet tile, dimmed, under a falling, slightly noisy loss curve with a bright outline."""
+    rgba = wavelet_tile()
+    rgba[..., :3] *= 0.45
+    x = np.linspace(0, 1, 400)
+    noise = 0.035 * np.sin(37 * x) * np.exp(-2 * x)
+    curve = 0.12 + 0.7 * np.exp(-5 * x) + noise  # fraction of the height from the bottom
+    px = 14 + x * (SIZE - 28)
+    py = SIZE - 14 - curve * (SIZE - 28)
+    y, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
+    distance = np.full((SIZE, SIZE), np.inf)
+    for cx, cy in zip(px, py, strict=True):
+        distance = np.minimum(distance, np.hypot(xx - cx, y - cy))
+    outline = distance <= 6.5
+    line = distance <= 3.5
+    opaque = rgba[..., 3] > 0
+    rgba[outline & opaque, :3] = [18, 24, 38]
+    rgba[line & opaque, :3] = [255, 196, 64]
+    return rgba
+
+
+def save(rgba: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(rgba).astype(np.uint8), "RGBA").save(path, optimize=True)
+    return path
+
+
+def main() -> None:
+    rgba = wavelet_tile()
     out = ROOT / "Resources" / "Icons" / "WaveletDiffusion.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(rgba).astype(np.uint8), "RGBA").save(out, optimize=True)
     module_icon = ROOT / "WaveletDiffusion" / "Resources" / "Icons" / "WaveletDiffusion.png"
     module_icon.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out, module_icon)
-    print(out, module_icon)
+    training_icon = save(
+        training_tile(), ROOT / "WaveletDiffusionTraining" / "Resources" / "Icons" / "WaveletDiffusionTraining.png"
+    )
+    print(out, module_icon, training_icon)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import sys
+import traceback
 
 from . import __version__
 from .errors import WDMError
@@ -20,6 +21,7 @@ COMMAND_MODULES = (
     "wdmcore.hub_commands",
     "wdmcore.inspect",
     "wdmcore.data.lidc_dicom",
+    "wdmcore.data.summary",
 )
 
 
@@ -50,13 +52,39 @@ def main(argv: list[str] | None = None) -> int:
         _report(jsonl, "Interrupted", "stopped by the user")
         return 130
     except MemoryError:
-        _report(jsonl, "OutOfMemory", "out of memory: use a smaller batch size or a smaller model")
+        _report(jsonl, "OutOfMemory", OUT_OF_MEMORY)
         return 3
+    except Exception as exc:
+        # PyTorch's device out-of-memory errors are RuntimeErrors (torch.OutOfMemoryError), not MemoryError.
+        if type(exc).__name__ == "OutOfMemoryError":
+            _report(jsonl, "OutOfMemory", f"{OUT_OF_MEMORY} ({_first_line(exc)})")
+            return 3
+        if not jsonl:
+            raise  # a bug: the traceback is the most useful report on a terminal
+        # A program reading the events (the Slicer modules) gets one structured error, the traceback as detail.
+        detail = traceback.format_exc()
+        print(detail, file=sys.stderr, flush=True)
+        _report(jsonl, type(exc).__name__, f"unexpected error: {_first_line(exc)}", detail=detail)
+        return 1
 
 
-def _report(jsonl: bool, kind: str, message: str) -> None:
+OUT_OF_MEMORY = (
+    "out of memory: use a smaller batch size or image size, bf16 precision or a smaller model "
+    "(when training, --activation-checkpointing also saves memory)"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _report(jsonl: bool, kind: str, message: str, detail: str = "") -> None:
     if jsonl:
-        print(json.dumps({"event": "error", "kind": kind, "message": message}), flush=True)
+        event = {"event": "error", "kind": kind, "message": message}
+        if detail:
+            event["detail"] = detail
+        print(json.dumps(event), flush=True)
     else:
         print(f"wdm: error: {message}", file=sys.stderr)
 

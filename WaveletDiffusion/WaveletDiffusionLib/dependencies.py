@@ -128,9 +128,16 @@ def missing(
     return result
 
 
-def ensure_dependencies(installers: Installers, *, requester: str = "Wavelet Diffusion") -> Outcome:
-    """Make sure PyTorch and the engine's packages are importable by the worker; install them if the user
-    agrees. Raises :class:`DependencyError` when something stays missing."""
+# What training needs beyond generation: NIfTI files are read with nibabel, which Slicer's Python lacks
+# (SimpleITK, for NRRD/MHA, comes with Slicer).
+TRAINING_PACKAGES: tuple[Requirement, ...] = (Requirement("nibabel", "5"),)
+
+
+def ensure_dependencies(
+    installers: Installers, *, requester: str = "Wavelet Diffusion", extra: Sequence[Requirement] = ()
+) -> Outcome:
+    """Make sure PyTorch and the engine's packages (and ``extra`` ones) are importable by the child processes;
+    install them if the user agrees. Raises :class:`DependencyError` when something stays missing."""
     outcome = Outcome()
     version_of = installers.version_of
     loaded = set(installers.loaded_modules())
@@ -149,7 +156,7 @@ def ensure_dependencies(installers: Installers, *, requester: str = "Wavelet Dif
             "take several minutes and more than 2 GB."
         )
         if not installers.confirm(question):
-            raise DependencyError("PyTorch is needed to generate volumes; installation was declined.")
+            raise DependencyError(f"PyTorch is needed by {requester}; installation was declined.")
         torch = installers.install_torch(TORCH_REQUIREMENT)
         if torch is None or not satisfied(version_of("torch"), TORCH.minimum):
             raise DependencyError(
@@ -160,7 +167,7 @@ def ensure_dependencies(installers: Installers, *, requester: str = "Wavelet Dif
             outcome.upgraded_loaded.append("torch")
             outcome.restart_needed = True
 
-    others = missing(PACKAGES, version_of)
+    others = missing([*PACKAGES, *extra], version_of)
     if others:
         _install_packages(installers, others, loaded, outcome, requester)
 

@@ -1,10 +1,14 @@
-"""The generation worker as seen from Slicer: a child process that speaks JSON lines.
+"""Child processes that speak JSON lines, as seen from Slicer: the generation worker and ``wdm`` commands.
 
-:class:`WorkerProcess` starts ``python -m wdmcore.worker`` (PythonSlicer inside Slicer), sends requests and
-hands back the worker's events without ever blocking: a reader thread turns stdout lines into a queue that the
-caller drains with :meth:`WorkerProcess.poll` (the module widget does it from a QTimer, a script from a loop).
-When the worker exits on its own, :meth:`poll` yields an ``exit`` event that says whether it crashed, with
-its last error and the tail of its stderr. :meth:`kill` ends the worker and every process it started.
+:class:`ChildProcess` starts ``python ARGS...`` (PythonSlicer inside Slicer) with ``wdmcore`` on its path and
+hands back the child's events without ever blocking: a reader thread turns stdout lines into a queue that the
+caller drains with :meth:`ChildProcess.poll` (a module widget does it from a QTimer, a script from a loop).
+When the child exits, :meth:`poll` yields an ``exit`` event that says whether it crashed, with its last error
+and the tail of its stderr. :meth:`ChildProcess.kill` ends the child and every process it started;
+:meth:`ChildProcess.interrupt` asks it to stop on its own (SIGTERM; CTRL_BREAK on Windows).
+
+:class:`WorkerProcess` is the generation worker (``python -m wdmcore.worker``): requests on its stdin. The
+training module runs ``python -m wdmcore train --progress jsonl`` as a plain :class:`ChildProcess`.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 
+# How long after the child's exit its output may still arrive (see ChildProcess._with_exit).
+EXIT_GRACE_S = 2.0
+
 
 class WorkerError(RuntimeError):
-    """The worker could not be started, or it died."""
+    """A child process could not be started, or it died."""
 
 
 def wdmcore_search_path() -> str | None:
-    """The folder that holds the ``wdmcore`` package (without importing it), for the worker's PYTHONPATH."""
+    """The folder that holds the ``wdmcore`` package (without importing it), for the child's PYTHONPATH."""
     spec = importlib.util.find_spec("wdmcore")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -44,7 +51,7 @@ def wdmcore_search_path() -> str | None:
 
 
 def default_python() -> str:
-    """The interpreter for the worker: PythonSlicer inside Slicer (``sys.executable`` is set to it there)."""
+    """The interpreter for children: PythonSlicer inside Slicer (``sys.executable`` is set to it there)."""
     executable = Path(sys.executable)
     if executable.stem.lower().startswith("slicerapp"):
         candidate = executable.with_name("PythonSlicer" + executable.suffix)
@@ -53,8 +60,8 @@ def default_python() -> str:
     return str(executable)
 
 
-class WorkerProcess:
-    """One ``wdmcore.worker`` child process."""
+class ChildProcess:
+    """One child process whose stdout carries one JSON event per line (anything else goes to the log)."""
 
     def __init__(
         self,
@@ -63,25 +70,26 @@ class WorkerProcess:
         env: Mapping[str, str] | None = None,
         extra_path: Sequence[str] = (),
         stderr_lines: int = 200,
+        name: str = "the child process",
     ):
         self.python = python or default_python()
+        self.name = name
         self._env_overrides = dict(env or {})
         self._extra_path = list(extra_path)
         self._proc: subprocess.Popen | None = None
         self._events: queue.Queue[Event] = queue.Queue()
         self._stderr: collections.deque[str] = collections.deque(maxlen=stderr_lines)
-        self._ids = itertools.count(1)
-        self._write_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.last_error: Event | None = None
-        self.ready: Event | None = None
         self._exit_reported = False
+        self._exited_at: float | None = None
         self._killed = False
-        self._said_bye = False
+        self._interrupted = False
 
     # ----------------------------------------------------------------------------------------- lifetime
 
-    def start(self) -> None:
+    def start(self, args: Sequence[str], *, stdin: bool = False, cwd: str | os.PathLike | None = None) -> None:
+        """Run ``python -u ARGS``; ``stdin=True`` keeps a pipe to the child's stdin (else it reads nothing)."""
         if self.running:
             return
         env = dict(os.environ)
@@ -100,17 +108,19 @@ class WorkerProcess:
         self._events = queue.Queue()
         self._stderr.clear()
         self.last_error = None
-        self.ready = None
         self._exit_reported = False
+        self._exited_at = None
         self._killed = False
-        self._said_bye = False
+        self._interrupted = False
+        self._reset()
         try:
             self._proc = subprocess.Popen(
-                [self.python, "-u", "-m", "wdmcore.worker"],
-                stdin=subprocess.PIPE,
+                [self.python, "-u", *args],
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
+                cwd=None if cwd is None else os.fspath(cwd),
                 text=True,
                 encoding="utf-8",
                 errors="replace",
@@ -118,13 +128,16 @@ class WorkerProcess:
                 **kwargs,
             )
         except OSError as exc:
-            raise WorkerError(f"cannot start the generation worker with {self.python}: {exc}") from exc
+            raise WorkerError(f"cannot start {self.name} with {self.python}: {exc}") from exc
         self._threads = [
-            threading.Thread(target=self._read_stdout, args=(self._proc,), daemon=True, name="wdm-worker-stdout"),
-            threading.Thread(target=self._read_stderr, args=(self._proc,), daemon=True, name="wdm-worker-stderr"),
+            threading.Thread(target=self._read_stdout, args=(self._proc,), daemon=True, name="wdm-child-stdout"),
+            threading.Thread(target=self._read_stderr, args=(self._proc,), daemon=True, name="wdm-child-stderr"),
         ]
         for thread in self._threads:
             thread.start()
+
+    def _reset(self) -> None:
+        """Subclasses clear their per-run state here."""
 
     @property
     def running(self) -> bool:
@@ -134,8 +147,203 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
     def stderr_tail(self, lines: int = 20) -> str:
         return "\n".join(list(self._stderr)[-lines:])
+
+    def interrupt(self) -> bool:
+        """Ask the child to stop on its own: SIGTERM to the child itself (not to its process group, so that
+        helper processes such as data-loader workers are left to it), CTRL_BREAK on Windows. False when the
+        child is not running."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return False
+        self._interrupted = True
+        try:
+            if os.name == "nt":
+                proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+            else:
+                proc.send_signal(signal.SIGTERM)
+        except (ProcessLookupError, OSError):
+            return False
+        return True
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted
+
+    def kill(self) -> None:
+        """End the child and every process it started (its process group; psutil's tree where available)."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._killed = True
+        children = _descendants(proc.pid)
+        if os.name != "nt":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
+        for child in children:
+            with contextlib.suppress(Exception):  # already gone
+                child.kill()
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %s) did not exit after SIGKILL", self.name, proc.pid)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
+
+    # ----------------------------------------------------------------------------------------- events
+
+    def poll(self, timeout: float = 0.0) -> list[Event]:
+        """Every event that has arrived; waits up to ``timeout`` seconds for the first one."""
+        events: list[Event] = []
+        try:
+            events.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
+        except queue.Empty:
+            return self._with_exit(events)
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return self._with_exit(events)
+
+    def events(self, timeout: float) -> Iterator[Event]:
+        """Yield events until ``timeout`` seconds pass without any (a blocking reader for scripts and tests)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            batch = self.poll(min(remaining, 0.1))
+            for event in batch:
+                deadline = time.monotonic() + timeout
+                yield event
+
+    def _with_exit(self, events: list[Event]) -> list[Event]:
+        proc = self._proc
+        if proc is None or self._exit_reported or proc.poll() is None or not self._events.empty():
+            return events
+        if self._exited_at is None:
+            self._exited_at = time.monotonic()
+        # The readers end when the pipes close. A grandchild that outlives the child keeps them open: after a
+        # grace period the exit is reported anyway.
+        readers_done = not any(t.is_alive() for t in self._threads)
+        if readers_done or time.monotonic() - self._exited_at > EXIT_GRACE_S:
+            self._exit_reported = True
+            events.append(self._exit_event(proc.returncode))
+        return events
+
+    def _expected_exit(self, returncode: int) -> bool:
+        """Whether the exit was asked for (a kill or an interrupt, or what a subclass knows)."""
+        return self._killed or self._interrupted
+
+    def _exit_event(self, returncode: int) -> Event:
+        crashed = not self._expected_exit(returncode)
+        message = f"{self.name} exited (code {returncode})"
+        if crashed:
+            if returncode < 0:
+                message = f"{self.name} was killed by signal {-returncode}"
+            if self.last_error:
+                message += f"; its last error: {self.last_error.get('kind')}: {self.last_error.get('message')}"
+            tail = self.stderr_tail(5)
+            if tail:
+                message += f"\n{tail}"
+        return {
+            "event": "exit",
+            "returncode": returncode,
+            "crashed": crashed,
+            "killed": self._killed,
+            "interrupted": self._interrupted,
+            "message": message,
+            "last_error": self.last_error,
+            "stderr_tail": self.stderr_tail(),
+        }
+
+    def _note(self, event: Event) -> None:
+        """Subclasses look at each event here before it is queued."""
+
+    def _read_stdout(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                    if not isinstance(event, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    self._stderr.append(f"[stdout] {line}")
+                    continue
+                if event.get("event") == "error":
+                    self.last_error = event
+                self._note(event)
+                self._events.put(event)
+        except (OSError, ValueError):
+            pass
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        try:
+            for line in proc.stderr:
+                line = line.rstrip()
+                if line:
+                    self._stderr.append(line)
+                    log.debug("%s: %s", self.name, line)
+        except (OSError, ValueError):
+            pass
+
+
+class WorkerProcess(ChildProcess):
+    """The generation worker (``python -m wdmcore.worker``): requests on stdin, events on stdout."""
+
+    def __init__(
+        self,
+        python: str | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        extra_path: Sequence[str] = (),
+        stderr_lines: int = 200,
+    ):
+        super().__init__(python, env=env, extra_path=extra_path, stderr_lines=stderr_lines,
+                         name="the generation worker")  # fmt: skip
+        self._ids = itertools.count(1)
+        self._write_lock = threading.Lock()
+        self.ready: Event | None = None
+        self._said_bye = False
+
+    def start(self) -> None:  # type: ignore[override] - the worker's command line is fixed
+        super().start(["-m", "wdmcore.worker"], stdin=True)
+
+    def _reset(self) -> None:
+        self.ready = None
+        self._said_bye = False
+
+    def _note(self, event: Event) -> None:
+        if event.get("event") == "ready":
+            self.ready = event
+        elif event.get("event") == "bye":
+            self._said_bye = True
+
+    def _expected_exit(self, returncode: int) -> bool:
+        return self._killed or self._interrupted or self._said_bye
 
     def send(self, request_type: str, **fields: Any) -> int:
         """Send one request; returns its id (events caused by it carry the same id)."""
@@ -172,131 +380,6 @@ class WorkerProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout)
         self.kill()
-
-    def kill(self) -> None:
-        """End the worker and every process it started (its process group; psutil's tree where available)."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self._killed = True
-        children = _descendants(proc.pid)
-        if os.name != "nt":
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
-        for child in children:
-            with contextlib.suppress(Exception):  # already gone
-                child.kill()
-        if proc.poll() is None:
-            proc.kill()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            log.warning("generation worker %s did not exit after SIGKILL", proc.pid)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
-
-    # ----------------------------------------------------------------------------------------- events
-
-    def poll(self, timeout: float = 0.0) -> list[Event]:
-        """Every event that has arrived; waits up to ``timeout`` seconds for the first one."""
-        events: list[Event] = []
-        try:
-            events.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
-        except queue.Empty:
-            return self._with_exit(events)
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return self._with_exit(events)
-
-    def events(self, timeout: float) -> Iterator[Event]:
-        """Yield events until ``timeout`` seconds pass without any (a blocking reader for scripts and tests)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            batch = self.poll(min(remaining, 0.1))
-            for event in batch:
-                deadline = time.monotonic() + timeout
-                yield event
-
-    def _with_exit(self, events: list[Event]) -> list[Event]:
-        proc = self._proc
-        if (
-            proc is not None
-            and not self._exit_reported
-            and proc.poll() is not None
-            and self._events.empty()
-            and not any(t.is_alive() for t in self._threads)
-        ):
-            self._exit_reported = True
-            events.append(self._exit_event(proc.returncode))
-        return events
-
-    def _exit_event(self, returncode: int) -> Event:
-        expected = self._killed or self._said_bye
-        crashed = not expected
-        message = f"the generation worker exited (code {returncode})"
-        if crashed:
-            if returncode < 0:
-                message = f"the generation worker was killed by signal {-returncode}"
-            if self.last_error:
-                message += f"; its last error: {self.last_error.get('kind')}: {self.last_error.get('message')}"
-            tail = self.stderr_tail(5)
-            if tail:
-                message += f"\n{tail}"
-        return {
-            "event": "exit",
-            "returncode": returncode,
-            "crashed": crashed,
-            "message": message,
-            "last_error": self.last_error,
-            "stderr_tail": self.stderr_tail(),
-        }
-
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    event = json.loads(line)
-                    if not isinstance(event, dict):
-                        raise ValueError("not an object")
-                except ValueError:
-                    self._stderr.append(f"[stdout] {line}")
-                    continue
-                if event.get("event") == "error":
-                    self.last_error = event
-                elif event.get("event") == "ready":
-                    self.ready = event
-                elif event.get("event") == "bye":
-                    self._said_bye = True
-                self._events.put(event)
-        except (OSError, ValueError):
-            pass
-
-    def _read_stderr(self, proc: subprocess.Popen) -> None:
-        assert proc.stderr is not None
-        try:
-            for line in proc.stderr:
-                line = line.rstrip()
-                if line:
-                    self._stderr.append(line)
-                    log.debug("worker: %s", line)
-        except (OSError, ValueError):
-            pass
 
 
 def _descendants(pid: int) -> list[Any]:

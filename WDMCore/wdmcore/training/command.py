@@ -343,7 +343,9 @@ def run(args: argparse.Namespace) -> int:
         requested.append(signum)
         signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGBREAK: what a parent on Windows can send (CTRL_BREAK_EVENT) to a child in its own process group.
+    stop_signals = [signal.SIGTERM, signal.SIGINT, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])]
+    previous = {sig: signal.signal(sig, request_stop) for sig in stop_signals}
     try:
         result = train(config, dataset, out_dir, resume=getattr(args, "resume", False), on_event=on_event,
                        stop=lambda: bool(requested))  # fmt: skip

@@ -52,6 +52,7 @@ from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import CheckpointError, ConfigError, WDMError
 from ..events import ProgressCallback, emit
 from ..networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, preset_config
+from ..outputs import save_nifti
 
 log = logging.getLogger(__name__)
 
@@ -434,13 +435,13 @@ def write_preview(ema_network: DiffusionNetwork, card: dict[str, Any], path_stem
     png = path_stem.with_suffix(".png")
     write_png_gray(png, mid_slices(volume))
     written.append(png)
+    nii = path_stem.parent / (path_stem.name + ".nii.gz")
     try:
-        import nibabel
-    except ImportError:
-        log.info("nibabel is not installed: preview saved as PNG only")
+        # nibabel, or SimpleITK where nibabel is missing (3D Slicer's Python), which loads the preview as a volume.
+        save_nifti(volume.astype(np.float32), _card_affine(card, volume.shape[0]), nii)
+    except WDMError as exc:
+        log.info("preview saved as PNG only: %s", exc)
     else:
-        nii = path_stem.parent / (path_stem.name + ".nii.gz")
-        nibabel.save(nibabel.Nifti1Image(volume.astype(np.float32), _card_affine(card, volume.shape[0])), nii)
         written.append(nii)
     return written
 

@@ -1,0 +1,620 @@
+"""The logic of the *Wavelet Diffusion Training* module: ``wdm train`` in a child process, watched from Slicer.
+
+Usable without the module's GUI, from Slicer's Python console::
+
+    from WaveletDiffusionTrainingLib import TrainingParameters, WaveletDiffusionTrainingLogic
+    logic = WaveletDiffusionTrainingLogic()
+    run = logic.start_training(TrainingParameters(data_path="/data/brats", output_dir="/runs/brats"))
+    ...
+    logic.stop(run)          # graceful: the trainer writes a checkpoint, then exits
+    run = logic.resume(run.params)
+
+Training runs as ``python -m wdmcore train --progress jsonl`` (PythonSlicer inside Slicer) in its own process
+group; its events arrive through :class:`WaveletDiffusionLib.process.ChildProcess`, and whoever calls
+:meth:`WaveletDiffusionTrainingLogic.poll` (the widget from a QTimer, or the logic itself when given a
+``schedule`` callback) turns them into the state of a :class:`TrainingRun`, points of a loss curve
+(table + plot nodes) and preview volume nodes. The logic never deletes anything in the output folder: the
+trainer writes every file atomically, so whatever happens to the process, the checkpoints already there stay
+usable and *Resume* continues from the newest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from WaveletDiffusionLib import volumes
+from WaveletDiffusionLib.process import ChildProcess, WorkerError
+
+from . import runfolder
+from .datasource import SCENE_VOLUMES_FOLDER, describe_summary, export_volume_nodes
+from .parameters import TrainingParameters
+from .plots import LossCurve
+
+log = logging.getLogger(__name__)
+
+# How long a graceful stop may take before the process tree is killed: the step in progress and a checkpoint
+# write (a full-size step on a CPU takes minutes; on a GPU, seconds).
+DEFAULT_STOP_TIMEOUT_S = 300.0
+
+FINISHED_STATES = ("finished", "stopped", "failed")
+
+
+class TrainingError(RuntimeError):
+    """Training (or a data scan) failed; ``kind`` is the engine's error kind (DataError, OutOfMemory, ...)."""
+
+    def __init__(self, message: str, kind: str = "Error", detail: str = ""):
+        super().__init__(message)
+        self.kind = kind
+        self.detail = detail
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(max(0.0, seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+@dataclass(eq=False)
+class TrainingRun:
+    """One session of ``wdm train`` (a new run, or a resumed one) and what it reported."""
+
+    params: TrainingParameters
+    out_dir: Path
+    resume: bool = False
+    state: str = "starting"  # starting | preparing | running | stopping | finished | stopped | failed
+    phase: str = "starting the training process"
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    it_s: float | None = None
+    eta_s: float | None = None
+    gpu_mem_gb: float | None = None
+    skipped_steps: int = 0
+    device: str | None = None
+    checkpoint: Path | None = None
+    """The newest checkpoint (model file) of the run folder known to this session."""
+    result_path: Path | None = None
+    stopped_early: bool = False
+    previews: list[Any] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: TrainingError | None = None
+    message: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    curve: LossCurve | None = None
+    started: float = field(default_factory=time.monotonic)
+    stop_requested_at: float | None = None
+    killed_after_timeout: bool = False
+    process: ChildProcess | None = field(default=None, repr=False)
+    on_event: Callable[[TrainingRun, dict], None] | None = None
+    on_progress: Callable[[TrainingRun, dict], None] | None = None
+    on_checkpoint: Callable[[TrainingRun, Path], None] | None = None
+    on_preview: Callable[[TrainingRun, Any], None] | None = None
+    on_finished: Callable[[TrainingRun], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.out_dir.name or "training"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+    @property
+    def model_path(self) -> Path | None:
+        """The checkpoint to generate with: this session's result, else the newest in the run folder."""
+        if self.result_path is not None and self.result_path.is_file():
+            return self.result_path
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            return self.checkpoint
+        return runfolder.latest_model(self.out_dir)
+
+    @property
+    def can_resume(self) -> bool:
+        return runfolder.resumable(self.out_dir) is not None
+
+    def status_text(self) -> str:
+        """One line for the module: step, loss, speed, time left, GPU memory."""
+        if self.state in ("starting", "preparing"):
+            return self.phase[:1].upper() + self.phase[1:] + "..."
+        parts = [f"step {self.step:,} of {self.total:,}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4g}")
+        if self.it_s is not None:
+            parts.append(f"{self.it_s:.3g} it/s" if self.it_s >= 1 else f"{1 / max(self.it_s, 1e-9):.3g} s/step")
+        if self.eta_s is not None and self.state == "running":
+            parts.append(f"about {format_duration(self.eta_s)} left")
+        if self.gpu_mem_gb is not None:
+            parts.append(f"GPU memory {self.gpu_mem_gb:.2f} GB")
+        if self.skipped_steps:
+            parts.append(f"{self.skipped_steps} non-finite step(s) skipped")
+        text = ", ".join(parts)
+        if self.state == "stopping":
+            return "Stopping (writing a checkpoint)... " + text
+        return text[:1].upper() + text[1:]
+
+
+@dataclass(eq=False)
+class ScanJob:
+    """``wdm summarize`` on a data folder: layout, cases, sizes, spacings, intensities, unusable files."""
+
+    path: str
+    data_format: str = "auto"
+    state: str = "running"  # running | done | failed | cancelled
+    fraction: float = 0.0
+    result: dict[str, Any] | None = None
+    text: str = ""
+    error: TrainingError | None = None
+    process: ChildProcess | None = field(default=None, repr=False)
+    on_progress: Callable[[ScanJob, dict], None] | None = None
+    on_finished: Callable[[ScanJob], None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+    @property
+    def layout(self) -> str | None:
+        return None if self.result is None else self.result.get("format")
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {} if self.result is None else self.result.get("summary") or {}
+
+
+class WaveletDiffusionTrainingLogic:
+    """Training runs and data scans in child processes; curves, previews and errors as Slicer sees them."""
+
+    def __init__(
+        self,
+        scene: Any = None,
+        *,
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+        idle: Callable[[], None] | None = None,
+        schedule: Callable[[int, Callable[[], None]], None] | None = None,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT_S,
+    ):
+        self._scene = scene
+        self.python = python
+        self.env = dict(env or {})
+        self.idle = idle
+        self.schedule = schedule
+        self.stop_timeout = stop_timeout
+        self.log_callback: Callable[[str], None] | None = None
+        self._runs: list[TrainingRun] = []
+        self._scans: list[ScanJob] = []
+        self._polling_scheduled = False
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    @property
+    def scene(self) -> Any:
+        if self._scene is not None:
+            return self._scene
+        import slicer
+
+        return slicer.mrmlScene
+
+    @property
+    def busy(self) -> bool:
+        return any(not r.finished for r in self._runs) or any(not s.finished for s in self._scans)
+
+    @property
+    def runs(self) -> list[TrainingRun]:
+        """The runs of this session that have not finished yet."""
+        return [r for r in self._runs if not r.finished]
+
+    def _log(self, message: str) -> None:
+        log.info(message)
+        if self.log_callback is not None:
+            self.log_callback(message)
+
+    def _child(self, name: str) -> ChildProcess:
+        return ChildProcess(self.python, env=self.env, name=name)
+
+    def _ensure_polling(self) -> None:
+        if self.schedule is None or self._polling_scheduled:
+            return
+        self._polling_scheduled = True
+
+        def tick() -> None:
+            self._polling_scheduled = False
+            try:
+                busy = self.poll()
+            except Exception as exc:  # a callback failed: keep watching the processes all the same
+                log.exception("polling the training processes failed")
+                self._log(f"polling failed: {type(exc).__name__}: {exc}")
+                busy = True
+            if busy:
+                self._ensure_polling()
+
+        self.schedule(200, tick)
+
+    def poll(self) -> bool:
+        """Handle every event that has arrived (and overdue stops). Returns True while work is running."""
+        for job in list(self._scans):
+            if job.process is not None:
+                for event in job.process.poll():
+                    self._scan_event(job, event)
+        self._scans = [j for j in self._scans if not j.finished]
+        now = time.monotonic()
+        for run in list(self._runs):
+            if run.process is not None:
+                for event in run.process.poll():
+                    self._dispatch(run, event)
+            if (
+                not run.finished
+                and run.stop_requested_at is not None
+                and not run.killed_after_timeout
+                and now - run.stop_requested_at > self.stop_timeout
+            ):
+                self._log(f"the training process did not stop within {self.stop_timeout:.0f} s: ending it")
+                run.killed_after_timeout = True
+                assert run.process is not None
+                run.process.kill()
+        self._runs = [r for r in self._runs if not r.finished]
+        return self.busy
+
+    def _wait_for(self, finished: Callable[[], bool], timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not finished():
+            self.poll()
+            if finished():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            if self.idle is not None:
+                self.idle()
+            time.sleep(0.02)
+        return True
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every run (gracefully, then by force after ``timeout`` s) and every scan."""
+        for job in list(self._scans):
+            self.cancel_scan(job)
+        for run in list(self._runs):
+            self.stop(run)
+        if not self._wait_for(lambda: not self._runs, timeout):
+            for run in list(self._runs):
+                self.stop(run, force=True)
+            self._wait_for(lambda: not self._runs, 10.0)
+
+    # ------------------------------------------------------------------------------------------- data scans
+
+    def start_scan(
+        self,
+        path: str,
+        data_format: str = "auto",
+        sequence: str = "t1n",
+        *,
+        read_voxels: bool = True,
+        on_progress: Callable[[ScanJob, dict], None] | None = None,
+        on_finished: Callable[[ScanJob], None] | None = None,
+    ) -> ScanJob:
+        """Describe a data folder as ``wdm train`` will see it (``wdm summarize`` in a child process)."""
+        job = ScanJob(str(path), data_format, on_progress=on_progress, on_finished=on_finished)
+        args = ["-m", "wdmcore", "summarize", str(path), "--format", data_format, "--sequence", sequence,
+                "--progress", "jsonl", *([] if read_voxels else ["--headers-only"])]  # fmt: skip
+        job.process = self._child("the data scan")
+        try:
+            job.process.start(args)
+        except WorkerError as exc:
+            self._finish_scan(job, "failed", TrainingError(str(exc), kind="WorkerError"))
+            return job
+        self._scans.append(job)
+        self._ensure_polling()
+        return job
+
+    def scan(self, path: str, data_format: str = "auto", sequence: str = "t1n", *, timeout: float | None = None,
+             read_voxels: bool = True) -> ScanJob:  # fmt: skip
+        """Blocking :meth:`start_scan`; raises :class:`TrainingError` when the folder cannot be read."""
+        job = self.start_scan(path, data_format, sequence, read_voxels=read_voxels)
+        if not self._wait_for(lambda: job.finished, timeout):
+            self.cancel_scan(job)
+            raise TrainingError(f"the data scan did not finish within {timeout} s", kind="Timeout")
+        if job.error is not None:
+            raise job.error
+        return job
+
+    def cancel_scan(self, job: ScanJob) -> None:
+        if job.process is not None and not job.finished:
+            job.process.kill()
+            self._finish_scan(job, "cancelled")
+
+    def _scan_event(self, job: ScanJob, event: dict[str, Any]) -> None:
+        if job.finished:
+            return
+        kind = event.get("event")
+        if kind == "progress":
+            total = event.get("total") or 0
+            job.fraction = float(event.get("done", 0)) / total if total else 0.0
+            if job.on_progress is not None:
+                job.on_progress(job, event)
+        elif kind == "result":
+            job.result = event
+            job.text = describe_summary(event)
+        elif kind == "error":
+            job.error = TrainingError(str(event.get("message")), str(event.get("kind", "Error")),
+                                      str(event.get("detail", "")))  # fmt: skip
+        elif kind == "exit":
+            if job.error is not None:
+                self._finish_scan(job, "failed", job.error)
+            elif job.result is not None:
+                self._finish_scan(job, "done")
+            else:
+                self._finish_scan(job, "failed", TrainingError(str(event.get("message")), kind="Crashed",
+                                                               detail=str(event.get("stderr_tail", ""))))  # fmt: skip
+
+    def _finish_scan(self, job: ScanJob, state: str, error: TrainingError | None = None) -> None:
+        if job.finished:
+            return
+        job.state, job.error = state, error
+        if error is not None:
+            job.text = f"Cannot use this data: {error}"
+        if job.on_finished is not None:
+            job.on_finished(job)
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def start_training(
+        self,
+        params: TrainingParameters | None = None,
+        *,
+        resume: bool = False,
+        nodes: list[Any] | None = None,
+        curve: bool = True,
+        on_event: Callable[[TrainingRun, dict], None] | None = None,
+        on_progress: Callable[[TrainingRun, dict], None] | None = None,
+        on_checkpoint: Callable[[TrainingRun, Path], None] | None = None,
+        on_preview: Callable[[TrainingRun, Any], None] | None = None,
+        on_finished: Callable[[TrainingRun], None] | None = None,
+        **overrides: Any,
+    ) -> TrainingRun:
+        """Start ``wdm train`` (or ``--resume``); returns the :class:`TrainingRun` at once.
+
+        ``nodes``: the scalar volume nodes to train on when ``params.data_source == "nodes"``. Raises
+        ``ValueError`` for settings that cannot work (with what to change) and :class:`TrainingError` when the
+        process cannot be started; problems found by the trainer arrive later as the run's ``error``.
+        """
+        params = dataclasses.replace(params or TrainingParameters(), **overrides)
+        if (params.data_source == "nodes" or resume) and not params.data_path:
+            # Not used: scene volumes are exported to a folder of the run, and a resumed run reads its own
+            # data path from its config.json.
+            params.data_path = "(not used)"
+        params.validate()
+        out_dir = Path(params.output_dir).expanduser().resolve()
+        params.output_dir = str(out_dir)
+        resume_from = runfolder.resumable(out_dir)
+        if resume:
+            if resume_from is None:
+                raise ValueError(
+                    f"nothing to resume in {out_dir}: it holds no checkpoint with its training state "
+                    "(state_<step>.pt). Press Start for a new run, or choose the folder of an earlier run."
+                )
+            args = ["-m", "wdmcore", "train", *params.resume_args()]
+        else:
+            existing = runfolder.checkpoints(out_dir)
+            if existing:
+                raise ValueError(
+                    f"{out_dir} already holds checkpoints of a run (the newest at step {existing[-1].step}). "
+                    "Press Resume to continue it, or choose an empty output folder for a new run."
+                )
+            if params.data_source == "nodes":
+                exported = export_volume_nodes(list(nodes or []), out_dir / SCENE_VOLUMES_FOLDER)
+                self._log(f"wrote {len(exported)} scene volume(s) to {out_dir / SCENE_VOLUMES_FOLDER}")
+                args = ["-m", "wdmcore", "train",
+                        *params.train_args(str(out_dir / SCENE_VOLUMES_FOLDER), "folder")]  # fmt: skip
+            else:
+                if not Path(params.data_path).expanduser().exists():
+                    raise ValueError(f"the data folder {params.data_path} does not exist; choose another")
+                args = ["-m", "wdmcore", "train", *params.train_args()]
+            out_dir.mkdir(parents=True, exist_ok=True)
+        run = TrainingRun(params, out_dir, resume=resume, on_event=on_event, on_progress=on_progress,
+                          on_checkpoint=on_checkpoint, on_preview=on_preview, on_finished=on_finished)  # fmt: skip
+        if resume_from is not None and resume:
+            run.checkpoint, run.step = resume_from.model, resume_from.step
+        if curve:
+            run.curve = LossCurve(self.scene, f"{run.name} loss")
+            if resume:
+                run.curve.set_points(runfolder.loss_history(out_dir))
+        run.process = self._child("the training process")
+        try:
+            run.process.start(args)
+        except WorkerError as exc:
+            run.state = "failed"
+            raise TrainingError(str(exc), kind="WorkerError") from exc
+        verb = f"resuming {out_dir} from step {run.step}" if resume else f"training into {out_dir}"
+        self._log(f"{verb} (pid {run.process.pid}): {' '.join(args[3:])}")
+        self._runs.append(run)
+        self._ensure_polling()
+        return run
+
+    def resume(self, params: TrainingParameters | None = None, **kwargs: Any) -> TrainingRun:
+        """Continue the run in ``params.output_dir`` from its newest checkpoint, with the run's own settings
+        (the number of steps, the intervals, the data workers and the device may change)."""
+        return self.start_training(params, resume=True, **kwargs)
+
+    def stop(self, run: TrainingRun | None = None, *, force: bool = False) -> None:
+        """Ask ``run`` (every run when None) to write a checkpoint and exit; ``force`` ends its process tree
+        at once (the newest checkpoint on disk stays usable). A graceful stop that takes longer than
+        ``stop_timeout`` seconds becomes a forced one."""
+        for item in [run] if run is not None else list(self._runs):
+            if item is None or item.finished or item.process is None:
+                continue
+            if force:
+                self._log("ending the training process")
+                item.process.kill()
+                continue
+            if item.stop_requested_at is None:
+                item.stop_requested_at = time.monotonic()
+                item.state = "stopping"
+                self._log("stop requested: the trainer writes a checkpoint after the current step")
+                item.process.interrupt()
+        self._ensure_polling()
+
+    def wait(self, run: TrainingRun, timeout: float | None = None) -> TrainingRun:
+        """Handle events until ``run`` has finished (``idle`` is called between polls). After ``timeout``
+        seconds the run is stopped by force and fails with kind ``Timeout``."""
+        if not self._wait_for(lambda: run.finished, timeout):
+            self.stop(run, force=True)
+            self._wait_for(lambda: run.finished, 30.0)
+            run.state = "failed"
+            run.error = TrainingError(f"training did not finish within {timeout} s", kind="Timeout")
+        return run
+
+    def train(self, params: TrainingParameters | None = None, *, timeout: float | None = None, **kwargs: Any):
+        """Blocking :meth:`start_training`: returns the finished run; raises :class:`TrainingError` on failure."""
+        run = self.wait(self.start_training(params, **kwargs), timeout)
+        if run.error is not None:
+            raise run.error
+        return run
+
+    # ------------------------------------------------------------------------------------------- events
+
+    def _dispatch(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "exit":
+            self._on_exit(run, event)
+            return
+        run.events.append(event)
+        handler = getattr(self, f"_on_{kind}", None)
+        try:
+            if handler is not None:
+                handler(run, event)
+            if run.on_event is not None:
+                run.on_event(run, event)
+        except Exception as exc:  # a node update or a callback failed: report it, the training goes on
+            log.exception("handling the %s event failed", kind)
+            self._log(f"handling the {kind} event failed: {type(exc).__name__}: {exc}")
+
+    def _on_start(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        if run.state != "stopping":
+            run.state = "running"
+        run.phase = "training"
+        run.step, run.total = int(event.get("step", 0)), int(event.get("max_steps", 0))
+        run.device = event.get("device")
+        self._log(f"training on {run.device}: {int(event.get('parameters', 0)):,} parameters, "
+                  f"step {run.step} of {run.total}")  # fmt: skip
+
+    def _on_progress(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        if event.get("task") == "train":
+            run.step, run.total = int(event["done"]), int(event["total"])
+            run.loss = float(event["loss"]) if event.get("loss") is not None else None
+            run.lr, run.it_s, run.eta_s = event.get("lr"), event.get("it_s"), event.get("eta_s")
+            run.gpu_mem_gb = event.get("gpu_mem_gb")
+            run.skipped_steps = int(event.get("skipped", 0))
+            if run.curve is not None and run.loss is not None:
+                run.curve.add(run.step, run.loss)
+        elif event.get("task") == "prepare":
+            if run.state == "starting":
+                run.state = "preparing"
+            run.phase = f"preparing the volumes ({event.get('done')} of {event.get('total')})"
+        if run.on_progress is not None:
+            run.on_progress(run, event)
+
+    def _on_checkpoint(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        run.checkpoint = Path(event["path"])
+        self._log(f"checkpoint at step {event.get('step')}: {run.checkpoint}")
+        if run.on_checkpoint is not None:
+            run.on_checkpoint(run, run.checkpoint)
+
+    def _on_preview(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        step = int(event.get("step", run.step))
+        paths = [str(p) for p in event.get("paths", [])]
+        nifti = next((p for p in paths if p.endswith((".nii.gz", ".nii"))), None)
+        if nifti is None:
+            self._log(f"preview at step {step}: {', '.join(paths)} (no volume file to load)")
+            return
+        node = volumes.load_volume_file(self.scene, nifti, f"{run.name} preview step {step}")
+        volumes.set_attributes(node, {"trainingRun": str(run.out_dir), "trainingStep": step, "preview": 1})
+        run.previews.append(node)
+        self._log(f"preview at step {step}: {node.GetName()}")
+        if run.on_preview is not None:
+            run.on_preview(run, node)
+
+    def _on_nonfinite(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        message = (f"step {event.get('step')}: the loss was not finite ({event.get('loss')}); the step was "
+                   f"skipped ({event.get('in_a_row')} in a row)")  # fmt: skip
+        run.warnings.append(message)
+        self._log(message)
+
+    def _on_result(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        run.result_path = Path(event["path"]) if event.get("path") else None
+        run.stopped_early = bool(event.get("stopped"))
+        run.step = int(event.get("step", run.step))
+        if run.result_path is not None:
+            run.checkpoint = run.result_path
+
+    def _on_error(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        run.error = self._error_from_event(run, event)
+        self._log(f"training error ({run.error.kind}): {run.error}")
+
+    def _error_from_event(self, run: TrainingRun, event: dict[str, Any]) -> TrainingError:
+        kind = str(event.get("kind") or "Error")
+        message = str(event.get("message") or "unknown error")
+        # The engine's messages name command-line options; say what to press in the module as well.
+        message = message.replace("pass --skip-bad-files", "tick 'Skip unusable files' (--skip-bad-files)")
+        if kind in ("OutOfMemory", "OutOfMemoryError"):
+            message = "The device ran out of memory. " + message[:1].upper() + message[1:]
+        return TrainingError(message + self._kept_note(run), kind, str(event.get("detail", "")))
+
+    def _kept_note(self, run: TrainingRun) -> str:
+        kept = runfolder.resumable(run.out_dir)
+        if kept is None:
+            return ""
+        return (f"\nThe checkpoints in {run.out_dir} are kept; Resume continues from step {kept.step} "
+                "(the number of steps, the intervals, the data workers and the device may change).")  # fmt: skip
+
+    def _on_exit(self, run: TrainingRun, event: dict[str, Any]) -> None:
+        if run.finished:
+            return
+        returncode = int(event.get("returncode", 0))
+        if run.error is not None:
+            self._finish(run, "failed", run.error)
+        elif run.result_path is not None:
+            self._finish(run, "stopped" if run.stopped_early else "finished")
+        elif event.get("killed") or (
+            event.get("interrupted") and returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+        ):
+            # Ended by a stop before the trainer wrote a checkpoint (while preparing the data, or forced).
+            note = self._kept_note(run)
+            why = f"did not stop within {self.stop_timeout:.0f} s and was ended" if run.killed_after_timeout else (
+                "was ended")  # fmt: skip
+            run.message = f"the training process {why}" + (note or "; no checkpoint was written in this session")
+            self._finish(run, "stopped")
+        else:
+            message = str(event.get("message") or f"the training process exited (code {returncode})")
+            self._finish(run, "failed", TrainingError(message + self._kept_note(run), kind="Crashed",
+                                                      detail=str(event.get("stderr_tail", ""))))  # fmt: skip
+
+    def _finish(self, run: TrainingRun, state: str, error: TrainingError | None = None) -> None:
+        run.state, run.error = state, error
+        if error is not None:
+            run.message = str(error)
+        elif not run.message:
+            where = run.model_path
+            run.message = f"{state} at step {run.step}" + (f": {where}" if where else "")
+        self._log(f"training {state}: {run.message}")
+        if run.on_finished is not None:
+            try:
+                run.on_finished(run)
+            except Exception as exc:
+                log.exception("on_finished failed")
+                self._log(f"on_finished failed: {type(exc).__name__}: {exc}")
