@@ -10,7 +10,7 @@ import logging
 import sys
 import traceback
 
-from . import __version__
+from . import __version__, hugepages
 from .errors import WDMError
 
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    hugepages.enable_for_this_process()  # before any large tensor exists
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")

@@ -44,6 +44,8 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
+from . import hugepages
+
 PROTOCOL_VERSION = 1
 
 log = logging.getLogger("wdmcore.worker")
@@ -511,6 +513,7 @@ def _json_default(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve requests until shutdown or EOF. The protocol owns the real stdout; prints go to stderr."""
+    hugepages.enable_for_this_process()  # before any large tensor exists
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
     # Anything else written to stdout (a library's print, a C extension) must not corrupt the protocol.
