@@ -10,7 +10,7 @@ import torch
 import wdmcore
 from wdmcore.diffusion import Diffusion, DiffusionConfig
 from wdmcore.errors import ConfigError, OutOfMemoryError
-from wdmcore.generate import DEFAULT_STEPS, GeneratedVolume, generate
+from wdmcore.generate import GeneratedVolume, generate
 from wdmcore.hub import load_catalogue
 from wdmcore.model import WDMModel
 from wdmcore.networks import NetworkConfig, build_network
@@ -208,7 +208,6 @@ def test_invalid_settings_are_refused(model):
         generate(model, steps=0)
     with pytest.raises(ConfigError, match="at least 1"):
         generate(model, num=0)
-    assert DEFAULT_STEPS["ancestral"] == 1000
 
 
 def test_catalogue_model_geometry_for_the_released_cards():

@@ -22,7 +22,21 @@ class DictSettings:
 
 def test_defaults_are_valid_and_fast():
     params = GenerationParameters().validate()
-    assert params.sampler == "dpm++2m" and params.steps == 25 and params.device == "cpu"
+    assert params.sampler == "ancestral" and params.steps == 50 and params.device == "cpu"
+
+
+def test_step_defaults_agree_with_the_engine():
+    # The Lib cannot import wdmcore inside Slicer, so it keeps its own copy of the engine's defaults.
+    from WaveletDiffusionLib import parameters
+
+    from wdmcore.generate import DEFAULT_SAMPLER, DEFAULT_STEPS
+
+    assert parameters.DEFAULT_STEPS == DEFAULT_STEPS
+    assert (GenerationParameters.sampler, GenerationParameters.steps) == (
+        DEFAULT_SAMPLER,
+        DEFAULT_STEPS[DEFAULT_SAMPLER],
+    )
+    assert parameters.SAMPLER_PRESETS["fast"] == {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS[DEFAULT_SAMPLER]}
 
 
 @pytest.mark.parametrize(
@@ -40,7 +54,7 @@ def test_sampler_presets():
     params.apply_sampler_preset("faithful")
     assert (params.sampler, params.steps) == ("ancestral", 1000)
     params.apply_sampler_preset("fast")
-    assert (params.sampler, params.steps) == ("dpm++2m", 25)
+    assert (params.sampler, params.steps) == ("ancestral", 50)
 
 
 def test_node_name_from_model_or_output_name():
@@ -66,4 +80,5 @@ def test_damaged_settings_fall_back_to_defaults():
     assert load_settings(settings) == GenerationParameters()
     settings.data["WaveletDiffusion/Generate/last"] = '{"steps": 5000, "sampler": "ddim"}'
     restored = load_settings(settings)
-    assert restored.steps == 25 and restored.sampler == "ddim"  # the invalid value alone is dropped
+    # the invalid value alone is dropped
+    assert restored.steps == GenerationParameters.steps and restored.sampler == "ddim"

@@ -57,8 +57,8 @@ class WaveletDiffusionParameterNode:
     model: str = parameters.DEFAULT_MODEL
     preset: str = ""
     device: str = "cpu"
-    sampler: Annotated[str, Choice(list(parameters.SAMPLERS))] = "dpm++2m"
-    steps: Annotated[int, WithinRange(1, 1000)] = 25
+    sampler: Annotated[str, Choice(list(parameters.SAMPLERS))] = "ancestral"
+    steps: Annotated[int, WithinRange(1, 1000)] = 50
     count: Annotated[int, WithinRange(1, 100)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     batchSize: Annotated[int, WithinRange(1, 16)] = 1

@@ -47,7 +47,7 @@ def generate():
     logic = WaveletDiffusionLogic(slicer.mrmlScene)
     logic.log_callback = lines.append
     try:
-        nodes = logic.generate(model=model, count=2, seed=7, steps=25, device="cpu", sampler="dpm++2m")
+        nodes = logic.generate(model=model, count=2, seed=7, device="cpu")  # the default sampler and steps
     finally:
         logic.shutdown()
     arrays = [volumes.array_ijk_from_node(n) for n in nodes]
@@ -108,6 +108,7 @@ def main() -> None:
     find(QtWidgets.QLabel, "modelInfoLabel").setText(f"{label}\ncached, license: MIT")
     find(QtWidgets.QSpinBox, "countSpinBox").setValue(2)
     find(QtWidgets.QSpinBox, "seedSpinBox").setValue(7)
+    find(QtWidgets.QComboBox, "samplerComboBox").setCurrentText("ancestral")  # the default; Slicer binds it
     find(QtWidgets.QProgressBar, "progressBar").setValue(1000)
     find(QtWidgets.QLabel, "statusLabel").setText(f"Generated {len(arrays)} volume(s): {', '.join(names)}.")
     find(QtWidgets.QPlainTextEdit, "logTextEdit").setPlainText("\n".join(lines))

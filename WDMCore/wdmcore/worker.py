@@ -11,7 +11,7 @@ Requests::
     {"type": "download", "model": NAME}                    -> progress..., downloaded
     {"type": "load_model", "model": NAME_OR_PATH, "preset": null, "device": "cpu"}
                                                            -> progress (downloads)..., loaded
-    {"type": "generate", "num": 2, "seed": 0, "sampler": "dpm++2m", "steps": 25, "batch_size": 1,
+    {"type": "generate", "num": 2, "seed": 0, "sampler": "ancestral", "steps": 50, "batch_size": 1,
      "precision": "fp32", "preview_every": 5, "output_dir": DIR, "name": "volume"}
                                                            -> progress..., preview..., result (one per volume),
                                                               done | cancelled
@@ -204,7 +204,7 @@ class Worker:
         )
 
     def _do_generate(self, request: dict[str, Any]) -> None:
-        from .generate import generate
+        from .generate import DEFAULT_SAMPLER, generate
 
         job_id = request.get("id")
         if "model" in request:
@@ -214,7 +214,7 @@ class Worker:
         num = int(request.get("num", 1))
         seed = int(request.get("seed", 0))
         batch_size = max(1, int(request.get("batch_size", 1)))
-        sampler = request.get("sampler", "dpm++2m")
+        sampler = request.get("sampler", DEFAULT_SAMPLER)
         steps = request.get("steps")
         precision = request.get("precision", "fp32")
         device = request.get("device", self.model_key[1] if self.model_key else "cpu")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import volumes
-from .parameters import GenerationParameters
+from .parameters import DEFAULT_STEPS, GenerationParameters
 from .process import WorkerError, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -403,9 +403,10 @@ class WaveletDiffusionLogic:
     ) -> list[Any]:
         """Generate ``count`` volumes and return their nodes (blocks until done).
 
-        ``sampler`` defaults to the fast sampler with 25 steps; ``sampler="ancestral", steps=1000`` is the
-        paper's. Other keywords are :class:`GenerationParameters` fields (``batch_size``, ``precision``,
-        ``preset``, ``output_name``, ``preview``). Raises :class:`GenerationError` (or
+        ``sampler`` defaults to the paper's ancestral sampler respaced to 50 steps; ``steps=1000`` gives the
+        paper's sampler exactly. A sampler named without ``steps`` gets its default step count. Other
+        keywords are :class:`GenerationParameters` fields (``batch_size``, ``precision``, ``preset``,
+        ``output_name``, ``preview``). Raises :class:`GenerationError` (or
         :class:`GenerationCancelled`); volumes finished before a failure stay in the scene and are listed
         in the exception's ``nodes``.
         """
@@ -415,8 +416,8 @@ class WaveletDiffusionLogic:
             fields["model"] = str(model)
         if sampler is not None:
             fields["sampler"] = sampler
-            if sampler == "ancestral" and steps is None:
-                steps = 1000
+            if steps is None:
+                steps = DEFAULT_STEPS.get(sampler, GenerationParameters.steps)
         if steps is not None:
             fields["steps"] = steps
         job = self.start_generation(dataclasses.replace(params, **fields))
