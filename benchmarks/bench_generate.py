@@ -51,7 +51,11 @@ def per_step_times(model: WDMModel, sampler: str, steps: int, measure: int, devi
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="unet-128", help="a preset (random weights), catalogue name or file")
-    parser.add_argument("--samplers", default=f"{DEFAULT_SAMPLER},ancestral")
+    parser.add_argument(
+        "--samplers",
+        default=f"{DEFAULT_SAMPLER}:{DEFAULT_STEPS[DEFAULT_SAMPLER]},ancestral:1000,dpm++2m:25",
+        help="SAMPLER[:STEPS],... (steps default per sampler); a volume's time is the step time x STEPS",
+    )
     parser.add_argument("--measure", type=int, default=3, help="steps measured per sampler (after one warm-up)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
@@ -73,6 +77,7 @@ def main() -> int:
     record = {
         "benchmark": "bench_generate",
         "command": "PYTHONPATH=WDMCore python benchmarks/bench_generate.py " + " ".join(sys.argv[1:]),
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "model": model.card.get("name"),
         "image_size": model.image_size,
         "parameters": sum(p.numel() for p in model.network.parameters()),
@@ -86,11 +91,12 @@ def main() -> int:
         "load_average_before": os.getloadavg(),
         "samplers": {},
     }
-    for sampler in args.samplers.split(","):
-        steps = DEFAULT_STEPS[sampler]
+    for entry in args.samplers.split(","):
+        sampler, _, steps = entry.partition(":")
+        steps = int(steps) if steps else DEFAULT_STEPS[sampler]
         times = per_step_times(model, sampler, steps, args.measure, args.device, args.precision)
         step_s = statistics.median(times[1:])
-        record["samplers"][sampler] = {
+        record["samplers"][f"{sampler}:{steps}"] = {
             "steps": steps,
             "warmup_step_s": round(times[0], 3),
             "step_s": [round(t, 3) for t in times[1:]],
