@@ -32,6 +32,7 @@ import numpy as np
 
 from . import volumes
 from .parameters import DEFAULT_STEPS, GenerationParameters
+from .polling import PolledLogic
 from .process import WorkerError, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class Job:
         return self.state != "running"
 
 
-class WaveletDiffusionLogic:
+class WaveletDiffusionLogic(PolledLogic):
     """Generation jobs on a persistent worker process, results as scalar volume nodes."""
 
     def __init__(
@@ -96,28 +97,17 @@ class WaveletDiffusionLogic:
         keep_files: bool = False,
         keep_preview: bool = False,
     ):
-        self._scene = scene
+        super().__init__(scene, schedule)
         self.python = python
         self.worker_env = dict(worker_env or {})
         self.idle = idle
-        self.schedule = schedule
         self.keep_files = keep_files
         self.keep_preview = keep_preview
         self._worker: WorkerProcess | None = None
         self._jobs: dict[int, Job] = {}
         self.preview_node: Any = None
-        self.log_callback: Callable[[str], None] | None = None
-        self._polling_scheduled = False
 
     # ------------------------------------------------------------------------------------------- plumbing
-
-    @property
-    def scene(self) -> Any:
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
 
     @property
     def worker(self) -> WorkerProcess:
@@ -143,11 +133,6 @@ class WaveletDiffusionLogic:
             self._finish(job, "cancelled", GenerationCancelled("the worker was stopped"))
         self._jobs.clear()
 
-    def _log(self, message: str) -> None:
-        log.info(message)
-        if self.log_callback is not None:
-            self.log_callback(message)
-
     def _submit(self, job: Job, request_type: str, **fields: Any) -> Job:
         try:
             job.request_id = self.worker.send(request_type, **fields)
@@ -157,18 +142,6 @@ class WaveletDiffusionLogic:
         self._jobs[job.request_id] = job
         self._ensure_polling()
         return job
-
-    def _ensure_polling(self) -> None:
-        if self.schedule is None or self._polling_scheduled:
-            return
-        self._polling_scheduled = True
-
-        def tick() -> None:
-            self._polling_scheduled = False
-            if self.poll():
-                self._ensure_polling()
-
-        self.schedule(100, tick)
 
     # ------------------------------------------------------------------------------------------- events
 

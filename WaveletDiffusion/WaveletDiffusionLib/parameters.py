@@ -8,9 +8,10 @@ passed in (anything with ``value(key, default)`` and ``setValue(key, value)``), 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from .settings import load_last_choices, save_last_choices
 
 SETTINGS_GROUP = "WaveletDiffusion/Generate"
 
@@ -90,27 +91,10 @@ _PERSISTED = ("model", "preset", "device", "sampler", "steps", "count", "batch_s
 
 def save_settings(settings: Any, params: GenerationParameters) -> None:
     """Remember the last choices (not the seed or the output name, which belong to one run)."""
-    values = {name: getattr(params, name) for name in _PERSISTED}
-    settings.setValue(f"{SETTINGS_GROUP}/last", json.dumps(values))
+    save_last_choices(settings, SETTINGS_GROUP, params, _PERSISTED)
 
 
 def load_settings(settings: Any, defaults: GenerationParameters | None = None) -> GenerationParameters:
     """The last choices over ``defaults``; unreadable or invalid stored values are ignored."""
     params = dataclasses.replace(defaults) if defaults is not None else GenerationParameters()
-    raw = settings.value(f"{SETTINGS_GROUP}/last", "")
-    try:
-        stored = json.loads(raw) if raw else {}
-    except (TypeError, ValueError):
-        stored = {}
-    if not isinstance(stored, dict):
-        stored = {}
-    for name in _PERSISTED:
-        if name not in stored:
-            continue
-        candidate = dataclasses.replace(params, **{name: stored[name]})
-        try:
-            candidate.validate()
-        except (TypeError, ValueError):
-            continue
-        params = candidate
-    return params
+    return load_last_choices(settings, SETTINGS_GROUP, params, _PERSISTED, accept=lambda p: bool(p.validate()))

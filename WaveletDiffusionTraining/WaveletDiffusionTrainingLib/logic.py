@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from WaveletDiffusionLib import volumes
+from WaveletDiffusionLib.polling import PolledLogic
 from WaveletDiffusionLib.process import ChildProcess, WorkerError
 
 from . import runfolder
@@ -178,8 +179,10 @@ class ScanJob:
         return {} if self.result is None else self.result.get("summary") or {}
 
 
-class WaveletDiffusionTrainingLogic:
+class WaveletDiffusionTrainingLogic(PolledLogic):
     """Training runs and data scans in child processes; curves, previews and errors as Slicer sees them."""
+
+    poll_interval_ms = 200
 
     def __init__(
         self,
@@ -191,26 +194,15 @@ class WaveletDiffusionTrainingLogic:
         schedule: Callable[[int, Callable[[], None]], None] | None = None,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT_S,
     ):
-        self._scene = scene
+        super().__init__(scene, schedule)
         self.python = python
         self.env = dict(env or {})
         self.idle = idle
-        self.schedule = schedule
         self.stop_timeout = stop_timeout
-        self.log_callback: Callable[[str], None] | None = None
         self._runs: list[TrainingRun] = []
         self._scans: list[ScanJob] = []
-        self._polling_scheduled = False
 
     # ------------------------------------------------------------------------------------------- plumbing
-
-    @property
-    def scene(self) -> Any:
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
 
     @property
     def busy(self) -> bool:
@@ -221,31 +213,8 @@ class WaveletDiffusionTrainingLogic:
         """The runs of this session that have not finished yet."""
         return [r for r in self._runs if not r.finished]
 
-    def _log(self, message: str) -> None:
-        log.info(message)
-        if self.log_callback is not None:
-            self.log_callback(message)
-
     def _child(self, name: str) -> ChildProcess:
         return ChildProcess(self.python, env=self.env, name=name)
-
-    def _ensure_polling(self) -> None:
-        if self.schedule is None or self._polling_scheduled:
-            return
-        self._polling_scheduled = True
-
-        def tick() -> None:
-            self._polling_scheduled = False
-            try:
-                busy = self.poll()
-            except Exception as exc:  # a callback failed: keep watching the processes all the same
-                log.exception("polling the training processes failed")
-                self._log(f"polling failed: {type(exc).__name__}: {exc}")
-                busy = True
-            if busy:
-                self._ensure_polling()
-
-        self.schedule(200, tick)
 
     def poll(self) -> bool:
         """Handle every event that has arrived (and overdue stops). Returns True while work is running."""

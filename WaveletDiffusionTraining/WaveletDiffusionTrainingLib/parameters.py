@@ -9,11 +9,12 @@ passed in (anything with ``value(key, default)`` and ``setValue(key, value)``), 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from WaveletDiffusionLib.settings import load_last_choices, save_last_choices
 
 SETTINGS_GROUP = "WaveletDiffusion/Train"
 
@@ -154,32 +155,21 @@ _PERSISTED = (
 
 def save_settings(settings: Any, params: TrainingParameters) -> None:
     """Remember the last choices."""
-    values = {name: getattr(params, name) for name in _PERSISTED}
-    settings.setValue(f"{SETTINGS_GROUP}/last", json.dumps(values))
+    save_last_choices(settings, SETTINGS_GROUP, params, _PERSISTED)
 
 
 def load_settings(settings: Any, defaults: TrainingParameters | None = None) -> TrainingParameters:
     """The last choices over ``defaults``; unreadable or invalid stored values are ignored one by one."""
     params = dataclasses.replace(defaults) if defaults is not None else TrainingParameters()
-    raw = settings.value(f"{SETTINGS_GROUP}/last", "")
-    try:
-        stored = json.loads(raw) if raw else {}
-    except (TypeError, ValueError):
-        stored = {}
-    if not isinstance(stored, dict):
-        stored = {}
-    for name in _PERSISTED:
-        if name not in stored:
-            continue
-        candidate = dataclasses.replace(params, **{name: stored[name]})
-        # Empty paths are allowed here (a fresh profile has none); everything else must pass the checks.
-        probe = dataclasses.replace(candidate, data_path=candidate.data_path or "x",
-                                    output_dir=candidate.output_dir or "x")  # fmt: skip
-        if not isinstance(stored[name], type(getattr(TrainingParameters(), name))):
-            continue
-        try:
-            probe.validate()
-        except (TypeError, ValueError):
-            continue
-        params = candidate
-    return params
+    fresh = TrainingParameters()
+
+    def accept(candidate: TrainingParameters) -> bool:
+        # A stored value must have its field's type; empty paths are allowed (a fresh profile has none), and
+        # everything else must pass the checks.
+        if any(not isinstance(getattr(candidate, n), type(getattr(fresh, n))) for n in _PERSISTED):
+            return False
+        dataclasses.replace(candidate, data_path=candidate.data_path or "x",
+                            output_dir=candidate.output_dir or "x").validate()  # fmt: skip
+        return True
+
+    return load_last_choices(settings, SETTINGS_GROUP, params, _PERSISTED, accept)

@@ -1,0 +1,41 @@
+"""A module's last choices in the application settings: one JSON object per module, restored field by field.
+
+``settings`` is anything with ``value(key, default)`` and ``setValue(key, value)`` (QSettings in Slicer, a dict
+wrapper in tests), so this file never imports Qt. Both modules' parameter files build on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+P = TypeVar("P")
+
+
+def save_last_choices(settings: Any, group: str, params: Any, names: Sequence[str]) -> None:
+    values = {name: getattr(params, name) for name in names}
+    settings.setValue(f"{group}/last", json.dumps(values))
+
+
+def load_last_choices(settings: Any, group: str, params: P, names: Sequence[str], accept: Callable[[P], bool]) -> P:
+    """``params`` with each stored field that ``accept`` takes; unreadable or rejected values are skipped one by
+    one, so a damaged or outdated entry never costs the user the rest of their choices."""
+    raw = settings.value(f"{group}/last", "")
+    try:
+        stored = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        stored = {}
+    if not isinstance(stored, dict):
+        return params
+    for name in names:
+        if name not in stored:
+            continue
+        candidate = dataclasses.replace(params, **{name: stored[name]})
+        try:
+            if accept(candidate):
+                params = candidate
+        except (TypeError, ValueError):
+            continue
+    return params
