@@ -43,11 +43,18 @@ def tiny_unet():
     return network
 
 
-def test_schedule_arrays_are_identical(ref):
+# The schedules are float64 arrays built with log/sqrt/cumprod, whose last bits depend on the CPU's vector
+# instructions (numpy's and libm's log): compare to well below float32 resolution, never bit for bit.
+SCHEDULE_TOLERANCE = {"rtol": 1e-12, "atol": 1e-15}
+
+
+def test_schedule_arrays_match_released(ref):
     diffusion = Diffusion()
     for fixture_name, attribute in SCHEDULE_NAMES.items():
-        np.testing.assert_array_equal(getattr(diffusion, attribute), ref[f"schedule/{fixture_name}"].numpy())
-    np.testing.assert_array_equal(DiffusionConfig().betas(), ref["schedule/betas_linspace"].numpy())
+        np.testing.assert_allclose(
+            getattr(diffusion, attribute), ref[f"schedule/{fixture_name}"].numpy(), **SCHEDULE_TOLERANCE
+        )
+    np.testing.assert_allclose(DiffusionConfig().betas(), ref["schedule/betas_linspace"].numpy(), **SCHEDULE_TOLERANCE)
     assert torch.equal(diffusion.timestep_map, ref["timestep_map"])
 
 
@@ -104,10 +111,10 @@ def test_training_targets_and_loss(ref):
 def test_respacing_matches_released(ref):
     respaced = Diffusion().respaced(10)
     assert torch.equal(respaced.timestep_map, ref["respaced10/timestep_map"])
-    np.testing.assert_array_equal(respaced.betas, ref["respaced10/betas"].numpy())
-    np.testing.assert_array_equal(respaced.alphas_cumprod, ref["respaced10/alphas_cumprod"].numpy())
-    np.testing.assert_array_equal(
-        respaced.variance_fixed_large, ref["respaced10/p_sample_variance_fixed_large"].numpy()
+    np.testing.assert_allclose(respaced.betas, ref["respaced10/betas"].numpy(), **SCHEDULE_TOLERANCE)
+    np.testing.assert_allclose(respaced.alphas_cumprod, ref["respaced10/alphas_cumprod"].numpy(), **SCHEDULE_TOLERANCE)
+    np.testing.assert_allclose(
+        respaced.variance_fixed_large, ref["respaced10/p_sample_variance_fixed_large"].numpy(), **SCHEDULE_TOLERANCE
     )
 
 

@@ -56,13 +56,14 @@ def test_tiny_network_matches_released_forward(reference_dir, name):
         torch.testing.assert_close(captured[block], expected, atol=1e-5, rtol=0, msg=f"block {block}")
 
 
-def test_unet_is_bit_exact(reference_dir):
-    # Same primitives in the same order as released: the U-Net output is identical, not just close.
+def test_unet_matches_released_forward(reference_dir):
+    # Same primitives in the same order as released. On the CPU that made the fixture the output is identical;
+    # other CPUs' oneDNN kernels differ in the last bits (8e-7 seen on AVX2), so the contract is 1e-5.
     fixture = load_reference("unet_tiny_additive.pt")
     network = from_official_args(fixture["config"]).eval()
     network.load_state_dict(fixture["state_dict"])
     with torch.no_grad():
-        assert torch.equal(network(fixture["x_t"], fixture["timesteps"]), fixture["output"])
+        torch.testing.assert_close(network(fixture["x_t"], fixture["timesteps"]), fixture["output"], atol=1e-5, rtol=0)
 
 
 def test_bare_official_state_dict_loads_strictly(reference_dir):

@@ -12,7 +12,8 @@ Every sampler has the same signature: ``(denoise, diffusion, x_T, noise, *, step
 :func:`run_sampler` picks the right diffusion (respaced for ancestral and DDIM, the full one for the
 ``diffusers`` solvers) and is what :class:`~wdmcore.model.WDMModel` and :mod:`wdmcore.generate` call.
 
-Random numbers follow the released recipe so that CPU runs reproduce it bit for bit: each output sample i
+Random numbers follow the released recipe so that CPU runs reproduce it (within 1e-4; last bits depend on
+the CPU's vector instructions): each output sample i
 has its own generator seeded with ``seed + i``; the initial noise is drawn on the CPU generator (then moved to
 the device), and one normal draw of the sample's shape follows every network call, on the device's generator.
 With batch size 1 (how the released samples were made) this is exactly the released recipe; with larger
