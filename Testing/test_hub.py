@@ -571,7 +571,7 @@ def test_download_command_reports_errors(tmp_path, monkeypatch, capsys):
         ]
     )
     assert not hasattr(args, "progress")  # the main parser may define it; the default is a bar
-    assert args.handler(args) == 1
+    assert args.handler(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach") and "wdm import-model" in err
 
@@ -585,7 +585,7 @@ def test_download_command_reports_errors(tmp_path, monkeypatch, capsys):
             "http://127.0.0.1:9",
         ]
     )
-    assert args.handler(args) == 1
+    assert args.handler(args) == 2
     event = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert event["event"] == "error" and event["kind"] == "DownloadError"
 
@@ -638,5 +638,5 @@ def test_import_model_command(tmp_path, capsys, load_calls):
             "[1, 2]",
         ]
     )
-    assert args.handler(args) == 1
+    assert args.handler(args) == 2
     assert "--card" in capsys.readouterr().err

@@ -27,4 +27,4 @@ def fail(exc: WDMError, callback: ProgressCallback | None) -> int:
         emit(callback, "error", kind=type(exc).__name__, message=str(exc))
     else:
         print(f"error: {exc}", file=sys.stderr)
-    return 1
+    return 2

@@ -6,11 +6,13 @@ With no arguments it writes one volume of the bundled demo model, on the CPU, in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutOfMemoryError
+from ..errors import DataError, OutOfMemoryError
 from ..events import emit, jsonl_writer
 from ..samplers import SAMPLERS
 from ..tasks.generate import (
@@ -22,7 +24,7 @@ from ..tasks.generate import (
     resolve_device,
     resolve_model,
 )
-from ..volumes.writing import FORMATS, card_geometry, save_volume
+from ..volumes.writing import FORMATS, card_geometry, ensure_output_folder, save_volume, sidecar_path
 
 
 def add_parser(subparsers: Any) -> None:
@@ -56,6 +58,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="file format [nii.gz]")
     parser.add_argument("--dtype", choices=("float32", "int16"), default="float32", help="voxel type [float32]")
     parser.add_argument("--prefix", default="sample", help="file name prefix: PREFIX_seedNNNN.FORMAT [sample]")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (without it, an existing file is an error before sampling)",
+    )
     parser.add_argument(
         "--preview-every",
         type=int,
@@ -94,6 +101,45 @@ def _bar_callback():
     return on_event, close
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C so that finished volumes stay and temporary files are removed."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (run from a library): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def output_paths(args: argparse.Namespace) -> list[Path]:
+    return [args.out / f"{args.prefix}_seed{args.seed + i:04d}.{args.format}" for i in range(max(0, args.num))]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before sampling: the output folder must be writable and, without --overwrite, no output may exist."""
+    ensure_output_folder(args.out, create=False)
+    if args.overwrite:
+        return
+    existing = [p for path in output_paths(args) for p in (path, sidecar_path(path)) if p.exists()]
+    if existing:
+        shown = ", ".join(str(p) for p in existing[:3]) + (f" (+{len(existing) - 3} more)" if len(existing) > 3 else "")
+        raise DataError(
+            f"{len(existing)} output file(s) already exist: {shown}. Nothing was sampled; pass --overwrite to "
+            "replace them, or choose another --out or --prefix."
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     close = None
     if args.progress == "jsonl":
@@ -103,49 +149,70 @@ def run(args: argparse.Namespace) -> int:
     else:
         callback = None
 
-    try:
-        device = resolve_device(args.device)
-        model = resolve_model(args.model, preset=args.preset, device=device, on_progress=callback)
-        on_preview = None
-        if args.progress == "jsonl" and args.preview_every > 0:
-            size = model.image_size
-            preview_affine = card_geometry(model.card, (size, size, size)).affine
-            preview_dir = args.out / "previews"
+    check_outputs(args)  # an unusable --out is reported before any sampling, not after it
 
-            def on_preview(index: int, image) -> None:
-                name = f"{args.prefix}_preview_seed{args.seed + index:04d}.nii"
-                path = save_volume(image, preview_affine, preview_dir / name, sidecar=False)
-                emit(callback, "preview", index=index, seed=args.seed + index, path=str(path.resolve()))
-
-        volumes = generate(
-            model,
-            args.num,
-            seed=args.seed,
-            sampler=args.sampler,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            device=device,
-            precision=args.precision,
-            on_progress=callback,
-            on_preview=on_preview,
-            preview_every=max(1, args.preview_every),
-            compile=args.compile,
-            preset=args.preset,
+    def write(volume) -> None:
+        # Each volume is written as soon as it is done, so an interruption keeps the finished ones.
+        path = volume.save(
+            args.out / f"{args.prefix}_seed{volume.seed:04d}.{args.format}",
+            dtype=args.dtype,
+            overwrite=args.overwrite,
         )
+        if args.progress == "jsonl":
+            emit(callback, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
+        else:
+            if close is not None:
+                from tqdm.auto import tqdm
+
+                tqdm.write(str(path))
+            else:
+                print(path, flush=True)
+
+    try:
+        with _sigterm_unwinds():
+            device = resolve_device(args.device)
+            model = resolve_model(args.model, preset=args.preset, device=device, on_progress=callback)
+            on_preview = None
+            if args.progress == "jsonl" and args.preview_every > 0:
+                size = model.image_size
+                preview_affine = card_geometry(model.card, (size, size, size)).affine
+                preview_dir = args.out / "previews"
+
+                def on_preview(index: int, image) -> None:
+                    name = f"{args.prefix}_preview_seed{args.seed + index:04d}.nii"
+                    path = save_volume(image, preview_affine, preview_dir / name, sidecar=False)
+                    emit(callback, "preview", index=index, seed=args.seed + index, path=str(path.resolve()))
+
+            generate(
+                model,
+                args.num,
+                seed=args.seed,
+                sampler=args.sampler,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                device=device,
+                precision=args.precision,
+                on_progress=callback,
+                on_preview=on_preview,
+                preview_every=max(1, args.preview_every),
+                compile=args.compile,
+                preset=args.preset,
+                on_volume=write,
+            )
     except OutOfMemoryError as exc:
         if args.progress == "jsonl":
             emit(callback, "error", kind="OutOfMemory", message=str(exc))
         else:
             print(f"wdm: error: {exc}", file=sys.stderr)
         return 3
+    except Terminated:
+        message = "stopped by SIGTERM; the volumes finished before it are kept"
+        if args.progress == "jsonl":
+            emit(callback, "error", kind="Terminated", message=message)
+        else:
+            print(f"wdm: error: {message}", file=sys.stderr)
+        return 143
     finally:
         if close is not None:
             close()
-
-    for volume in volumes:
-        path = volume.save(args.out / f"{args.prefix}_seed{volume.seed:04d}.{args.format}", dtype=args.dtype)
-        if args.progress == "jsonl":
-            emit(callback, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
-        else:
-            print(path)
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..diffusion import Diffusion, DiffusionConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 from ..events import ProgressCallback, ProgressTracker
 from ..networks import DiffusionNetwork, NetworkConfig, build_network
 from ..samplers import CancelCheck, NoiseSource, StepCallback, run_sampler
@@ -112,6 +112,11 @@ class WDMModel:
                 cancel=cancel,
             )
             image = from_coefficients(coeffs.float(), self.diffusion_config.lll_scale)
+            if not bool(torch.isfinite(image).all()):
+                raise NonFiniteError(
+                    f"sampling seeds {seeds} produced NaN or infinite values: the weights or the card's diffusion "
+                    f"settings ({self.diffusion_config.to_dict()}) do not make a working sampler."
+                )
             outputs.append(((image + 1) / 2).cpu())
         return torch.cat(outputs)
 

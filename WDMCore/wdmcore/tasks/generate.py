@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, OutOfMemoryError
+from ..errors import ConfigError, NonFiniteError, OutOfMemoryError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel, load_model
 from ..samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
@@ -57,9 +57,12 @@ class GeneratedVolume:
     seed: int
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike, *, dtype: str = "float32", sidecar: bool = True) -> Path:
-        """Write as ``.nii.gz``/``.nii``/``.nrrd`` (from the name) plus a ``.json`` sidecar with ``meta``."""
-        return save_volume(self.array, self.affine, path, self.meta, dtype=dtype, sidecar=sidecar)
+    def save(
+        self, path: str | os.PathLike, *, dtype: str = "float32", sidecar: bool = True, overwrite: bool = True
+    ) -> Path:
+        """Write as ``.nii.gz``/``.nii``/``.nrrd`` (from the name) plus a ``.json`` sidecar with ``meta``,
+        atomically; with ``overwrite=False`` an existing file is an error."""
+        return save_volume(self.array, self.affine, path, self.meta, dtype=dtype, sidecar=sidecar, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------- model, device
@@ -169,6 +172,18 @@ def _report_step(
             on_preview(first_index + b, image)
 
 
+def _check_finite(coeffs: torch.Tensor, seeds: list[int], wdm: WDMModel) -> None:
+    # Checked before the clamp to the output range, which would keep NaN and hide infinities.
+    if bool(torch.isfinite(coeffs).all()):
+        return
+    raise NonFiniteError(
+        f"generating the volume(s) of seed(s) {', '.join(map(str, seeds))} produced NaN or infinite values, so "
+        "nothing was written. The model's weights or its card's diffusion settings (beta_start, beta_end, "
+        f"lll_scale: {wdm.diffusion_config.to_dict()}) do not make a working sampler; check the model card, "
+        "or use another checkpoint."
+    )
+
+
 # -------------------------------------------------------------------------------------------------- generate
 
 
@@ -189,6 +204,7 @@ def generate(
     compile: bool = False,
     preset: str | None = None,
     reference_affine: np.ndarray | None = None,
+    on_volume: Callable[[GeneratedVolume], None] | None = None,
 ) -> list[GeneratedVolume]:
     """Generate ``num`` volumes.
 
@@ -212,6 +228,8 @@ def generate(
         preset: the network preset of a ``.pt`` file whose preset cannot be detected.
         reference_affine: for cards stating ``source_voxel_of_output_voxel``, the affine of a training-set
             volume to place the outputs in its frame (see :func:`wdmcore.volumes.writing.card_geometry`).
+        on_volume: called with each :class:`GeneratedVolume` as soon as its batch is done (to write it at
+            once: volumes finished before an error, a cancel or a signal are then kept).
 
     Returns one :class:`GeneratedVolume` per seed, in order. Raises :class:`OutOfMemoryError` when the device
     runs out of memory, :class:`Cancelled` when cancelled, :class:`ConfigError` for invalid settings.
@@ -277,6 +295,7 @@ def generate(
                 coeffs = run_sampler(
                     sampler, call, wdm.diffusion, x, noise, steps=steps, on_step=on_step, cancel=check_cancel
                 )
+                _check_finite(coeffs, seeds, wdm)
                 arrays = to_output(coeffs)
         except Cancelled:
             raise
@@ -292,6 +311,9 @@ def generate(
             ) from exc
         for s, array in zip(seeds, arrays, strict=True):
             meta = {**base_meta, "seed": s}
-            results.append(GeneratedVolume(array=array, affine=geometry.affine.copy(), seed=s, meta=meta))
+            volume = GeneratedVolume(array=array, affine=geometry.affine.copy(), seed=s, meta=meta)
+            results.append(volume)
+            if on_volume is not None:
+                on_volume(volume)
     log.info("generated %d volume(s) in %.1f s", num, time.perf_counter() - started)
     return results

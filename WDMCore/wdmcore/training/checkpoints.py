@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..models.checkpoints import save_model_file
+from ..models.checkpoints import save_model_file, torch_load_reason
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"the training state {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"the training state {path} could not be read ({torch_load_reason(exc)}); "
             "delete it to resume from the checkpoint before it."
         ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
