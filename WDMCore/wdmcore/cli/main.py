@@ -12,6 +12,7 @@ import traceback
 
 from .. import __version__, hugepages
 from ..errors import WDMError
+from ..interrupts import EXIT_CODE, Terminated
 
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
 COMMAND_MODULES = (
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _report(jsonl, "Interrupted", "stopped by the user")
         return 130
+    except Terminated:
+        _report(jsonl, "Terminated", "stopped by SIGTERM; finished files were kept, temporary files removed")
+        return EXIT_CODE
     except MemoryError:
         _report(jsonl, "OutOfMemory", OUT_OF_MEMORY)
         return 3

@@ -6,14 +6,13 @@ With no arguments it writes one volume of the bundled demo model, on the CPU, in
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, OutOfMemoryError
 from ..events import emit, jsonl_writer
+from ..interrupts import EXIT_CODE, Terminated, sigterm_unwinds
 from ..samplers import SAMPLERS
 from ..tasks.generate import (
     DEFAULT_MODEL,
@@ -101,27 +100,6 @@ def _bar_callback():
     return on_event, close
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind like Ctrl-C so that finished volumes stay and temporary files are removed."""
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (run from a library): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def output_paths(args: argparse.Namespace) -> list[Path]:
     return [args.out / f"{args.prefix}_seed{args.seed + i:04d}.{args.format}" for i in range(max(0, args.num))]
 
@@ -169,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 print(path, flush=True)
 
     try:
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             device = resolve_device(args.device)
             model = resolve_model(args.model, preset=args.preset, device=device, on_progress=callback)
             on_preview = None
@@ -211,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             emit(callback, "error", kind="Terminated", message=message)
         else:
             print(f"wdm: error: {message}", file=sys.stderr)
-        return 143
+        return EXIT_CODE
     finally:
         if close is not None:
             close()
