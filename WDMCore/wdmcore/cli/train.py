@@ -247,28 +247,39 @@ def build_dataset(config: TrainConfig, data: dict[str, Any], out_dir: Path, on_e
     cases = discover(path, format=layout, sequence=data["sequence"])
     if not cases:
         raise DataError(f"no volumes found in {path}; it must hold .nii/.nii.gz/.nrrd/.mha files (searched below).")
-    if layout in ("brats", "lidc"):
-        preprocess = PreprocessConfig(preset=layout, size=size)
-    else:
-        spacing = data["spacing"]
-        grid_size: int | None = size
-        if data["resample"] == "none":
-            grid_size = None
-        elif spacing is None and data["resample"] == "fit":
-            spacing = _fit_spacing(cases, size, read_header)
-        preprocess = PreprocessConfig(
-            preset="general", size=grid_size, spacing=spacing, crop=data["crop"], intensity=data["intensity"]
-        )
-    cache = Path(data["cache"]) if data["cache"] else out_dir / "cache"
-    try:
-        dataset = VolumeDataset(cases, preprocess, cache_dir=cache, progress=on_event)
-    except ConfigError as exc:
-        if "different shapes" in str(exc) or "not an even-sized cube" in str(exc):
-            raise DataError(
-                f"{exc}. With --resample none the volumes must already be {size}^3 cubes; use --resample fit "
-                "(resample and crop/pad to the cube) or --resample crop, or --spacing MM."
-            ) from None
-        raise
+    fit = layout not in ("brats", "lidc") and data["spacing"] is None and data["resample"] == "fit"
+
+    def make(use_cases) -> Any:
+        if layout in ("brats", "lidc"):
+            preprocess = PreprocessConfig(preset=layout, size=size)
+        else:
+            spacing = data["spacing"]
+            grid_size: int | None = None if data["resample"] == "none" else size
+            if fit:
+                spacing = _fit_spacing(use_cases, size, read_header)
+            preprocess = PreprocessConfig(
+                preset="general", size=grid_size, spacing=spacing, crop=data["crop"], intensity=data["intensity"]
+            )
+        cache = Path(data["cache"]) if data["cache"] else out_dir / "cache"
+        try:
+            return VolumeDataset(use_cases, preprocess, cache_dir=cache, progress=on_event)
+        except ConfigError as exc:
+            if "different shapes" in str(exc) or "not an even-sized cube" in str(exc):
+                raise DataError(
+                    f"{exc}. With --resample none the volumes must already be {size}^3 cubes; use --resample fit "
+                    "(resample and crop/pad to the cube) or --resample crop, or --spacing MM."
+                ) from None
+            raise
+
+    dataset = make(cases)
+    if fit and dataset.skipped:
+        # A file skipped only when its voxels were read (constant, unreadable data) may have set the fit
+        # spacing: compute it again from the volumes actually used, so skipped files never shape the others.
+        spacing = _fit_spacing(dataset.cases, size, read_header)
+        if (spacing,) * 3 != tuple(dataset.config.spacing):
+            skipped = dataset.skipped
+            dataset = make(dataset.cases)  # only the usable ones: the skipped are not read (nor reported) again
+            dataset.skipped = skipped + dataset.skipped
     if dataset.skipped and not data["skip_bad_files"]:
         listing = "\n".join(f"  {s.path}: {s.reason}" for s in dataset.skipped[:20])
         more = f"\n  (+{len(dataset.skipped) - 20} more)" if len(dataset.skipped) > 20 else ""
@@ -290,15 +301,17 @@ def _fit_spacing(cases, size: int, read_header) -> float:
     """The isotropic spacing (mm) at which the largest physical extent among the volumes spans ``size`` voxels."""
     import numpy as np
 
+    from ..volumes.reading import check_usable_header
+
     extent = 0.0
     for case in cases:
         try:
             header = read_header(case.path)
+            shape = check_usable_header(header, case.path)
         except WDMError:
-            continue  # reported by the dataset with its reason
+            continue  # skipped by the dataset with its reason: it must not set the spacing of the others
         spacing = np.sqrt((np.asarray(header.affine)[:3, :3] ** 2).sum(axis=0))
-        if len(header.shape) >= 3:
-            extent = max(extent, float(np.max(np.asarray(header.shape[:3]) * spacing)))
+        extent = max(extent, float(np.max(np.asarray(shape) * spacing)))
     return round(extent / size, 6) if extent > 0 else 1.0
 
 
