@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, OutOfMemoryError
+from ..errors import ConfigError, DataError, OutOfMemoryError
 from ..events import emit, jsonl_writer
 from ..interrupts import EXIT_CODE, Terminated, sigterm_unwinds
 from ..samplers import SAMPLERS
@@ -18,6 +18,7 @@ from ..tasks.generate import (
     DEFAULT_MODEL,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    MAX_SEED,
     PRECISIONS,
     generate,
     resolve_device,
@@ -127,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         callback = None
 
+    if not 0 <= args.seed <= MAX_SEED - max(0, args.num - 1):
+        raise ConfigError(f"--seed must lie between 0 and {MAX_SEED - max(0, args.num - 1)}, got {args.seed}.")
     check_outputs(args)  # an unusable --out is reported before any sampling, not after it
 
     def write(volume) -> None:

@@ -150,7 +150,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Options from a YAML (needs pyyaml) or JSON file: TrainConfig fields plus an optional 'data' mapping."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}.")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a JSON or YAML config file.") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -174,8 +177,17 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     """(training config, data options) from defaults, the --config file and the command line."""
     file_options = read_config_file(args.config) if hasattr(args, "config") else {}
     if getattr(args, "resume", False) and not file_options and (args.out / "config.json").is_file():
-        file_options = json.loads((args.out / "config.json").read_text())  # resume with the run's own settings
-    data_options = {**DATA_DEFAULTS, **file_options.pop("data", {})}
+        try:  # resume with the run's own settings
+            file_options = read_config_file(args.out / "config.json")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"cannot resume: {exc} The run's config.json is damaged; restore it, or pass the run's settings "
+                "with --config FILE."
+            ) from None
+    data_file_options = file_options.pop("data", {})
+    if not isinstance(data_file_options, dict) or not isinstance(file_options.get("network", {}), dict):
+        raise ConfigError("the config file's 'data' and 'network' entries must be mappings of options.")
+    data_options = {**DATA_DEFAULTS, **data_file_options}
     data_options.pop("volumes", None)  # recorded by a previous run
     train_fields = dict(file_options)
     network = dict(train_fields.pop("network", {}))
@@ -338,8 +350,11 @@ class _TqdmReader:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..volumes.writing import ensure_output_folder
+
     config, data = resolve(args)
     out_dir = Path(args.out)
+    ensure_output_folder(out_dir)  # a file or a read-only folder is reported before any data is read
     reader = None
     if args.progress == "jsonl":
         on_event = jsonl_writer(sys.stdout)

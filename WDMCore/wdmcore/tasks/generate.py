@@ -41,6 +41,7 @@ DEFAULT_SAMPLER = "ancestral"
 # fewest that reach the distribution of the paper's 1000-step sampler in the quality-against-steps table
 # (docs/generation.md); the paper's sampler itself is ``sampler="ancestral", steps=1000``.
 DEFAULT_STEPS = {"ancestral": 50, "ddim": 50, "dpm++2m": 25, "unipc": 25}
+MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator takes
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 PreviewCallback = Callable[[int, np.ndarray], None]
@@ -72,7 +73,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {str(device)!r} cannot run a model here; use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was requested but PyTorch sees no GPU here; use device 'cpu' (or 'auto').")
     return device
@@ -242,6 +248,10 @@ def generate(
         raise ConfigError("num and batch_size must be at least 1.")
     if preview_every < 1:
         raise ConfigError("preview_every must be at least 1.")
+    if not 0 <= int(seed) <= MAX_SEED - (num - 1):
+        raise ConfigError(
+            f"seed must lie between 0 and {MAX_SEED - (num - 1)} (seed + i for {num} volumes), got {seed}."
+        )
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
     torch_device = resolve_device(device)
     wdm = resolve_model(model, preset=preset, device=torch_device, on_progress=on_progress)

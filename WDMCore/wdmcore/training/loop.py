@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,10 +46,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..diffusion import Diffusion, DiffusionConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..events import ProgressCallback, emit
 from ..networks import NetworkConfig, build_network
-from .checkpoints import atomic_write_text, latest_state, list_checkpoints, prune, save_checkpoint, set_rng_state
+from .checkpoints import (
+    atomic_write_text,
+    latest_state,
+    list_checkpoints,
+    prune,
+    save_checkpoint,
+    set_rng_state,
+)
+from .checkpoints import model_path as checkpoint_model_path
 from .config import TrainConfig, TrainingError
 from .ema import EMA
 from .previews import write_preview
@@ -295,10 +304,49 @@ def train(
     out_dir = Path(out_dir)
     dist, device = _setup_distributed(config.device)
     try:
-        return _train(config, dataset, out_dir, resume, on_event, stop, dist, device)
+        with _run_folder_lock(out_dir, dist.main):
+            return _train(config, dataset, out_dir, resume, on_event, stop, dist, device)
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
+
+
+RUN_LOCK = ".wdm-train.lock"
+
+
+@contextlib.contextmanager
+def _run_folder_lock(out_dir: Path, main: bool):
+    """One training run per folder: a second one would mix its checkpoints and events with the first's."""
+    if not main:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    from ..volumes.writing import describe_os_error, ensure_output_folder
+
+    ensure_output_folder(out_dir)  # DataError for a file, a read-only folder, a full disk
+    lock = FileLock(out_dir / RUN_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(
+            f"another training run holds {out_dir} (lock file {out_dir / RUN_LOCK}); wait for it to finish, "
+            "or choose another output folder."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot lock the output folder {out_dir}: {describe_os_error(exc)}.") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # DataLoader workers share the process group: on SIGTERM/SIGINT to the group (docker stop, SLURM, Ctrl-C)
+    # only the main process acts (final checkpoint, then it shuts the workers down); a worker that died of the
+    # signal would instead abort the run with "DataLoader worker exited unexpectedly".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device) -> TrainResult:
@@ -370,6 +418,7 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals if config.num_workers > 0 else None,
     )
     image_shape = (1, config.image_size, config.image_size, config.image_size)
 
@@ -383,7 +432,19 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
     def save(at_step: int) -> Path | None:
         path = None
         if dist.main:
-            path = save_checkpoint(out_dir, at_step, network, ema, optimizer, config, card_base)
+            try:
+                path = save_checkpoint(out_dir, at_step, network, ema, optimizer, config, card_base)
+            except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+                from ..volumes.writing import describe_os_error
+
+                # Its state was not written, so it is not a checkpoint: remove the half.
+                checkpoint_model_path(out_dir, at_step).unlink(missing_ok=True)
+                previous = [c for c in list_checkpoints(out_dir) if c[2] is not None]
+                kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no checkpoint exists"
+                raise DataError(
+                    f"cannot write the checkpoint of step {at_step} into {out_dir}: {describe_os_error(exc)}; "
+                    f"{kept}. Free space (or fix the folder) and continue with --resume."
+                ) from exc
             prune(out_dir, config.keep_last)
             logger.event("checkpoint", step=at_step, path=str(path))
         if dist.active:
@@ -460,7 +521,7 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             if step % config.checkpoint_interval == 0 and step != config.max_steps:
                 save(step)
                 last_saved = step
-        model_path = save(step) if step != last_saved else model_path(out_dir, step)
+        model_path = save(step) if step != last_saved else checkpoint_model_path(out_dir, step)
         if dist.main:
             logger.event("result", path=str(model_path), step=step, stopped=stopped, loss=last_loss)
     finally:
