@@ -88,7 +88,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
         real_save(obj, path)
 
     monkeypatch.setattr(training_checkpoints, "atomic_torch_save", full_at_step_4)
-    with pytest.raises(DataError, match="checkpoint of step 4.*previous checkpoint .*model_0000002.safetensors"):
+    with pytest.raises(DataError, match="step 4.*the disk is full.*previous checkpoint .*model_0000002.safetensors"):
         train(tiny_config(max_steps=6, checkpoint_interval=2), PhantomDataset(4, 16), tmp_path)
     assert [c[0] for c in list_checkpoints(tmp_path)] == [2]
     assert not list(tmp_path.glob(".*.tmp"))

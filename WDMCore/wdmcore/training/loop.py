@@ -442,7 +442,7 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
                 previous = [c for c in list_checkpoints(out_dir) if c[2] is not None]
                 kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no checkpoint exists"
                 raise DataError(
-                    f"cannot write the checkpoint of step {at_step} into {out_dir}: {describe_os_error(exc)}; "
+                    f"cannot write the checkpoint of step {at_step} into {out_dir}: {describe_os_error(exc, out_dir)}; "
                     f"{kept}. Free space (or fix the folder) and continue with --resume."
                 ) from exc
             prune(out_dir, config.keep_last)

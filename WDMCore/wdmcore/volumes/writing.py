@@ -22,9 +22,11 @@ NRRD files (through SimpleITK) are in LPS, NIfTI in RAS; :func:`ras_to_lps` does
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -325,11 +327,19 @@ def ensure_output_folder(folder: str | os.PathLike, *, create: bool = True) -> P
     return folder
 
 
-def describe_os_error(exc: BaseException) -> str:
-    """A short reason for a failed write, naming the common causes plainly."""
+def describe_os_error(exc: BaseException, folder: str | os.PathLike | None = None) -> str:
+    """A short reason for a failed write, naming the common causes plainly. Libraries that wrap the OSError
+    (torch.save raises RuntimeError) are looked through; with ``folder``, an almost full disk is named too."""
     errno_ = getattr(exc, "errno", None)
+    cause = exc.__cause__ or exc.__context__
+    if errno_ is None and isinstance(cause, OSError):
+        errno_ = cause.errno
     text = str(exc)
-    if errno_ in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text.lower():
+    full = errno_ in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text.lower()
+    if not full and errno_ is None and folder is not None:
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(folder).free < (16 << 20)
+    if full:
         return "the disk is full (no space left on the device); free some space or write elsewhere"
     if errno_ in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "permission denied (the folder is read-only or belongs to someone else)"
