@@ -96,10 +96,15 @@ class WaveletDiffusionLogic(PolledLogic):
         schedule: Callable[[int, Callable[[], None]], None] | None = None,
         keep_files: bool = False,
         keep_preview: bool = False,
+        base_env: Callable[[], dict[str, str]] | None = None,
+        provided_root: str | None = None,
     ):
         super().__init__(scene, schedule)
         self.python = python
         self.worker_env = dict(worker_env or {})
+        self.base_env = base_env
+        """The environment the worker starts from (``slicer.util.startupEnvironment`` in Slicer; else ours)."""
+        self.provided_root = provided_root
         self.idle = idle
         self.keep_files = keep_files
         self.keep_preview = keep_preview
@@ -115,7 +120,8 @@ class WaveletDiffusionLogic(PolledLogic):
         if self._worker is None or not self._worker.running:
             if self._worker is not None:
                 self._worker.kill()
-            self._worker = WorkerProcess(self.python, env=self.worker_env)
+            self._worker = WorkerProcess(self.python, env=self.worker_env, base_env=self.base_env,
+                                         provided_root=self.provided_root)  # fmt: skip
             self._worker.start()
             self._log(f"started generation worker (pid {self._worker.pid}, {self._worker.python})")
         return self._worker
@@ -125,7 +131,8 @@ class WaveletDiffusionLogic(PolledLogic):
         return any(not job.finished for job in self._jobs.values())
 
     def shutdown(self) -> None:
-        """Stop the worker and every process it started; running jobs end as cancelled."""
+        """Stop the worker and every process it started (within about 4 s: the module calls it when Slicer
+        closes); running jobs end as cancelled."""
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.shutdown(timeout=2.0)
