@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import volumes
+from . import memory, volumes
 from .parameters import DEFAULT_STEPS, GenerationParameters
 from .polling import PolledLogic
 from .process import WorkerError, WorkerProcess
@@ -38,6 +39,12 @@ from .process import WorkerError, WorkerProcess
 log = logging.getLogger(__name__)
 
 PREVIEW_NODE_NAME = "WaveletDiffusion preview"
+
+
+def preset_of_model(model: str) -> str | None:
+    """The network preset a catalogue name or file name states (``brats_unet_128_1200k`` -> ``unet-128``)."""
+    match = re.search(r"(wavunet|unet)[_-](128|256)", model.replace("\\", "/").rsplit("/", 1)[-1].lower())
+    return None if match is None else f"{match.group(1)}-{match.group(2)}"
 
 
 class GenerationError(RuntimeError):
@@ -77,10 +84,22 @@ class Job:
     on_volume: Callable[[Job, Any], None] | None = None
     on_finished: Callable[[Job], None] | None = None
     cancel_requested: bool = False
+    preview_updates: int = 0
+    """How often the preview volume was updated: the module fits the views to it on the first update only, so
+    that the user can zoom and pan while sampling."""
+    folder_item: int | None = None
+    """The subject-hierarchy folder that holds this job's volumes."""
 
     @property
     def finished(self) -> bool:
         return self.state != "running"
+
+    @property
+    def folder_name(self) -> str:
+        params = self.params
+        last = params.seed + params.count - 1
+        seeds = f"seed {params.seed}" if params.count == 1 else f"seeds {params.seed}-{last}"
+        return f"{params.node_name()} ({seeds})"
 
 
 class WaveletDiffusionLogic(PolledLogic):
@@ -423,6 +442,7 @@ class WaveletDiffusionLogic(PolledLogic):
         else:
             volumes.update_volume_node(node, array, affine)
             volumes.apply_display(node, array)
+        job.preview_updates += 1
         if job.on_preview is not None:
             job.on_preview(job, node)
 
@@ -450,6 +470,7 @@ class WaveletDiffusionLogic(PolledLogic):
             },
         )
         job.nodes.append(node)
+        job.folder_item = volumes.place_in_folder(self.scene, [node], job.folder_name, job.folder_item)
         self._log(f"volume {len(job.nodes)}/{params.count}: {node.GetName()}")
         if job.on_volume is not None:
             job.on_volume(job, node)
@@ -458,6 +479,34 @@ class WaveletDiffusionLogic(PolledLogic):
         job.fraction = 1.0
         job.result = job.nodes
         self._finish(job, "done")
+
+    def memory_warning(self, params: GenerationParameters, devices: list[dict[str, Any]] | None = None) -> str | None:
+        """A warning with a remedy when generating with ``params`` would not fit the device's free memory
+        (``devices``: the worker's ``info`` list; the CPU's is this machine's available RAM). None when it fits or
+        when the network is not known before loading it."""
+        preset = params.preset or preset_of_model(params.model)
+        if preset is None:
+            return None
+        available = None
+        if params.device == "cpu":
+            available = memory.available_ram()
+        else:
+            device = next((d for d in devices or [] if d.get("id") == params.device), None)
+            available = None if device is None else device.get("free_bytes")
+
+        def needed(batch: int) -> float:
+            return memory.sampling_bytes(preset, 0, batch, params.precision)
+
+        remedies = []
+        if params.batch_size > 1 and available:
+            fits = memory.largest_batch(needed, 0.9 * available, params.batch_size)
+            if fits:
+                remedies.append(f"set the batch size to {fits}")
+        if params.precision == "fp32" and params.device.startswith("cuda"):
+            remedies.append("choose bf16 precision")
+        if params.device != "cpu":
+            remedies.append("generate on the CPU (slower, uses the computer's memory)")
+        return memory.warning(needed(params.batch_size), available, params.device, remedies=remedies)
 
     def remove_preview(self) -> None:
         node, self.preview_node = self.preview_node, None

@@ -43,6 +43,7 @@ Event = dict[str, Any]
 
 # No console window for children of a GUI process (and for taskkill) on Windows; 0 elsewhere.
 CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+_WINDOWS = os.name == "nt"
 
 # How long after the child's exit its output may still arrive (see ChildProcess._with_exit).
 EXIT_GRACE_S = 2.0
@@ -162,7 +163,7 @@ class ChildProcess:
         env = child_environment(base, wdmcore_search_path(), extra_path=self._extra_path,
                                 provided_root=self._provided_root, overrides=self._env_overrides)  # fmt: skip
         kwargs: dict[str, Any] = {}
-        if os.name == "nt":
+        if _WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
         else:
             kwargs["start_new_session"] = True  # its own process group: killed as a whole
@@ -297,7 +298,7 @@ class ChildProcess:
             self._refresh_tree(proc)
         elif self.tree_alive():
             self._killed = True
-        if os.name != "nt":
+        if not _WINDOWS:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         elif root_running:  # taskkill /T walks the tree from a live parent; a dead one has none

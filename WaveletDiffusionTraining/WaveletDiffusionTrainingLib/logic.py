@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from WaveletDiffusionLib import volumes
+from WaveletDiffusionLib import memory, volumes
 from WaveletDiffusionLib.polling import PolledLogic
 from WaveletDiffusionLib.process import ChildProcess, WorkerError
 
@@ -105,6 +105,8 @@ class TrainingRun:
     started: float = field(default_factory=time.monotonic)
     stop_requested_at: float | None = None
     killed_after_timeout: bool = False
+    folder_item: int | None = None
+    """The subject-hierarchy folder of this run's nodes (loss table and chart, previews)."""
     process: ChildProcess | None = field(default=None, repr=False)
     on_event: Callable[[TrainingRun, dict], None] | None = None
     on_progress: Callable[[TrainingRun, dict], None] | None = None
@@ -424,6 +426,8 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
             run.curve = LossCurve(self.scene, f"{run.name} loss")
             if resume:
                 run.curve.set_points(runfolder.loss_history(out_dir))
+            curve_nodes = [run.curve.table_node, run.curve.series_node, run.curve.chart_node]
+            run.folder_item = volumes.place_in_folder(self.scene, curve_nodes, f"{run.name} training")
         run.process = self._child("the training process", stop_file=runfolder.stop_file(out_dir))
         try:
             run.process.start(args)
@@ -435,6 +439,41 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
         self._runs.append(run)
         self._ensure_polling()
         return run
+
+    def memory_warning(self, params: TrainingParameters, available: float | None = None) -> str | None:
+        """A warning with a remedy when one training step with ``params`` would not fit the device's free memory
+        (``available`` bytes; by default the GPU's free memory from nvidia-smi, or the available RAM on the CPU).
+        None when it fits or when the free memory cannot be told."""
+        device = params.device
+        if available is None:
+            if device == "cpu":
+                available = memory.available_ram()
+            elif device == "mps":
+                available = None  # shares the RAM with everything else: no useful figure
+            else:
+                index = int(device.split(":")[1]) if ":" in device else 0
+                available = memory.cuda_free_bytes(index)
+                if available is None and device == "auto":
+                    device, available = "cpu", memory.available_ram()
+        precision = params.precision
+        if precision == "auto":
+            precision = "fp32" if device == "cpu" else "bf16"
+        size = params.image_size or memory.PRESET_SIZE[params.preset]
+        batch = params.batch_size or (10 if memory.PRESET_SIZE[params.preset] == 128 else 1)
+
+        def needed(b: int) -> float:
+            return memory.training_bytes(params.preset, size, b, precision)
+
+        remedies = []
+        if available:
+            fits = memory.largest_batch(needed, 0.9 * available, batch)
+            if 0 < fits < batch:
+                remedies.append(f"set the batch size to {fits}")
+        if precision == "fp32" and device != "cpu":
+            remedies.append("choose bf16 precision")
+        if size > 64:
+            remedies.append(f"train at a smaller image size (e.g. {size // 2})")
+        return memory.warning(needed(batch), available, device, remedies=remedies)
 
     def _refuse_if_training(self, out_dir: Path) -> None:
         """A second trainer in a run folder would mix two runs: refuse while one is alive (ours or not)."""
@@ -550,6 +589,7 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
         node = volumes.load_volume_file(self.scene, nifti, f"{run.name} preview step {step}")
         volumes.set_attributes(node, {"trainingRun": str(run.out_dir), "trainingStep": step, "preview": 1})
         run.previews.append(node)
+        run.folder_item = volumes.place_in_folder(self.scene, [node], f"{run.name} training", run.folder_item)
         self._log(f"preview at step {step}: {node.GetName()}")
         if run.on_preview is not None:
             run.on_preview(run, node)
