@@ -48,7 +48,17 @@ from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import ConfigError
 from ..events import ProgressCallback, emit
 from ..networks import NetworkConfig, build_network
-from .checkpoints import atomic_write_text, latest_state, list_checkpoints, prune, save_checkpoint, set_rng_state
+from .checkpoints import (
+    atomic_write_text,
+    clear_stop_request,
+    latest_state,
+    list_checkpoints,
+    prune,
+    save_checkpoint,
+    set_rng_state,
+    stop_requested,
+)
+from .checkpoints import model_path as checkpoint_path
 from .config import TrainConfig, TrainingError
 from .ema import EMA
 from .previews import write_preview
@@ -288,7 +298,8 @@ def train(
     Writes checkpoints into ``out_dir`` every ``checkpoint_interval`` steps and at the end; ``resume=True``
     continues from the newest training state there. ``on_event`` receives progress events (task "train":
     loss, it/s, ETA, lr, GPU memory), "checkpoint", "preview", "nonfinite" and a final "result" event.
-    ``stop()`` is polled every step: when it returns True a checkpoint is written and the run returns.
+    ``stop()`` is polled every step, and so is the stop file ``out_dir/STOP``: when either asks, a checkpoint is
+    written and the run returns (the stop file is removed then).
     Under ``torchrun`` (WORLD_SIZE > 1) the global batch is split over the processes and rank 0 writes files.
     """
     config = config.resolved()
@@ -309,6 +320,9 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
         for stale in [*out_dir.glob(".model_*.tmp"), *out_dir.glob(".state_*.tmp")]:
             log.info("removing %s, left by an interrupted checkpoint write", stale)
             stale.unlink(missing_ok=True)
+        if stop_requested(out_dir):  # left by a stop the previous session never read: it is not for this one
+            log.info("removing a stop request left in %s by an earlier session", out_dir)
+            clear_stop_request(out_dir)
     network_config = config.network_config()
     diffusion = Diffusion(DiffusionConfig.from_dict(config.diffusion))
 
@@ -390,11 +404,14 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             torch.distributed.barrier()
         return path
 
+    def stop_now() -> bool:
+        return stop_requested(out_dir) or (stop is not None and bool(stop()))
+
     model.train()
     model_path = None
     try:
         for item in loader:
-            if stop is not None and _should_stop(stop, dist, device):
+            if _should_stop(stop_now, dist, device):
                 stopped = True
                 break
             image = _check_item(item, config.image_size).to(device, non_blocking=True)
@@ -460,8 +477,10 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             if step % config.checkpoint_interval == 0 and step != config.max_steps:
                 save(step)
                 last_saved = step
-        model_path = save(step) if step != last_saved else model_path(out_dir, step)
+        model_path = save(step) if step != last_saved else checkpoint_path(out_dir, step)
         if dist.main:
+            if stopped:
+                clear_stop_request(out_dir)  # answered: a later resume must not stop at once
             logger.event("result", path=str(model_path), step=step, stopped=stopped, loss=last_loss)
     finally:
         logger.close()
