@@ -280,7 +280,7 @@ def test_settings_fill_only_a_new_parameter_node(name):
 
 
 def test_the_download_tooltip_says_what_is_checked():
-    catalogue = json.loads((ENGINE / "wdmcore" / "models.json").read_text())
+    catalogue = json.loads((ENGINE / "wdmcore" / "hub" / "models.json").read_text())
     models = catalogue["models"] if isinstance(catalogue, dict) else catalogue
     entries = models.values() if isinstance(models, dict) else models
     assert any(entry.get("sha256") is None for entry in entries)  # so the digest cannot always be checked

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import ConfigError, OutOfMemoryError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel, load_model
@@ -63,16 +64,6 @@ class GeneratedVolume:
 
 
 # --------------------------------------------------------------------------------------------- model, device
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but PyTorch sees no GPU here; use device 'cpu' (or 'auto').")
-    return device
 
 
 def resolve_model(

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..devices import resolve_device
 from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import ConfigError
 from ..events import ProgressCallback, emit
@@ -100,13 +101,13 @@ def _setup_distributed(device_request: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device_request == "auto" else device_request.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"device {device_request!r} was requested but CUDA is not available; use --device cpu.")
-    if world > 1:
+    if world > 1:  # torchrun: one CUDA GPU per process, or CPU processes (gloo)
+        use_cuda = torch.cuda.is_available() if device_request == "auto" else device_request.startswith("cuda")
+        if use_cuda and not torch.cuda.is_available():
+            raise ConfigError(f"device {device_request!r} was requested but CUDA is not available; use --device cpu.")
         device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     else:
-        device = torch.device(("cuda" if use_cuda else "cpu") if device_request == "auto" else device_request)
+        device = resolve_device(device_request)  # auto: CUDA, then Apple's MPS, then the CPU
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist = _Dist(rank, world, local_rank)
