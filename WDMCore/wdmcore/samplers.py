@@ -10,7 +10,7 @@
 
 Every sampler has the same signature: ``(denoise, diffusion, x_T, noise, *, steps=..., on_step=, cancel=)``.
 :func:`run_sampler` picks the right diffusion (respaced for ancestral and DDIM, the full one for the
-``diffusers`` solvers) and is what :class:`~wdmcore.model.WDMModel` and :mod:`wdmcore.generate` call.
+``diffusers`` solvers) and is what :class:`~wdmcore.models.model.WDMModel` and :mod:`wdmcore.tasks.generate` call.
 
 Random numbers follow the released recipe so that CPU runs reproduce it (within 1e-4; last bits depend on
 the CPU's vector instructions): each output sample i
