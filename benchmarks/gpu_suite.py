@@ -288,32 +288,11 @@ def make_call(network: torch.nn.Module, device: torch.device, precision: str, ch
     return call
 
 
-def engine_module(*names: str) -> types.ModuleType:
-    """The first of these wdmcore modules that exists in the imported wdmcore package. Modules are looked up
-    by file, not by trying imports: an installed wdmcore of another layout could otherwise answer the import."""
-    import importlib
-
-    import wdmcore
-
-    root = Path(wdmcore.__file__).parent
-    for name in names:
-        relative = Path(*name.split(".")[1:])
-        if (root / relative).with_suffix(".py").is_file() or (root / relative / "__init__.py").is_file():
-            return importlib.import_module(name)
-    raise ImportError(f"none of {names} exists in {root}")
-
-
-def engine_generate_module() -> types.ModuleType:
-    """The module of ``generate`` and its network call (``tasks/generate.py``, formerly ``generate.py``)."""
-    return engine_module("wdmcore.tasks.generate", "wdmcore.generate")
-
-
 def engine_network_call():
-    return engine_generate_module()._network_call
+    """The engine's own network call of ``generate`` (precision, channels-last on CUDA, fp32 output)."""
+    from wdmcore.tasks.generate import _network_call
 
-
-def engine_ema():
-    return engine_module("wdmcore.training").EMA
+    return _network_call
 
 
 # --------------------------------------------------------------------------------------------------- networks
@@ -395,7 +374,11 @@ def max_abs(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 def reference_dir(args: argparse.Namespace) -> Path | None:
     candidates = [args.reference] if args.reference else []
-    candidates += [os.environ.get("WDM_REFERENCE"), REPO / "shared" / "reference", REPO.parent / "shared" / "reference"]
+    candidates += [
+        os.environ.get("WDM_REFERENCE_DIR"),
+        REPO / "shared" / "reference",
+        REPO.parent / "shared" / "reference",
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
@@ -517,7 +500,13 @@ class Suite:
             )
         self.recorder.data["environment"] = env
         part.row(
-            what="environment", **{k: v for k, v in env.items() if k in ("device_name", "torch", "cuda")}, status="ok"
+            what="environment",
+            **{
+                k: v
+                for k, v in env.items()
+                if k in ("device_name", "torch", "cuda", "cpu_count", "cuda_device_count", "gpu_memory_gb")
+            },
+            status="ok",
         )
 
         n = 256 if self.tiny else 8192
@@ -802,9 +791,8 @@ class Suite:
 
         # One end-to-end call of the engine's generate(): noise, 50 steps, IDWT, copy to the host.
         def end_to_end() -> dict[str, Any]:
-            from wdmcore import WDMModel
+            from wdmcore import WDMModel, generate
 
-            generate = engine_generate_module().generate
             model = WDMModel(network.to(memory_format=torch.contiguous_format), {"image_size": 2 * grid, "name": name})
             steps = 5 if self.tiny else DEFAULT_STEPS
             precision = "bf16" if dev.type == "cuda" else "fp32"
@@ -857,11 +845,12 @@ class Suite:
     def time_training(self, part: Part, *, network: str, image: int, batch: int, precision: str,
                       activation_checkpointing: bool, compile: bool) -> dict[str, Any]:  # fmt: skip
         from wdmcore.diffusion import Diffusion
+        from wdmcore.training import EMA
 
         dev = self.device
         warm, timed = (1, 2) if self.tiny else (2, 5)
         net = build(preset(network, self.tiny, use_checkpoint=activation_checkpointing), dev).train()
-        ema = engine_ema()(net, 0.9999, True)
+        ema = EMA(net, 0.9999, True)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
         model = torch.compile(net, backend=self.compile_backend()) if compile else net
         diffusion = Diffusion()
@@ -918,9 +907,8 @@ class Suite:
                 port = 29500 + os.getpid() % 1000
                 spec = {"backend": backend, "device": dev.type, "tiny": self.tiny, "name": name, "size": size,
                         "batch": per_rank, "steps": steps, "port": port, "result": str(result)}  # fmt: skip
-                # CUDA needs fresh processes; on the CPU forking skips re-importing torch in each.
-                method = "spawn" if dev.type == "cuda" else "fork"
-                mp.start_processes(_ddp_worker, args=(spec,), nprocs=2, join=True, start_method=method)
+                # Fresh processes: forking a process that already ran threads (OpenMP, TorchDynamo) can deadlock.
+                mp.start_processes(_ddp_worker, args=(spec,), nprocs=2, join=True, start_method="spawn")
                 return json.loads(result.read_text())
 
         what = {"network": name, "image": size, "processes": 2, "batch_per_process": per_rank, "backend": backend,
@@ -1289,7 +1277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the JSON and .md")
     parser.add_argument("--released", help="folder holding a copy of the released wdm-3d code (guided_diffusion/)")
     parser.add_argument(
-        "--reference", help="folder of the reference fixtures (default: $WDM_REFERENCE, shared/reference)"
+        "--reference", help="folder of the reference fixtures (default: $WDM_REFERENCE_DIR, shared/reference)"
     )
     args = parser.parse_args(argv)
     parts = []
