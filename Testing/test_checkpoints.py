@@ -8,8 +8,8 @@ import torch
 from conftest import load_reference
 
 import wdmcore
-from wdmcore.checkpoints import detect_preset, read_model_file
 from wdmcore.errors import CheckpointError, ConfigError
+from wdmcore.models.checkpoints import detect_preset, read_model_file
 from wdmcore.networks import build_network, preset_config
 
 

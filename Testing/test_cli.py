@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from wdmcore.cli import main
+from wdmcore.cli.main import main
 from wdmcore.networks import build_network, preset_config
 
 
@@ -29,7 +29,7 @@ def test_version_and_help(capsys):
 
 def test_unexpected_errors_are_one_jsonl_error_event_with_the_traceback(tmp_path, capsys, monkeypatch):
     """A program reading `--progress jsonl` (the Slicer modules) gets a structured error even for a bug."""
-    import wdmcore.training.command as command
+    import wdmcore.cli.train as command
 
     def broken(*args, **kwargs):
         raise RuntimeError("something deep inside broke\nsecond line")
@@ -50,7 +50,7 @@ def test_unexpected_errors_are_one_jsonl_error_event_with_the_traceback(tmp_path
 
 
 def test_device_out_of_memory_is_reported_with_what_to_do(tmp_path, capsys, monkeypatch):
-    import wdmcore.training.command as command
+    import wdmcore.cli.train as command
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from wdmcore.cli import preprocess_lidc
 from wdmcore.data import discover, preprocess, preprocess_lidc_dicom
-from wdmcore.data import lidc_dicom as ld
 from wdmcore.data.preprocess import PreprocessConfig
 from wdmcore.errors import DataError
 
@@ -172,7 +172,7 @@ def test_small_scan_reported_or_padded_and_series_kept_apart(tmp_path):
 def test_cli_subcommand(tmp_path, capsys):
     write_series(tmp_path / "in", _phantom_hu((20, 20, 14)), (2.0, 2.0, 2.5), (0.0, 0.0, 0.0))
     parser = argparse.ArgumentParser(prog="wdm")
-    ld.add_parser(parser.add_subparsers(dest="command"))
+    preprocess_lidc.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
             "preprocess-lidc",

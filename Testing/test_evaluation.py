@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import REFERENCE_DIR, load_reference
 
+from wdmcore.cli import evaluate as eval_command
 from wdmcore.errors import CheckpointError, ConfigError, InputShapeError
 from wdmcore.evaluation import (
     FeatureStatistics,
@@ -33,7 +34,6 @@ from wdmcore.evaluation import (
     real_statistics,
     select_pairs,
 )
-from wdmcore.evaluation import command as eval_command
 
 pytest.importorskip("monai")
 nib = pytest.importorskip("nibabel")

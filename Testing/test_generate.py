@@ -10,9 +10,8 @@ import torch
 import wdmcore
 from wdmcore.diffusion import Diffusion, DiffusionConfig
 from wdmcore.errors import ConfigError, OutOfMemoryError
-from wdmcore.generate import GeneratedVolume, generate
 from wdmcore.hub import load_catalogue
-from wdmcore.model import WDMModel
+from wdmcore.models.model import WDMModel
 from wdmcore.networks import NetworkConfig, build_network
 from wdmcore.samplers import (
     SPACINGS,
@@ -28,6 +27,7 @@ from wdmcore.samplers import (
     solver_timesteps,
     unipc,
 )
+from wdmcore.tasks.generate import GeneratedVolume, generate
 
 TINY = NetworkConfig("unet", model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4)
 
@@ -246,7 +246,7 @@ def test_invalid_settings_are_refused(model):
 
 def test_catalogue_model_geometry_for_the_released_cards():
     # The catalogue cards of the released models give 2 mm spacing and no orientation: geometry unknown.
-    from wdmcore.outputs import card_geometry
+    from wdmcore.volumes.writing import card_geometry
 
     for name in ("brats_unet_128_1200k", "lidc-idri_unet_128_1200k"):
         geometry = card_geometry(load_catalogue().get(name).card, (128, 128, 128))

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 from test_generate import tiny_model
 
 import wdmcore
-from wdmcore.cli import main
-from wdmcore.generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate
+from wdmcore.cli.main import main
+from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate
 
 DEMO_ASSET = Path(wdmcore.__file__).parent / "assets" / "demo_phantom_64.safetensors"
 AFFINE = [[3.75, 0, 0, -118.125], [0, 3.75, 0, -118.125], [0, 0, 3.75, -118.125], [0, 0, 0, 1]]

@@ -8,9 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from wdmcore.errors import ConfigError
-from wdmcore.generate import GeneratedVolume
 from wdmcore.hub import load_catalogue
-from wdmcore.outputs import card_geometry, ras_to_lps, save_volume, sidecar_path
+from wdmcore.tasks.generate import GeneratedVolume
+from wdmcore.volumes.writing import card_geometry, ras_to_lps, save_volume, sidecar_path
 
 # An oblique, anisotropic grid: rotation about S by 30 degrees, axes swapped, 0.8/1.2/2.5 mm voxels.
 _C, _S = np.cos(np.pi / 6), np.sin(np.pi / 6)

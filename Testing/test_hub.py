@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import socket
 import threading
@@ -105,9 +106,9 @@ def server(monkeypatch):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(hub, "RETRY_WAIT_S", 0.0)
-    monkeypatch.setattr(hub, "CHUNK_SIZE", 4096)  # several chunks, so a dropped transfer has written some
-    monkeypatch.setattr(hub, "EVENT_INTERVAL_S", 0.0)
+    monkeypatch.setattr(hub.download, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(hub.download, "CHUNK_SIZE", 4096)  # several chunks, so a dropped transfer has written some
+    monkeypatch.setattr(hub.download, "EVENT_INTERVAL_S", 0.0)
     monkeypatch.delenv(hub.HUB_URL_ENV, raising=False)
 
 
@@ -281,7 +282,7 @@ def test_file_changed_on_server_during_resume_is_read_again_whole(tmp_path, serv
 
 
 def test_download_that_keeps_failing_gives_up_and_leaves_nothing(tmp_path, server, monkeypatch):
-    monkeypatch.setattr(hub, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(hub.download, "DOWNLOAD_RETRIES", 2)
     cat = _catalogue(tmp_path, None)
     server.drops = [0, 0, 0, 0]
     with pytest.raises(
@@ -294,7 +295,7 @@ def test_download_that_keeps_failing_gives_up_and_leaves_nothing(tmp_path, serve
 
 
 def test_offline_gives_a_clear_message_naming_the_manual_route(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "DOWNLOAD_RETRIES", 1)
+    monkeypatch.setattr(hub.download, "DOWNLOAD_RETRIES", 1)
     with socket.socket() as sock:  # a port nobody listens on: connection refused
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -319,7 +320,7 @@ def test_missing_file_on_server_is_not_retried(tmp_path, server):
 
 
 def test_base_url_argument_overrides_environment(tmp_path, server, monkeypatch):
-    url = hub.os.environ[hub.HUB_URL_ENV]
+    url = os.environ[hub.HUB_URL_ENV]
     monkeypatch.setenv(hub.HUB_URL_ENV, "http://127.0.0.1:9")
     path = hub.fetch("model_a", catalogue=_catalogue(tmp_path, PAYLOAD_SHA), base_url=url)
     assert path.read_bytes() == PAYLOAD
@@ -403,7 +404,7 @@ def test_progressbar_draws_on_stderr(tmp_path, server, capsys):
 
 
 def test_bundled_model_is_returned_from_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub, "_PACKAGE_DIR", tmp_path / "pkg")
+    monkeypatch.setattr(hub.catalogue, "PACKAGE_DIR", tmp_path / "pkg")
     cat = _catalogue(tmp_path, None)
     with pytest.raises(CheckpointError, match=r"bundled model 'demo' is missing.*reinstall"):
         hub.fetch("demo", catalogue=cat)
@@ -424,7 +425,7 @@ def test_bundled_model_is_returned_from_the_package(tmp_path, monkeypatch):
 def load_calls(monkeypatch):
     """Stand-in for the checkpoint reader, so these tests exercise the copy, digest and record logic."""
     calls = []
-    monkeypatch.setattr(hub, "_check_loadable", lambda path, preset: calls.append((Path(path), preset)))
+    monkeypatch.setattr(hub.importing, "_check_loadable", lambda path, preset: calls.append((Path(path), preset)))
     return calls
 
 
@@ -523,10 +524,12 @@ def test_import_of_a_real_checkpoint_loads_it(tmp_path):
 def _parse(argv: list[str]):
     import argparse
 
-    from wdmcore import hub_commands
+    from wdmcore.cli import download, import_model, models
 
     parser = argparse.ArgumentParser(prog="wdm")
-    hub_commands.add_parser(parser.add_subparsers(dest="command", required=True))
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in (models, download, import_model):
+        command.add_parser(subparsers)
     return parser.parse_args(argv)
 
 
@@ -555,7 +558,7 @@ def test_download_command_writes_jsonl_events_and_models_lists_it(server, capsys
 
 
 def test_download_command_reports_errors(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(hub, "DOWNLOAD_RETRIES", 0)
+    monkeypatch.setattr(hub.download, "DOWNLOAD_RETRIES", 0)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from wdmcore import cli, hugepages
+from wdmcore import hugepages
+from wdmcore.cli.main import main as wdm_main
 
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -29,7 +30,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_wdm_asks_for_huge_pages_unless_the_user_chose(monkeypatch):
     monkeypatch.delenv(hugepages.VARIABLE, raising=False)
     with pytest.raises(SystemExit):
-        cli.main(["--version"])
+        wdm_main(["--version"])
     assert os.environ.get(hugepages.VARIABLE) == ("1" if sys.platform.startswith("linux") else None)
 
     monkeypatch.setenv(hugepages.VARIABLE, "0")

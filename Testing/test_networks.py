@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import load_reference
 
-from wdmcore.checkpoints import shared_parameter_aliases
 from wdmcore.errors import ConfigError
+from wdmcore.models.checkpoints import shared_parameter_aliases
 from wdmcore.networks import (
     PRESETS,
     NetworkConfig,

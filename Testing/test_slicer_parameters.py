@@ -29,7 +29,7 @@ def test_step_defaults_agree_with_the_engine():
     # The Lib cannot import wdmcore inside Slicer, so it keeps its own copy of the engine's defaults.
     from WaveletDiffusionLib import parameters
 
-    from wdmcore.generate import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS
 
     assert parameters.DEFAULT_STEPS == DEFAULT_STEPS
     assert (GenerationParameters.sampler, GenerationParameters.steps) == (

@@ -121,8 +121,8 @@ def test_engine_cmake_installs_the_whole_package():
     # Data files: pyproject's package-data patterns; assets/* is globbed by CMake itself.
     pyproject = (ENGINE / "pyproject.toml").read_text()
     patterns = re.search(r"wdmcore = \[(.*?)\]", pyproject).group(1)
-    assert set(re.findall(r'"([^"]+)"', patterns)) == {"*.json", "assets/*"}
-    data = {f"wdmcore/{p.name}" for p in package.glob("*.json")}
+    assert set(re.findall(r'"([^"]+)"', patterns)) == {"hub/*.json", "assets/*"}
+    data = {p.relative_to(ENGINE).as_posix() for p in package.rglob("*.json") if "assets" not in p.parts}
     assert listed_files(cmake, "WDMCORE_PYTHON_RESOURCES") - {"${_wdmcore_assets}"} == data
     assert "wdmcore/assets/*" in cmake
     assert "Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR" in cmake

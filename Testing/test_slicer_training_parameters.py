@@ -10,7 +10,7 @@ from test_slicer_parameters import DictSettings
 from WaveletDiffusionTrainingLib import runfolder
 from WaveletDiffusionTrainingLib.parameters import TrainingParameters, load_settings, save_settings
 
-from wdmcore.training.command import add_parser
+from wdmcore.cli.train import add_parser
 
 
 def valid(**fields) -> TrainingParameters:

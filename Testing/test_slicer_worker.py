@@ -167,7 +167,7 @@ def test_a_killed_worker_is_reported_with_the_reason_and_the_scene_is_untouched(
 
 @pytest.fixture(scope="module")
 def generate_module():
-    return pytest.importorskip("wdmcore.generate", reason="wdmcore.generate is not on this branch yet")
+    return pytest.importorskip("wdmcore.tasks.generate", reason="wdmcore.tasks.generate is not on this branch yet")
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from wdmcore.cli import main
-from wdmcore.model import load_model
+from wdmcore.cli.main import main
+from wdmcore.models.model import load_model
 from wdmcore.training import list_checkpoints, load_training_state
 
 nib = pytest.importorskip("nibabel")
@@ -241,8 +241,8 @@ def test_sigterm_stops_wdm_train_with_a_checkpoint(tmp_path):
 
 
 def test_unet128_preset_prepares_any_folder_to_128_cubes(tmp_path):
-    from wdmcore.training.command import build_dataset
-    from wdmcore.training.loop import TrainConfig
+    from wdmcore.cli.train import build_dataset
+    from wdmcore.training import TrainConfig
 
     data = tmp_path / "data"
     data.mkdir()

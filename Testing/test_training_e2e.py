@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wdmcore.data.phantoms import PhantomDataset, reference_statistics, volume_statistics
-from wdmcore.model import WDMModel, load_model
+from wdmcore.models.model import WDMModel, load_model
 from wdmcore.networks import build_network
 from wdmcore.training import TrainConfig, train
 

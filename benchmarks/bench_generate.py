@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 import wdmcore
-from wdmcore.generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate, resolve_model
-from wdmcore.model import WDMModel
+from wdmcore.models.model import WDMModel
 from wdmcore.networks import build_network, preset_config, preset_image_size
 from wdmcore.samplers import Cancelled
+from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate, resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -33,7 +33,7 @@ import torch
 
 import wdmcore
 from wdmcore.data.phantoms import histogram_distance, intensity_histogram, reference_statistics, volume_statistics
-from wdmcore.generate import generate, resolve_model
+from wdmcore.tasks.generate import generate, resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -16,7 +16,7 @@ import time
 import torch
 
 from wdmcore.data.phantoms import histogram_distance, reference_statistics, volume_statistics
-from wdmcore.model import WDMModel, load_model
+from wdmcore.models.model import WDMModel, load_model
 from wdmcore.networks import build_network
 
 DEFAULT = "WDMCore/wdmcore/assets/demo_phantom_64.safetensors"

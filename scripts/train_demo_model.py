@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from wdmcore.checkpoints import read_model_file
 from wdmcore.data.phantoms import PhantomDataset, phantom_affine
 from wdmcore.events import jsonl_writer
+from wdmcore.models.checkpoints import read_model_file
 from wdmcore.training import TrainConfig, list_checkpoints, train
 
 PACKAGE = Path(__file__).resolve().parents[1] / "WDMCore" / "wdmcore"

@@ -1,13 +1,47 @@
 """wdmcore: 3-D wavelet diffusion models (WDM) for medical volumes.
 
-Main entry points: :func:`load_model` (released ``.pt`` checkpoints or our ``.safetensors`` files) and
-:meth:`WDMModel.sample`. Lower-level pieces live in ``wdmcore.wavelets``, ``wdmcore.networks``,
-``wdmcore.diffusion`` and ``wdmcore.samplers``.
+Main entry points: :func:`load_model` (released ``.pt`` checkpoints or our ``.safetensors`` files),
+:meth:`WDMModel.sample` and :func:`generate` (volumes with their geometry). Each capability has one home:
+``wavelets``, ``networks``, ``diffusion``, ``samplers`` (the engine), ``models`` (checkpoints and the loaded
+model), ``tasks`` (model + inputs + settings -> volumes), ``volumes`` (reading and writing volumes with their
+geometry), ``data``, ``training``, ``evaluation``, ``hub`` (catalogue, downloads, cache) and ``cli`` (the
+``wdm`` command).
+
+PyTorch is imported on first use of a name that needs it, so that ``wdm --help`` starts at once.
 """
 
+from importlib import import_module
+from typing import Any
+
 from .errors import CheckpointError, ConfigError, InputShapeError, WDMError
-from .model import WDMModel, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "ConfigError", "InputShapeError", "WDMError", "WDMModel", "__version__", "load_model"]
+# Public names served from their homes on first access (PEP 562).
+_LAZY = {
+    "WDMModel": ".models.model",
+    "load_model": ".models.model",
+    "generate": ".tasks.generate",
+    "GeneratedVolume": ".tasks.generate",
+}
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "GeneratedVolume",
+    "InputShapeError",
+    "WDMError",
+    "WDMModel",
+    "__version__",
+    "generate",
+    "load_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module 'wdmcore' has no attribute {name!r}")
+    value = getattr(import_module(home, __name__), name)
+    globals()[name] = value
+    return value

@@ -15,8 +15,9 @@ released sampler does. ``Testing/test_samplers_exact.py`` checks every sampler a
 textured Gaussian mixture, where E[x0 | x_t] is closed form); ``Testing/test_generate.py`` checks the solvers
 step for step against the ``diffusers`` schedulers (:func:`diffusers_scheduler`, imported only there).
 
+Every sampler has the same signature: ``(denoise, diffusion, x_T, noise, *, steps=..., on_step=, cancel=)``.
 :func:`run_sampler` picks the diffusion and spacing for a sampler name and is what
-:class:`~wdmcore.model.WDMModel` and :func:`wdmcore.generate` call.
+:class:`~wdmcore.models.model.WDMModel` and :mod:`wdmcore.tasks.generate` call.
 
 Random numbers follow the released recipe so that CPU runs reproduce it (within 1e-4; last bits depend on
 the CPU's vector instructions): each output sample i

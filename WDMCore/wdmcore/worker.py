@@ -204,7 +204,7 @@ class Worker:
         )
 
     def _do_generate(self, request: dict[str, Any]) -> None:
-        from .generate import DEFAULT_SAMPLER, generate
+        from .tasks.generate import DEFAULT_SAMPLER, generate
 
         job_id = request.get("id")
         if "model" in request:
@@ -226,7 +226,7 @@ class Worker:
         progress = _JobProgress(self, job_id, num)
         preview_affine = None
         if preview_every > 0:
-            from .outputs import card_geometry
+            from .volumes.writing import card_geometry
 
             size = int(self.model.image_size)
             preview_affine = card_geometry(self.model.card, (size, size, size)).affine
@@ -339,7 +339,7 @@ class _JobProgress:
         )
 
     def preview_callback(self, output_dir: Path, affine: Any):
-        """``on_preview(index, image)`` of :func:`wdmcore.generate.generate`: the current x0 estimate of volume
+        """``on_preview(index, image)`` of :func:`wdmcore.tasks.generate.generate`: the current x0 estimate of volume
         ``index`` of this chunk, written to ``preview.npy`` (replaced atomically) and announced."""
         path = output_dir / "preview.npy"
 
@@ -366,7 +366,7 @@ class _JobProgress:
 
 def load_any_model(ref: str, *, preset: str | None, device: str, on_progress=None):
     """A catalogue name (downloaded when needed) or a checkpoint path, loaded on ``device``."""
-    from .generate import resolve_device, resolve_model
+    from .tasks.generate import resolve_device, resolve_model
 
     return resolve_model(ref, preset=preset, device=resolve_device(device), on_progress=on_progress)
 
@@ -441,7 +441,7 @@ def write_nifti(path: str | os.PathLike, array: Any, affine: Any) -> Path:
     affine = np.asarray(affine, dtype=np.float64)
     tmp = path.with_name(f".{path.name}.part{os.getpid()}.nii.gz")
     try:
-        from .outputs import save_nifti
+        from .volumes.writing import save_nifti
 
         save_nifti(array, affine, tmp)
     except ImportError:  # no nibabel (Slicer's Python): SimpleITK, which Slicer ships

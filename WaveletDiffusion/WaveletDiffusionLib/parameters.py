@@ -22,7 +22,7 @@ SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
     "faithful": {"sampler": "ancestral", "steps": 1000},
 }
 SAMPLERS = ("dpm++2m", "unipc", "ddim", "ancestral")
-# Steps when a sampler is named without a step count: wdmcore.generate.DEFAULT_STEPS (the Lib does not import
+# Steps when a sampler is named without a step count: wdmcore.tasks.generate.DEFAULT_STEPS (the Lib does not import
 # wdmcore; Testing/test_slicer_parameters.py checks that the two agree).
 DEFAULT_STEPS = {"ancestral": 50, "ddim": 50, "dpm++2m": 25, "unipc": 25}
 PRESETS = ("", "unet-128", "unet-256", "wavunet-128", "wavunet-256")

@@ -5,12 +5,12 @@ Volumes are arrays in NIfTI index order (i, j, k) with a 4x4 voxel-to-RAS affine
 (nibabel, SimpleITK, scipy) are imported only when used.
 """
 
+from ..volumes.reading import VOLUME_SUFFIXES, load_volume, read_header
 from . import phantoms
 from .cache import PreprocessCache, cache_key
 from .dataset import VolumeDataset
 from .discovery import BRATS_SEQUENCES, Case, detect_format, discover
 from .lidc_dicom import LidcReport, preprocess_lidc_dicom
-from .loading import VOLUME_SUFFIXES, load_volume, read_header
 from .phantoms import PhantomDataset, generate_phantom, phantom_batch
 from .preprocess import PreparedVolume, PreprocessConfig, SourceInfo, preprocess
 from .summary import CaseSummary, DatasetSummary, SkippedFile, summarize

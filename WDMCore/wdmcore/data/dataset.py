@@ -13,9 +13,9 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError, WDMError
 from ..events import ProgressCallback, ProgressTracker
+from ..volumes.reading import check_3d, read_header
 from .cache import PreprocessCache
 from .discovery import Case
-from .loading import check_3d, read_header
 from .preprocess import (
     BRATS_INPUT_SHAPE,
     LIDC_INPUT_SHAPE,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .loading import VOLUME_SUFFIXES, strip_volume_suffix, volume_suffix
+from ..volumes.reading import VOLUME_SUFFIXES, strip_volume_suffix, volume_suffix
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError, InputShapeError
+from ..volumes.reading import affine_spacing, load_volume
 from .discovery import Case
-from .loading import affine_spacing, load_volume
 
 log = logging.getLogger(__name__)
 

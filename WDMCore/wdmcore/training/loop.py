@@ -28,18 +28,15 @@ Files in the output folder::
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
 import math
 import os
 import random
-import re
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,128 +44,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoints import save_model_file
 from ..diffusion import Diffusion, DiffusionConfig
-from ..errors import CheckpointError, ConfigError, WDMError
+from ..errors import ConfigError
 from ..events import ProgressCallback, emit
-from ..networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, preset_config
-from ..outputs import save_nifti
+from ..networks import NetworkConfig, build_network
+from .checkpoints import atomic_write_text, latest_state, list_checkpoints, prune, save_checkpoint, set_rng_state
+from .config import TrainConfig, TrainingError
+from .ema import EMA
+from .previews import write_preview
 
 log = logging.getLogger(__name__)
-
-STATE_FORMAT = 1
-_MODEL_RE = re.compile(r"^model_(\d+)\.safetensors$")
-_STATE_RE = re.compile(r"^state_(\d+)\.pt$")
-
-# Batch sizes of the released recipe by image size (run.sh): 10 at 128^3, 1 at 256^3.
-_PRESET_BATCH = {128: 10, 256: 1}
-
-
-class TrainingError(WDMError):
-    """Training cannot go on (non-finite losses, a broken resume state, ...)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on. ``None`` fields are filled by :meth:`resolved`."""
-
-    preset: str | None = "unet-128"  # network preset; ``network`` overrides its fields
-    network: dict[str, Any] = field(default_factory=dict)  # NetworkConfig fields (all of them without a preset)
-    image_size: int | None = None  # default: the preset's (128 or 256)
-    diffusion: dict[str, Any] = field(default_factory=dict)  # DiffusionConfig fields
-    lr: float = 1e-5
-    batch_size: int | None = None  # global batch; default 10 at 128^3, 1 at 256^3 (released recipe)
-    max_steps: int = 100_000
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    ema_rate: float = 0.9999
-    ema_warmup: bool = True  # effective rate min(ema_rate, (1 + n) / (10 + n)) after n updates
-    grad_clip: float | None = None  # max global gradient norm
-    lr_warmup_steps: int = 0  # linear warm-up from lr / warmup to lr
-    checkpoint_interval: int = 5000
-    keep_last: int = 3
-    preview_interval: int = 0  # 0: no previews
-    preview_steps: int = 10  # DDIM steps of a preview sample
-    log_interval: int = 10
-    seed: int = 0
-    num_workers: int = 0
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16"
-    activation_checkpointing: bool = False
-    max_nonfinite_steps: int = 10  # raise after this many non-finite losses in a row
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    tensorboard: bool = True  # when the tensorboard package is installed
-    # Model card fields of the checkpoints.
-    name: str | None = None
-    description: str = ""
-    data_description: str = ""
-    geometry: dict[str, Any] = field(default_factory=dict)
-    intensity: Any = "[0, 1] (network space 2x - 1)"
-    data: dict[str, Any] = field(default_factory=dict)  # where the data came from (informational, for the record)
-
-    def resolved(self) -> TrainConfig:
-        """A copy with defaults filled in and every value checked."""
-        c = dataclasses.replace(self, network=dict(self.network), diffusion=dict(self.diffusion), data=dict(self.data))
-        c.adam_betas = tuple(float(b) for b in c.adam_betas)
-        if c.preset is not None and c.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {c.preset!r}; choose one of {', '.join(PRESETS)} (or give a network).")
-        if c.preset is None and not c.network:
-            raise ConfigError("give a preset (e.g. unet-128) or a network configuration.")
-        if c.image_size is None:
-            if c.preset is None:
-                raise ConfigError("image_size is required when no preset is given.")
-            c.image_size = PRESETS[c.preset][1]
-        if c.batch_size is None:
-            c.batch_size = _PRESET_BATCH.get(c.image_size, 1)
-        net = c.network_config()  # validates the network fields
-        DiffusionConfig.from_dict(c.diffusion)
-        factor = 2 * net.downsampling_factor
-        if c.image_size % factor:
-            raise ConfigError(
-                f"image size {c.image_size} must be a multiple of {factor} for this network "
-                f"({len(net.channel_mult)} levels); choose e.g. {factor * max(1, round(c.image_size / factor))}."
-            )
-        checks = [
-            (c.lr > 0, "lr must be positive"),
-            (c.batch_size >= 1, "batch_size must be at least 1"),
-            (c.max_steps >= 1, "max_steps must be at least 1"),
-            (0.0 <= c.ema_rate < 1.0, "ema_rate must lie in [0, 1)"),
-            (c.checkpoint_interval >= 1, "checkpoint_interval must be at least 1"),
-            (c.keep_last >= 1, "keep_last must be at least 1"),
-            (c.preview_interval >= 0, "preview_interval must be 0 (off) or positive"),
-            (c.preview_steps >= 1, "preview_steps must be at least 1"),
-            (c.log_interval >= 1, "log_interval must be at least 1"),
-            (c.num_workers >= 0, "num_workers must be 0 or more"),
-            (c.max_nonfinite_steps >= 1, "max_nonfinite_steps must be at least 1"),
-            (c.lr_warmup_steps >= 0, "lr_warmup_steps must be 0 or more"),
-            (c.grad_clip is None or c.grad_clip > 0, "grad_clip must be positive (or unset)"),
-            (c.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"{message}.")
-        return c
-
-    def network_config(self) -> NetworkConfig:
-        base = preset_config(self.preset).to_dict() if self.preset is not None else {}
-        fields = {**base, **self.network}
-        fields["use_checkpoint"] = bool(self.activation_checkpointing)
-        if "channel_mult" in fields:
-            fields["channel_mult"] = tuple(fields["channel_mult"])
-        return NetworkConfig.from_dict(fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["adam_betas"] = list(self.adam_betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**data)
 
 
 @dataclass
@@ -272,181 +157,6 @@ def _sample_draws(seed: int, positions: list[int], image_shape, num_timesteps: i
 
 
 # -- EMA ----------------------------------------------------------------------------------------------------
-
-
-class EMA:
-    """Exponential moving average of a network's parameters, kept as a network of its own (fp32)."""
-
-    def __init__(self, network: torch.nn.Module, rate: float, warmup: bool):
-        self.network = copy.deepcopy(network).eval()
-        self.network.requires_grad_(False)
-        self.rate, self.warmup, self.updates = rate, warmup, 0
-
-    def current_rate(self) -> float:
-        if self.warmup:
-            return min(self.rate, (1 + self.updates) / (10 + self.updates))
-        return self.rate
-
-    @torch.no_grad()
-    def update(self, network: torch.nn.Module) -> None:
-        weight = 1.0 - self.current_rate()
-        for ema_p, p in zip(self.network.parameters(), network.parameters(), strict=True):
-            ema_p.lerp_(p.detach().to(ema_p.dtype), weight)
-        self.updates += 1
-
-
-# -- files --------------------------------------------------------------------------------------------------
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path, Path | None]]:
-    """(step, model file, state file or None) of the checkpoints in a run folder, oldest first."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    states = {int(m.group(1)): out_dir / m.group(0) for p in out_dir.iterdir() if (m := _STATE_RE.match(p.name))}
-    found = []
-    for p in out_dir.iterdir():
-        if m := _MODEL_RE.match(p.name):
-            step = int(m.group(1))
-            found.append((step, p, states.get(step)))
-    return sorted(found)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": [list(part) if isinstance(part, tuple) else part for part in random.getstate()],
-    }  # fmt: skip
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np_state = state["numpy"]
-    np.random.set_state(
-        ("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"],
-         np_state["cached_gaussian"])
-    )  # fmt: skip
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``state_<step>.pt`` file (tensors and plain values only; nothing is executed)."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"the training state {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
-            "delete it to resume from the checkpoint before it."
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a WaveletDiffusion training state (format {STATE_FORMAT}).")
-    return state
-
-
-def _latest_state(out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    candidates = [(step, state) for step, _, state in list_checkpoints(out_dir) if state is not None]
-    if not candidates:
-        raise CheckpointError(
-            f"nothing to resume in {out_dir}: no state_<step>.pt file with its model_<step>.safetensors. "
-            "Start a new run (without --resume) or point --out at the run folder."
-        )
-    errors = []
-    for _, path in reversed(candidates):
-        try:
-            return path, load_training_state(path)
-        except CheckpointError as exc:
-            errors.append(str(exc))
-            log.warning("skipping unreadable training state %s", path)
-    raise CheckpointError("no readable training state: " + " | ".join(errors))
-
-
-# -- previews -----------------------------------------------------------------------------------------------
-
-
-def write_png_gray(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write a 2-D array with values in [0, 1] as an 8-bit grayscale PNG (no dependencies)."""
-    import struct
-    import zlib
-
-    pixels = (np.clip(np.asarray(image, dtype=np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
-    height, width = pixels.shape
-    raw = b"".join(b"\x00" + pixels[row].tobytes() for row in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    Path(path).write_bytes(png)
-
-
-def mid_slices(volume: np.ndarray) -> np.ndarray:
-    """The three central slices of an (i, j, k) volume side by side (axial, coronal, sagittal), display up."""
-    s0, s1, s2 = (d // 2 for d in volume.shape)
-    views = [volume[:, :, s2].T[::-1], volume[:, s1, :].T[::-1], volume[s0, :, :].T[::-1]]
-    height = max(v.shape[0] for v in views)
-    padded = [np.pad(v, ((0, height - v.shape[0]), (0, 2))) for v in views]
-    return np.concatenate(padded, axis=1)
-
-
-def _card_affine(card: dict[str, Any], size: int) -> np.ndarray:
-    affine = card.get("geometry", {}).get("affine")
-    if affine is not None:
-        return np.asarray(affine, dtype=np.float64)
-    spacing = card.get("geometry", {}).get("spacing_mm", [1.0, 1.0, 1.0])
-    return np.diag([*map(float, spacing), 1.0])
-
-
-def write_preview(ema_network: DiffusionNetwork, card: dict[str, Any], path_stem: Path, steps: int) -> list[Path]:
-    """Sample one volume (DDIM, seed 0) and save it as NIfTI (when nibabel is installed) and a PNG."""
-    from ..model import WDMModel
-
-    network = copy.deepcopy(ema_network).eval()
-    model = WDMModel(network, card)
-    volume = model.sample(1, seed=0, sampler="ddim", steps=steps)[0, 0].numpy()
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    png = path_stem.with_suffix(".png")
-    write_png_gray(png, mid_slices(volume))
-    written.append(png)
-    nii = path_stem.parent / (path_stem.name + ".nii.gz")
-    try:
-        # nibabel, or SimpleITK where nibabel is missing (3D Slicer's Python), which loads the preview as a volume.
-        save_nifti(volume.astype(np.float32), _card_affine(card, volume.shape[0]), nii)
-    except WDMError as exc:
-        log.info("preview saved as PNG only: %s", exc)
-    else:
-        written.append(nii)
-    return written
-
-
-# -- the loop -----------------------------------------------------------------------------------------------
 
 
 def _precision(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -604,7 +314,7 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
 
     start_step, state = 0, None
     if resume:
-        state_path, state = _latest_state(out_dir)
+        state_path, state = latest_state(out_dir)
         saved = TrainConfig.from_dict(state["config"]).to_dict()
         changed = _changed_for_resume(saved, config.to_dict())
         if changed:
@@ -639,10 +349,10 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
         ema.network.load_state_dict(state["ema"])
         ema.updates = int(state["ema_updates"])
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
     ema.network.to(device)
     if dist.main:
-        _atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     model = network
     if dist.active:
@@ -673,8 +383,8 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
     def save(at_step: int) -> Path | None:
         path = None
         if dist.main:
-            path = _save_checkpoint(out_dir, at_step, network, ema, optimizer, config, card_base)
-            _prune(out_dir, config.keep_last)
+            path = save_checkpoint(out_dir, at_step, network, ema, optimizer, config, card_base)
+            prune(out_dir, config.keep_last)
             logger.event("checkpoint", step=at_step, path=str(path))
         if dist.active:
             torch.distributed.barrier()
@@ -750,7 +460,7 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             if step % config.checkpoint_interval == 0 and step != config.max_steps:
                 save(step)
                 last_saved = step
-        model_path = save(step) if step != last_saved else _model_path(out_dir, step)
+        model_path = save(step) if step != last_saved else model_path(out_dir, step)
         if dist.main:
             logger.event("result", path=str(model_path), step=step, stopped=stopped, loss=last_loss)
     finally:
@@ -782,35 +492,3 @@ _RESUME_FREE = {"max_steps", "checkpoint_interval", "keep_last", "preview_interv
 
 def _changed_for_resume(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
-
-
-def _model_path(out_dir: Path, step: int) -> Path:
-    return out_dir / f"model_{step:07d}.safetensors"
-
-
-def _save_checkpoint(out_dir, step, network, ema, optimizer, config, card_base) -> Path:
-    card = {**card_base, "training": {**card_base["training"], "step": step}}
-    path = save_model_file(_model_path(out_dir, step), ema.network, card)
-    state = {
-        "format": STATE_FORMAT,
-        "step": step,
-        "config": config.to_dict(),
-        "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-        "ema": {k: v.detach().cpu() for k, v in ema.network.state_dict().items()},
-        "ema_updates": ema.updates,
-        "optimizer": optimizer.state_dict(),
-        "rng": _rng_state(),
-        "data_order": {"seed": config.seed, "stream_position": step * config.batch_size},
-    }
-    _atomic_torch_save(state, out_dir / f"state_{step:07d}.pt")
-    return path
-
-
-def _prune(out_dir: Path, keep_last: int) -> None:
-    checkpoints = list_checkpoints(out_dir)
-    complete = [c for c in checkpoints if c[2] is not None]
-    for step, model_file, state_file in checkpoints:
-        if complete and step < complete[-keep_last:][0][0]:
-            model_file.unlink(missing_ok=True)
-            if state_file is not None:
-                state_file.unlink(missing_ok=True)

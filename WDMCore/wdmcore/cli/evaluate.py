@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WDMError
+from ..evaluation.fid import SmallSampleWarning
+from ..evaluation.volumes import FORMATS
 from ..events import Event, ProgressCallback, emit, jsonl_writer
-from .fid import SmallSampleWarning
-from .volumes import FORMATS
 
 
 def default_cache_dir() -> Path:
@@ -147,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
         progress, close = _bar_reader()
     table_stream = sys.stderr if args.progress == "jsonl" else sys.stdout
     try:
-        from .evaluate import evaluate
-        from .medicalnet import MedicalNetFeatureExtractor
-        from .volumes import NiftiReader, list_volumes, reader_for_format, real_volume_files
+        from ..evaluation.evaluate import evaluate
+        from ..evaluation.medicalnet import MedicalNetFeatureExtractor
+        from ..evaluation.volumes import NiftiReader, list_volumes, reader_for_format, real_volume_files
 
         real_reader = reader_for_format(args.format, args.size)
         real_files = real_volume_files(args.real, args.format)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 FORMATS = ("nii.gz", "nii", "nrrd")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])

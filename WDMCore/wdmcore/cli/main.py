@@ -1,4 +1,4 @@
-"""The `wdm` command. Each sub-command lives in the module that does its work, which provides
+"""The `wdm` command. Each sub-command lives in its own module of this package, which provides
 ``add_parser(subparsers)`` (registering ``handler=run`` as a default) and ``run(args) -> int``."""
 
 from __future__ import annotations
@@ -10,18 +10,20 @@ import logging
 import sys
 import traceback
 
-from . import __version__, hugepages
-from .errors import WDMError
+from .. import __version__, hugepages
+from ..errors import WDMError
 
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
 COMMAND_MODULES = (
-    "wdmcore.sample_command",
-    "wdmcore.training.command",
-    "wdmcore.evaluation.command",
-    "wdmcore.hub_commands",
-    "wdmcore.inspect",
-    "wdmcore.data.lidc_dicom",
-    "wdmcore.data.summary",
+    "wdmcore.cli.sample",
+    "wdmcore.cli.train",
+    "wdmcore.cli.evaluate",
+    "wdmcore.cli.models",
+    "wdmcore.cli.download",
+    "wdmcore.cli.import_model",
+    "wdmcore.cli.inspect",
+    "wdmcore.cli.preprocess_lidc",
+    "wdmcore.cli.summarize",
 )
 
 

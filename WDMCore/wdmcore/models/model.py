@@ -14,6 +14,12 @@ from typing import Any
 
 import torch
 
+from ..diffusion import Diffusion, DiffusionConfig
+from ..errors import ConfigError
+from ..events import ProgressCallback, ProgressTracker
+from ..networks import DiffusionNetwork, NetworkConfig, build_network
+from ..samplers import CancelCheck, NoiseSource, StepCallback, run_sampler
+from ..wavelets import from_coefficients
 from .checkpoints import (
     load_network_weights,
     network_for_released,
@@ -21,12 +27,6 @@ from .checkpoints import (
     read_state_dict,
     save_model_file,
 )
-from .diffusion import Diffusion, DiffusionConfig
-from .errors import ConfigError
-from .events import ProgressCallback, ProgressTracker
-from .networks import DiffusionNetwork, NetworkConfig, build_network
-from .samplers import CancelCheck, NoiseSource, StepCallback, run_sampler
-from .wavelets import from_coefficients
 
 
 class WDMModel:
@@ -172,7 +172,7 @@ def load_model(
     if official_args is not None:
         image_size = int(official_args.get("image_size", 128))
     else:
-        from .networks import preset_image_size
+        from ..networks import preset_image_size
 
         image_size = preset_image_size(detected)
     full_card = released_card(image_size, detected, path)

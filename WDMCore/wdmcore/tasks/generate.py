@@ -1,6 +1,6 @@
 """Model + settings -> generated volumes with intensities and geometry.
 
->>> from wdmcore.generate import generate
+>>> from wdmcore.tasks.generate import generate
 >>> volumes = generate("demo_phantom_64", 2, seed=0)             # default fast sampler
 >>> volumes[0].array.shape, volumes[0].affine                     # (64, 64, 64) in (i, j, k), voxel-to-RAS
 >>> volumes[0].save("out/sample_0.nii.gz")                        # + out/sample_0.json
@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, OutOfMemoryError
-from .events import ProgressCallback, ProgressTracker
-from .model import WDMModel, load_model
-from .outputs import Geometry, card_geometry, save_volume
-from .samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
-from .wavelets import from_coefficients
+from ..errors import ConfigError, OutOfMemoryError
+from ..events import ProgressCallback, ProgressTracker
+from ..models.model import WDMModel, load_model
+from ..samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
+from ..volumes.writing import Geometry, card_geometry, save_volume
+from ..wavelets import from_coefficients
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def resolve_model(
             f"model file {path} not found; give the path of an existing .pt or .safetensors checkpoint, "
             "or a model name from `wdm models`."
         )
-    from . import hub
+    from .. import hub
 
     info = hub.get_model_info(text)  # ConfigError listing the known names if unknown
     file = hub.fetch(text, on_progress=on_progress)
@@ -211,7 +211,7 @@ def generate(
         compile: wrap the network in :func:`torch.compile` (pays off for many volumes; first call is slow).
         preset: the network preset of a ``.pt`` file whose preset cannot be detected.
         reference_affine: for cards stating ``source_voxel_of_output_voxel``, the affine of a training-set
-            volume to place the outputs in its frame (see :func:`wdmcore.outputs.card_geometry`).
+            volume to place the outputs in its frame (see :func:`wdmcore.volumes.writing.card_geometry`).
 
     Returns one :class:`GeneratedVolume` per seed, in order. Raises :class:`OutOfMemoryError` when the device
     runs out of memory, :class:`Cancelled` when cancelled, :class:`ConfigError` for invalid settings.
@@ -240,7 +240,7 @@ def generate(
         image = from_coefficients(coeffs.float(), lll_scale)[:, 0].clamp(-1, 1)
         return (low + (high - low) * (image + 1) / 2).cpu().numpy().astype(np.float32, copy=False)
 
-    from . import __version__
+    from .. import __version__
 
     base_meta = {
         "model": wdm.card.get("name") or "unnamed",

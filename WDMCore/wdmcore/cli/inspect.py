@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .model import load_model
+from ..models.model import load_model
 
 
 def describe(path: str, preset: str | None = None, official_args: dict | None = None) -> dict:

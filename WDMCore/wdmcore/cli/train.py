@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import ConfigError, DataError, WDMError
 from ..events import jsonl_writer
 from ..networks import PRESETS
-from .loop import TrainConfig, train
+from ..training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ def _channel_mult(value: str) -> list[int]:
 def build_dataset(config: TrainConfig, data: dict[str, Any], out_dir: Path, on_event=None):
     """The dataset the options describe, checked so that every problem is reported before training starts."""
     from ..data import PreprocessConfig, VolumeDataset, detect_format, discover
-    from ..data.loading import read_header
     from ..data.phantoms import PhantomDataset
+    from ..volumes.reading import read_header
 
     size = config.image_size
     fmt = data["format"]

@@ -16,37 +16,33 @@ Files fetched by hand (for example on a machine without internet access) enter t
 hub's base URL (a mirror, or a local server in tests).
 """
 
-from __future__ import annotations
-
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import platformdirs
 import pooch
 
-from .errors import CheckpointError, ConfigError, DownloadError
-from .events import ProgressCallback, ProgressTracker, emit
+from ..errors import CheckpointError, DownloadError
+from ..events import ProgressCallback, ProgressTracker, emit
+from .cache import (
+    RECORDS_FILE,
+    cache_dir,
+    now,
+    read_records,
+    set_record,
+    sha256_of,
+    unknown_model,
+)
+from .catalogue import Catalogue, CatalogueEntry, base_url_of, load_catalogue
 
 log = logging.getLogger(__name__)
-
-CACHE_ENV = "WDM_CACHE_DIR"
-HUB_URL_ENV = "WDM_HUB_URL"
-CATALOGUE_PATH = Path(__file__).resolve().with_name("models.json")
-RECORDS_FILE = "records.json"
-KNOWN_PRESETS = ("unet-128", "unet-256", "wavunet-128", "wavunet-256")
 
 # Download behaviour. A connection that drops is resumed; the attempt counter only grows while no new bytes
 # arrive, so a slow but progressing download is never abandoned.
@@ -56,325 +52,6 @@ MAX_RETRY_WAIT_S = 10.0
 CHUNK_SIZE = 1 << 16
 TIMEOUT_S = (10.0, 60.0)  # connect, read
 EVENT_INTERVAL_S = 0.25
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-# ----------------------------------------------------------------------------------------------- catalogue
-
-
-@dataclass(frozen=True)
-class CatalogueEntry:
-    """One model of ``models.json``."""
-
-    name: str
-    description: str
-    preset: str | None
-    source: dict[str, Any]
-    format: str
-    sha256: str | None = None
-    size_bytes: int | None = None
-    approx_size_bytes: int | None = None
-    license: str | None = None
-    license_url: str | None = None
-    citation: str | None = None
-    card: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        """``"huggingface"`` (downloaded) or ``"bundled"`` (a file inside the package)."""
-        return self.source["kind"]
-
-    @property
-    def filename(self) -> str:
-        """The file's name in the cache (hub models) or in the package (bundled models)."""
-        if self.kind == "bundled":
-            return Path(self.source["path"]).name
-        return self.source["filename"]
-
-    def url(self, base_url: str) -> str | None:
-        """The download URL under ``base_url`` (``https://huggingface.co`` unless overridden)."""
-        if self.kind != "huggingface":
-            return None
-        src = self.source
-        return f"{base_url.rstrip('/')}/{src['repo']}/resolve/{src.get('revision', 'main')}/{src['filename']}"
-
-    def page_url(self) -> str | None:
-        """The file's page on the Hub, which shows its SHA-256."""
-        if self.kind != "huggingface":
-            return None
-        src = self.source
-        return f"https://huggingface.co/{src['repo']}/blob/{src.get('revision', 'main')}/{src['filename']}"
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """The parsed ``models.json``."""
-
-    models: tuple[CatalogueEntry, ...]
-    hub_url: str = "https://huggingface.co"
-    path: Path | None = None
-
-    def get(self, name: str) -> CatalogueEntry | None:
-        """The entry called ``name``; the file name (``brats_unet_128_1200k.pt``) is accepted too."""
-        for entry in self.models:
-            if name in (entry.name, entry.filename):
-                return entry
-        return None
-
-    def names(self) -> list[str]:
-        return [entry.name for entry in self.models]
-
-
-def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
-    """Read and check a catalogue file (by default the ``models.json`` shipped with wdmcore)."""
-    path = Path(path) if path is not None else CATALOGUE_PATH
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"model catalogue {path} not found; reinstall wdmcore or pass an existing file.") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"model catalogue {path} cannot be read ({exc}); fix or replace the file.") from exc
-
-    def bad(message: str) -> ConfigError:
-        return ConfigError(f"model catalogue {path}: {message}; fix the file (see docs/models.md for its format).")
-
-    if not isinstance(data, dict) or data.get("schema") != 1 or not isinstance(data.get("models"), list):
-        raise bad('expected {"schema": 1, "models": [...]}')
-    entries = []
-    for i, raw in enumerate(data["models"]):
-        if not isinstance(raw, dict):
-            raise bad(f"model #{i} is not an object")
-        name = raw.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise bad(f"model #{i} has no valid name (letters, digits, '.', '_', '-')")
-        source = raw.get("source")
-        if not isinstance(source, dict) or source.get("kind") not in ("huggingface", "bundled"):
-            raise bad(f"model {name!r}: source.kind must be 'huggingface' or 'bundled'")
-        needed = ("repo", "filename") if source["kind"] == "huggingface" else ("path",)
-        for key in needed:
-            if not isinstance(source.get(key), str) or not source[key]:
-                raise bad(f"model {name!r}: source.{key} is missing")
-        if source["kind"] == "huggingface" and Path(source["filename"]).name != source["filename"]:
-            raise bad(f"model {name!r}: source.filename must be a plain file name")
-        if source["kind"] == "bundled" and (Path(source["path"]).is_absolute() or ".." in Path(source["path"]).parts):
-            raise bad(f"model {name!r}: source.path must be relative to the wdmcore package")
-        digest = raw.get("sha256")
-        if digest is not None and (not isinstance(digest, str) or not _SHA256_RE.match(digest.lower())):
-            raise bad(f"model {name!r}: sha256 must be 64 hexadecimal digits or null")
-        entries.append(
-            CatalogueEntry(
-                name=name,
-                description=str(raw.get("description", "")),
-                preset=raw.get("preset"),
-                source=dict(source),
-                format=str(raw.get("format", "")),
-                sha256=digest.lower() if digest else None,
-                size_bytes=raw.get("size_bytes"),
-                approx_size_bytes=raw.get("approx_size_bytes"),
-                license=raw.get("license"),
-                license_url=raw.get("license_url"),
-                citation=raw.get("citation"),
-                card=dict(raw.get("card") or {}),
-            )
-        )
-    names = [e.name for e in entries]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise bad(f"duplicate model names {duplicates}")
-    hub_url = str(data.get("hub_url", "https://huggingface.co"))
-    return Catalogue(models=tuple(entries), hub_url=hub_url, path=path)
-
-
-# ------------------------------------------------------------------------------------------- cache, records
-
-
-def cache_dir() -> Path:
-    """The folder that holds downloaded and imported models (created when first written to).
-
-    ``$WDM_CACHE_DIR/models`` when that variable is set, otherwise ``models`` in the user's cache folder
-    (``~/.cache/wdmcore/models`` on Linux, ``~/Library/Caches/wdmcore/models`` on macOS,
-    ``%LOCALAPPDATA%\\wdmcore\\Cache\\models`` on Windows).
-    """
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        root = Path(override).expanduser()
-    else:
-        root = platformdirs.user_cache_path("wdmcore", appauthor=False)
-    return root / "models"
-
-
-def _read_records(cache: Path) -> dict[str, dict[str, Any]]:
-    path = cache / RECORDS_FILE
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        models = data["models"]
-        if not isinstance(models, dict):
-            raise TypeError("'models' is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DownloadError(
-            f"the model record file {path} is unreadable ({exc}). Delete it: digests are then recorded again "
-            "on the next download, and imported models must be imported again."
-        ) from exc
-    return models
-
-
-def _write_records(cache: Path, records: dict[str, dict[str, Any]]) -> None:
-    cache.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"schema": 1, "models": records}, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".records-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, cache / RECORDS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
-    records = _read_records(cache)
-    if record is None:
-        records.pop(name, None)
-    else:
-        records[name] = record
-    _write_records(cache, records)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _sha256(path: Path) -> str:
-    return pooch.file_hash(str(path), alg="sha256")
-
-
-# ------------------------------------------------------------------------------------------------- listing
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What :func:`list_models` reports about one model."""
-
-    name: str
-    description: str
-    preset: str | None
-    size_bytes: int | None
-    """Exact size of the local file, or the catalogue's size (approximate when ``size_exact`` is False)."""
-    size_exact: bool
-    license: str | None
-    cached: bool
-    """True when the file is available locally (downloaded, imported, or bundled and present)."""
-    path: Path | None
-    """The local file when ``cached``, else None."""
-    source: str
-    """``"huggingface"``, ``"bundled"`` or ``"imported"`` (imported under a name the catalogue lacks)."""
-    url: str | None = None
-    sha256: str | None = None
-    sha256_origin: str | None = None
-    """``"catalogue"``, ``"recorded"`` (first download or import) or None (not known yet)."""
-    card: dict[str, Any] = field(default_factory=dict)
-
-
-def list_models(*, catalogue: Catalogue | None = None, base_url: str | None = None) -> list[ModelInfo]:
-    """Every catalogue model followed by the models imported under other names, with their local state.
-
-    Listing does not read the files (no digest check); :func:`fetch` verifies.
-    """
-    cat = catalogue if catalogue is not None else load_catalogue()
-    cache = cache_dir()
-    records = _read_records(cache)
-    base = _base_url(cat, base_url)
-    infos = [_entry_info(entry, records.get(entry.name), cache, base) for entry in cat.models]
-    for name in sorted(set(records) - set(cat.names())):
-        infos.append(_imported_info(name, records[name], cache))
-    return infos
-
-
-def get_model_info(name: str, *, catalogue: Catalogue | None = None, base_url: str | None = None) -> ModelInfo:
-    """The :class:`ModelInfo` of one model (catalogue or imported); :class:`ConfigError` if unknown."""
-    cat = catalogue if catalogue is not None else load_catalogue()
-    entry = cat.get(name)
-    cache = cache_dir()
-    records = _read_records(cache)
-    if entry is not None:
-        return _entry_info(entry, records.get(entry.name), cache, _base_url(cat, base_url))
-    if name in records:
-        return _imported_info(name, records[name], cache)
-    raise _unknown_model(name, cat, records)
-
-
-def _entry_info(entry: CatalogueEntry, record: dict | None, cache: Path, base_url: str) -> ModelInfo:
-    path = _PACKAGE_DIR / entry.source["path"] if entry.kind == "bundled" else cache / entry.filename
-    cached = path.is_file()
-    if cached:
-        size, exact = path.stat().st_size, True
-    elif entry.size_bytes is not None:
-        size, exact = entry.size_bytes, True
-    else:
-        size, exact = entry.approx_size_bytes, False
-    if entry.sha256:
-        digest, origin = entry.sha256, "catalogue"
-    elif record and record.get("sha256"):
-        digest, origin = record["sha256"], "recorded"
-    else:
-        digest, origin = None, None
-    card = dict(entry.card)
-    if record and record.get("card"):
-        card.update(record["card"])
-    return ModelInfo(
-        name=entry.name,
-        description=entry.description,
-        preset=entry.preset,
-        size_bytes=size,
-        size_exact=exact,
-        license=entry.license,
-        cached=cached,
-        path=path if cached else None,
-        source=entry.kind,
-        url=entry.url(base_url),
-        sha256=digest,
-        sha256_origin=origin,
-        card=card,
-    )
-
-
-def _imported_info(name: str, record: dict[str, Any], cache: Path) -> ModelInfo:
-    path = cache / record.get("file", "")
-    cached = bool(record.get("file")) and path.is_file()
-    card = dict(record.get("card") or {})
-    return ModelInfo(
-        name=name,
-        description=str(card.get("description", "imported by hand")),
-        preset=record.get("preset"),
-        size_bytes=path.stat().st_size if cached else record.get("size_bytes"),
-        size_exact=True,
-        license=card.get("license"),
-        cached=cached,
-        path=path if cached else None,
-        source="imported",
-        sha256=record.get("sha256"),
-        sha256_origin="recorded" if record.get("sha256") else None,
-        card=card,
-    )
-
-
-def _base_url(cat: Catalogue, base_url: str | None) -> str:
-    return base_url or os.environ.get(HUB_URL_ENV) or cat.hub_url
-
-
-def _unknown_model(name: str, cat: Catalogue, records: dict) -> ConfigError:
-    known = cat.names() + sorted(set(records) - set(cat.names()))
-    return ConfigError(
-        f"unknown model {name!r}. Known models: {', '.join(known)}. "
-        "To use a checkpoint file of your own, import it with "
-        "`wdm import-model FILE --preset PRESET --name NAME`."
-    )
-
 
 # ------------------------------------------------------------------------------------------------- fetching
 
@@ -410,11 +87,11 @@ def fetch(
     """
     cat = catalogue if catalogue is not None else load_catalogue()
     cache = cache_dir()
-    records = _read_records(cache)
+    records = read_records(cache)
     entry = cat.get(name)
     if entry is None:
         if name not in records:
-            raise _unknown_model(name, cat, records)
+            raise unknown_model(name, cat, records)
         return _fetch_imported(name, records[name], cache, verify)
     if entry.kind == "bundled":
         return _bundled_path(entry, verify)
@@ -426,14 +103,14 @@ def fetch(
     if target.is_file() and not force:
         if expected is None:
             # Cached but no digest anywhere (the record file was deleted): take this file as the reference.
-            digest = _sha256(target)
+            digest = sha256_of(target)
             _record_download(cache, entry, target, digest, url=None)
             _warn_recorded(entry, target, digest, on_progress, first_download=False)
         elif verify:
             _verify_cached(entry, target, expected, origin)
         return target
 
-    url = entry.url(_base_url(cat, base_url))
+    url = entry.url(base_url_of(cat, base_url))
     assert url is not None
     previous = None
     if target.exists():  # forced: keep the old file aside until the new one is in place
@@ -447,7 +124,7 @@ def fetch(
         raise
     if previous is not None:
         previous.unlink()
-    digest = expected or _sha256(target)
+    digest = expected or sha256_of(target)
     _record_download(cache, entry, target, digest, url=url)
     if expected is None:
         _warn_recorded(entry, target, digest, on_progress, first_download=True)
@@ -511,7 +188,7 @@ def _quiet_pooch() -> Iterator[None]:
 
 
 def _record_download(cache: Path, entry: CatalogueEntry, target: Path, digest: str, url: str | None) -> None:
-    _set_record(
+    set_record(
         cache,
         entry.name,
         {
@@ -521,7 +198,7 @@ def _record_download(cache: Path, entry: CatalogueEntry, target: Path, digest: s
             "source": "download" if url else "found in cache",
             "url": url,
             "preset": entry.preset,
-            "recorded_at": _now(),
+            "recorded_at": now(),
         },
     )
 
@@ -544,7 +221,7 @@ def _warn_recorded(
 
 
 def _verify_cached(entry: CatalogueEntry, target: Path, expected: str, origin: str | None) -> None:
-    found = _sha256(target)
+    found = sha256_of(target)
     if found != expected:
         where = "the catalogue" if origin == "catalogue" else "the digest recorded when it was first stored"
         raise DownloadError(
@@ -563,7 +240,7 @@ def _fetch_imported(name: str, record: dict[str, Any], cache: Path, verify: bool
             f"import it again with `wdm import-model FILE --name {name} --preset PRESET`."
         )
     if verify and record.get("sha256"):
-        found = _sha256(path)
+        found = sha256_of(path)
         if found != record["sha256"]:
             raise DownloadError(
                 f"the cached file {path} of imported model {name!r} does not match the digest recorded at "
@@ -574,7 +251,7 @@ def _fetch_imported(name: str, record: dict[str, Any], cache: Path, verify: bool
 
 
 def _bundled_path(entry: CatalogueEntry, verify: bool) -> Path:
-    path = _PACKAGE_DIR / entry.source["path"]
+    path = entry.bundled_path
     if not path.is_file():
         raise CheckpointError(
             f"the bundled model {entry.name!r} is missing: expected {path}. This wdmcore installation is "
@@ -582,7 +259,7 @@ def _bundled_path(entry: CatalogueEntry, verify: bool) -> Path:
             "in a source checkout where the file has been built) or choose another model (`wdm models`)."
         )
     if verify and entry.sha256:
-        found = _sha256(path)
+        found = sha256_of(path)
         if found != entry.sha256:
             raise CheckpointError(
                 f"the bundled model file {path} does not match the catalogue "
@@ -858,115 +535,3 @@ def _content_total(resp: Any, offset: int) -> int | None:
 def _content_range_start(resp: Any) -> int | None:
     match = re.match(r"\s*bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
     return int(match.group(1)) if match else None
-
-
-# ------------------------------------------------------------------------------------------------ importing
-
-
-def import_model(
-    path: str | os.PathLike,
-    *,
-    name: str | None = None,
-    preset: str,
-    card: dict[str, Any] | None = None,
-    catalogue: Catalogue | None = None,
-) -> Path:
-    """Copy a checkpoint fetched by hand into the cache under ``name`` and record its digest and card.
-
-    Args:
-        path: the file (a released ``.pt`` state dict or a ``.safetensors`` checkpoint).
-        name: the model's name (default: the file name without extension). A catalogue name, or the file name
-            of a released model, makes the file that model: :func:`fetch` then finds it without downloading.
-        preset: the network preset (``unet-128``, ...); for a catalogue model it must be the catalogue's.
-        card: the model card (spacing, intensities, ...) stored with the record.
-
-    Returns the path of the copy in the cache. When the catalogue knows the model's SHA-256 the file must
-    match it; when :mod:`wdmcore.checkpoints` is available the file must load under ``preset``.
-    """
-    src = Path(path).expanduser()
-    if not src.is_file():
-        raise CheckpointError(f"{src} is not a file; give the path of the checkpoint you downloaded.")
-    cat = catalogue if catalogue is not None else load_catalogue()
-    entry = cat.get(name) if name else (cat.get(src.name) or cat.get(src.stem))
-    name = entry.name if entry is not None else (name or src.stem)
-    if not _NAME_RE.match(name):
-        raise ConfigError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' only; pass --name to choose one."
-        )
-    if entry is not None and entry.kind == "bundled":
-        raise ConfigError(f"{name!r} is a bundled model and cannot be replaced; choose another --name.")
-    if entry is not None and entry.preset and preset != entry.preset:
-        raise ConfigError(
-            f"model {name!r} is a {entry.preset} checkpoint according to the catalogue, not {preset}; "
-            f"pass --preset {entry.preset}."
-        )
-    if card is not None and not isinstance(card, dict):
-        raise ConfigError("the model card must be a JSON object, e.g. '{\"spacing_mm\": [2, 2, 2]}'.")
-
-    digest = _sha256(src)
-    if entry is not None and entry.sha256 and digest != entry.sha256:
-        raise CheckpointError(
-            f"{src} is not the released {name!r}: its SHA-256 is {digest}, "
-            f"the catalogue expects {entry.sha256}. "
-            f"Download it again from {entry.url(cat.hub_url)}, or import it under another --name."
-        )
-    _check_loadable(src, preset)
-
-    cache = cache_dir()
-    records = _read_records(cache)
-    previous = records.get(name)
-    dest = cache / (entry.filename if entry is not None else f"{name}{src.suffix or '.pt'}")
-    if dest.name == RECORDS_FILE:
-        raise ConfigError(f"{dest.name!r} is reserved for the cache's record file; choose another --name.")
-    if previous and previous.get("sha256") and previous["sha256"] != digest:
-        log.warning("replacing model %r in the cache (sha256 %s -> %s)", name, previous["sha256"], digest)
-    copied = _copy_with_digest(src, dest)
-    if copied != digest:  # the source changed while we read it
-        dest.unlink(missing_ok=True)
-        raise CheckpointError(f"{src} changed while it was being imported; import it again.")
-    _set_record(
-        cache,
-        name,
-        {
-            "file": dest.name,
-            "sha256": digest,
-            "size_bytes": dest.stat().st_size,
-            "source": "import",
-            "imported_from": str(src.resolve()),
-            "preset": preset,
-            "card": card or {},
-            "recorded_at": _now(),
-        },
-    )
-    log.info("imported %s as model %r (%s, sha256 %s) into %s", src, name, preset, digest, dest)
-    return dest
-
-
-def _check_preset(preset: str) -> None:
-    if preset not in KNOWN_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; available presets: {', '.join(KNOWN_PRESETS)}.")
-
-
-def _check_loadable(path: Path, preset: str) -> None:
-    """Load the file under ``preset`` with the checkpoint reader: a file that does not fit is not imported."""
-    from .model import load_model
-
-    _check_preset(preset)
-    load_model(path, preset=preset)
-
-
-def _copy_with_digest(src: Path, dest: Path) -> str:
-    """Copy ``src`` to ``dest`` through a temporary file in the same folder; return the copy's SHA-256."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            while chunk := inp.read(CHUNK_SIZE):
-                digest.update(chunk)
-                out.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest.hexdigest()

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, config_from_official_args
+from ..errors import CheckpointError
+from ..networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, config_from_official_args
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import OutOfMemoryError
-from .events import emit, jsonl_writer
-from .generate import (
+from ..errors import OutOfMemoryError
+from ..events import emit, jsonl_writer
+from ..samplers import SAMPLERS
+from ..tasks.generate import (
     DEFAULT_MODEL,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -21,8 +22,7 @@ from .generate import (
     resolve_device,
     resolve_model,
 )
-from .outputs import FORMATS, card_geometry, save_volume
-from .samplers import SAMPLERS
+from ..volumes.writing import FORMATS, card_geometry, save_volume
 
 
 def add_parser(subparsers: Any) -> None:

@@ -1,0 +1,58 @@
+"""`wdm import-model`: add a checkpoint file fetched by hand to the model cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import hub
+from ..errors import ConfigError, WDMError
+from .progress import fail
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "import-model",
+        help="add a checkpoint file fetched by hand to the cache",
+        description=(
+            "Copy a checkpoint file into the model cache under a name, with its preset and model card. "
+            "Use it for released models downloaded on another machine (their name is taken from the "
+            "file name) or for checkpoints of your own."
+        ),
+    )
+    p.add_argument("file", type=Path, help="the checkpoint file (.pt or .safetensors)")
+    p.add_argument("--preset", required=True, help="network preset: " + ", ".join(hub.KNOWN_PRESETS))
+    p.add_argument("--name", default=None, help="model name (default: the file name without extension)")
+    p.add_argument("--card", default=None, help="model card: a JSON object, or the path of a JSON file")
+    p.set_defaults(handler=run_import_model)
+
+
+def run_import_model(args: argparse.Namespace) -> int:
+    """`wdm import-model FILE --preset P [--name N] [--card JSON]`: copy into the cache; print the path."""
+    try:
+        card = _parse_card(args.card)
+        path = hub.import_model(args.file, name=args.name, preset=args.preset, card=card)
+    except WDMError as exc:
+        return fail(exc, None)
+    print(path)
+    return 0
+
+
+def _parse_card(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--card {value!r} is neither a JSON object nor a readable file ({exc}).") from exc
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--card is not valid JSON ({exc}); give a JSON object or a .json file.") from exc
+    if not isinstance(card, dict):
+        raise ConfigError("--card must be a JSON object, e.g. '{\"spacing_mm\": [2, 2, 2]}'.")
+    return card

@@ -1,0 +1,45 @@
+"""`wdm summarize`: what training will find in a dataset folder (layout, sizes, spacings, bad files)."""
+
+from __future__ import annotations
+
+import json
+
+from ..data.summary import summarize_path
+
+COMMAND_FORMATS = ("auto", "brats", "lidc", "folder")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "summarize",
+        help="what a dataset folder holds: layout, cases, sizes, spacings, intensities, unusable files",
+        description="Summarize a dataset as `wdm train --data PATH` would find it: the detected layout, the number "
+        "of usable volumes, their sizes, voxel spacings and intensity ranges, and each file that cannot be used "
+        "with the reason.",
+    )
+    parser.add_argument("data", help="dataset folder, list file or volume file")
+    parser.add_argument("--format", choices=COMMAND_FORMATS, default="auto", help="dataset layout (default auto)")
+    parser.add_argument("--sequence", default="t1n", help="BraTS sequence (default t1n)")
+    parser.add_argument(
+        "--headers-only", action="store_true", help="read only the file headers (fast; no intensity ranges)"
+    )
+    parser.add_argument("--progress", choices=("jsonl", "none"), default="none", help="how to report progress")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
+    parser.set_defaults(handler=run_command)
+
+
+def run_command(args) -> int:
+    from ..events import jsonl_writer
+
+    progress = jsonl_writer() if args.progress == "jsonl" else None
+    layout, summary = summarize_path(
+        args.data, args.format, args.sequence, read_voxels=not args.headers_only, progress=progress
+    )
+    if progress is not None:
+        progress({"event": "result", "format": layout, "summary": summary.to_dict(), "text": summary.to_text()})
+    elif args.json:
+        print(json.dumps({"format": layout, **summary.to_dict()}, indent=2))
+    else:
+        print(f"layout: {layout}")
+        print(summary.to_text())
+    return 0

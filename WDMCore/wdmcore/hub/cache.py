@@ -1,0 +1,206 @@
+"""The local model cache: where downloaded and imported models live, and ``records.json``, the record of
+what each cached file is (origin, SHA-256 recorded on first download or import). ``WDM_CACHE_DIR`` moves it.
+"""
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import pooch
+
+from ..errors import ConfigError, DownloadError
+from .catalogue import Catalogue, CatalogueEntry, base_url_of, load_catalogue
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "WDM_CACHE_DIR"
+RECORDS_FILE = "records.json"
+
+# ------------------------------------------------------------------------------------------- cache, records
+
+
+def cache_dir() -> Path:
+    """The folder that holds downloaded and imported models (created when first written to).
+
+    ``$WDM_CACHE_DIR/models`` when that variable is set, otherwise ``models`` in the user's cache folder
+    (``~/.cache/wdmcore/models`` on Linux, ``~/Library/Caches/wdmcore/models`` on macOS,
+    ``%LOCALAPPDATA%\\wdmcore\\Cache\\models`` on Windows).
+    """
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        root = Path(override).expanduser()
+    else:
+        root = platformdirs.user_cache_path("wdmcore", appauthor=False)
+    return root / "models"
+
+
+def read_records(cache: Path) -> dict[str, dict[str, Any]]:
+    path = cache / RECORDS_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        models = data["models"]
+        if not isinstance(models, dict):
+            raise TypeError("'models' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DownloadError(
+            f"the model record file {path} is unreadable ({exc}). Delete it: digests are then recorded again "
+            "on the next download, and imported models must be imported again."
+        ) from exc
+    return models
+
+
+def write_records(cache: Path, records: dict[str, dict[str, Any]]) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"schema": 1, "models": records}, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".records-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, cache / RECORDS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
+    records = read_records(cache)
+    if record is None:
+        records.pop(name, None)
+    else:
+        records[name] = record
+    write_records(cache, records)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256_of(path: Path) -> str:
+    return pooch.file_hash(str(path), alg="sha256")
+
+
+# ------------------------------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What :func:`list_models` reports about one model."""
+
+    name: str
+    description: str
+    preset: str | None
+    size_bytes: int | None
+    """Exact size of the local file, or the catalogue's size (approximate when ``size_exact`` is False)."""
+    size_exact: bool
+    license: str | None
+    cached: bool
+    """True when the file is available locally (downloaded, imported, or bundled and present)."""
+    path: Path | None
+    """The local file when ``cached``, else None."""
+    source: str
+    """``"huggingface"``, ``"bundled"`` or ``"imported"`` (imported under a name the catalogue lacks)."""
+    url: str | None = None
+    sha256: str | None = None
+    sha256_origin: str | None = None
+    """``"catalogue"``, ``"recorded"`` (first download or import) or None (not known yet)."""
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def list_models(*, catalogue: Catalogue | None = None, base_url: str | None = None) -> list[ModelInfo]:
+    """Every catalogue model followed by the models imported under other names, with their local state.
+
+    Listing does not read the files (no digest check); :func:`fetch` verifies.
+    """
+    cat = catalogue if catalogue is not None else load_catalogue()
+    cache = cache_dir()
+    records = read_records(cache)
+    base = base_url_of(cat, base_url)
+    infos = [_entry_info(entry, records.get(entry.name), cache, base) for entry in cat.models]
+    for name in sorted(set(records) - set(cat.names())):
+        infos.append(_imported_info(name, records[name], cache))
+    return infos
+
+
+def get_model_info(name: str, *, catalogue: Catalogue | None = None, base_url: str | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` of one model (catalogue or imported); :class:`ConfigError` if unknown."""
+    cat = catalogue if catalogue is not None else load_catalogue()
+    entry = cat.get(name)
+    cache = cache_dir()
+    records = read_records(cache)
+    if entry is not None:
+        return _entry_info(entry, records.get(entry.name), cache, base_url_of(cat, base_url))
+    if name in records:
+        return _imported_info(name, records[name], cache)
+    raise unknown_model(name, cat, records)
+
+
+def _entry_info(entry: CatalogueEntry, record: dict | None, cache: Path, base_url: str) -> ModelInfo:
+    path = entry.bundled_path if entry.kind == "bundled" else cache / entry.filename
+    cached = path.is_file()
+    if cached:
+        size, exact = path.stat().st_size, True
+    elif entry.size_bytes is not None:
+        size, exact = entry.size_bytes, True
+    else:
+        size, exact = entry.approx_size_bytes, False
+    if entry.sha256:
+        digest, origin = entry.sha256, "catalogue"
+    elif record and record.get("sha256"):
+        digest, origin = record["sha256"], "recorded"
+    else:
+        digest, origin = None, None
+    card = dict(entry.card)
+    if record and record.get("card"):
+        card.update(record["card"])
+    return ModelInfo(
+        name=entry.name,
+        description=entry.description,
+        preset=entry.preset,
+        size_bytes=size,
+        size_exact=exact,
+        license=entry.license,
+        cached=cached,
+        path=path if cached else None,
+        source=entry.kind,
+        url=entry.url(base_url),
+        sha256=digest,
+        sha256_origin=origin,
+        card=card,
+    )
+
+
+def _imported_info(name: str, record: dict[str, Any], cache: Path) -> ModelInfo:
+    path = cache / record.get("file", "")
+    cached = bool(record.get("file")) and path.is_file()
+    card = dict(record.get("card") or {})
+    return ModelInfo(
+        name=name,
+        description=str(card.get("description", "imported by hand")),
+        preset=record.get("preset"),
+        size_bytes=path.stat().st_size if cached else record.get("size_bytes"),
+        size_exact=True,
+        license=card.get("license"),
+        cached=cached,
+        path=path if cached else None,
+        source="imported",
+        sha256=record.get("sha256"),
+        sha256_origin="recorded" if record.get("sha256") else None,
+        card=card,
+    )
+
+
+def unknown_model(name: str, cat: Catalogue, records: dict) -> ConfigError:
+    known = cat.names() + sorted(set(records) - set(cat.names()))
+    return ConfigError(
+        f"unknown model {name!r}. Known models: {', '.join(known)}. "
+        "To use a checkpoint file of your own, import it with "
+        "`wdm import-model FILE --preset PRESET --name NAME`."
+    )

@@ -1,0 +1,125 @@
+"""The configuration of a training run (:class:`TrainConfig`): the released recipe's defaults, checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..diffusion import DiffusionConfig
+from ..errors import ConfigError, WDMError
+from ..networks import PRESETS, NetworkConfig, preset_config
+
+log = logging.getLogger(__name__)
+
+
+# Batch sizes of the released recipe by image size (run.sh): 10 at 128^3, 1 at 256^3.
+PRESET_BATCH = {128: 10, 256: 1}
+
+
+class TrainingError(WDMError):
+    """Training cannot go on (non-finite losses, a broken resume state, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``None`` fields are filled by :meth:`resolved`."""
+
+    preset: str | None = "unet-128"  # network preset; ``network`` overrides its fields
+    network: dict[str, Any] = field(default_factory=dict)  # NetworkConfig fields (all of them without a preset)
+    image_size: int | None = None  # default: the preset's (128 or 256)
+    diffusion: dict[str, Any] = field(default_factory=dict)  # DiffusionConfig fields
+    lr: float = 1e-5
+    batch_size: int | None = None  # global batch; default 10 at 128^3, 1 at 256^3 (released recipe)
+    max_steps: int = 100_000
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    ema_rate: float = 0.9999
+    ema_warmup: bool = True  # effective rate min(ema_rate, (1 + n) / (10 + n)) after n updates
+    grad_clip: float | None = None  # max global gradient norm
+    lr_warmup_steps: int = 0  # linear warm-up from lr / warmup to lr
+    checkpoint_interval: int = 5000
+    keep_last: int = 3
+    preview_interval: int = 0  # 0: no previews
+    preview_steps: int = 10  # DDIM steps of a preview sample
+    log_interval: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16"
+    activation_checkpointing: bool = False
+    max_nonfinite_steps: int = 10  # raise after this many non-finite losses in a row
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    tensorboard: bool = True  # when the tensorboard package is installed
+    # Model card fields of the checkpoints.
+    name: str | None = None
+    description: str = ""
+    data_description: str = ""
+    geometry: dict[str, Any] = field(default_factory=dict)
+    intensity: Any = "[0, 1] (network space 2x - 1)"
+    data: dict[str, Any] = field(default_factory=dict)  # where the data came from (informational, for the record)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with defaults filled in and every value checked."""
+        c = dataclasses.replace(self, network=dict(self.network), diffusion=dict(self.diffusion), data=dict(self.data))
+        c.adam_betas = tuple(float(b) for b in c.adam_betas)
+        if c.preset is not None and c.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {c.preset!r}; choose one of {', '.join(PRESETS)} (or give a network).")
+        if c.preset is None and not c.network:
+            raise ConfigError("give a preset (e.g. unet-128) or a network configuration.")
+        if c.image_size is None:
+            if c.preset is None:
+                raise ConfigError("image_size is required when no preset is given.")
+            c.image_size = PRESETS[c.preset][1]
+        if c.batch_size is None:
+            c.batch_size = PRESET_BATCH.get(c.image_size, 1)
+        net = c.network_config()  # validates the network fields
+        DiffusionConfig.from_dict(c.diffusion)
+        factor = 2 * net.downsampling_factor
+        if c.image_size % factor:
+            raise ConfigError(
+                f"image size {c.image_size} must be a multiple of {factor} for this network "
+                f"({len(net.channel_mult)} levels); choose e.g. {factor * max(1, round(c.image_size / factor))}."
+            )
+        checks = [
+            (c.lr > 0, "lr must be positive"),
+            (c.batch_size >= 1, "batch_size must be at least 1"),
+            (c.max_steps >= 1, "max_steps must be at least 1"),
+            (0.0 <= c.ema_rate < 1.0, "ema_rate must lie in [0, 1)"),
+            (c.checkpoint_interval >= 1, "checkpoint_interval must be at least 1"),
+            (c.keep_last >= 1, "keep_last must be at least 1"),
+            (c.preview_interval >= 0, "preview_interval must be 0 (off) or positive"),
+            (c.preview_steps >= 1, "preview_steps must be at least 1"),
+            (c.log_interval >= 1, "log_interval must be at least 1"),
+            (c.num_workers >= 0, "num_workers must be 0 or more"),
+            (c.max_nonfinite_steps >= 1, "max_nonfinite_steps must be at least 1"),
+            (c.lr_warmup_steps >= 0, "lr_warmup_steps must be 0 or more"),
+            (c.grad_clip is None or c.grad_clip > 0, "grad_clip must be positive (or unset)"),
+            (c.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{message}.")
+        return c
+
+    def network_config(self) -> NetworkConfig:
+        base = preset_config(self.preset).to_dict() if self.preset is not None else {}
+        fields = {**base, **self.network}
+        fields["use_checkpoint"] = bool(self.activation_checkpointing)
+        if "channel_mult" in fields:
+            fields["channel_mult"] = tuple(fields["channel_mult"])
+        return NetworkConfig.from_dict(fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["adam_betas"] = list(self.adam_betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**data)
