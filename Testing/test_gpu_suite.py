@@ -81,7 +81,7 @@ def test_cpu_dry_run_records_every_part(tmp_path: Path):
     for name in ("gen128", "gen256"):
         timed = [r for r in rows[name] if r["status"] == "ok" and "step_ms" in r]
         assert {(r["precision"], r["channels_last"]) for r in timed} >= {("fp32", False), ("bf16", True)}
-        assert all(r["step_ms"] > 0 and r["volume_s_50_steps"] > 0 for r in timed)
+        assert all(r["step_ms"] > 0 and r["volume_s_default"] > 0 for r in timed)
         assert max(r["batch"] for r in timed) > 1
     assert any(r.get("compile") and r["status"] == "ok" for r in rows["gen128"])
     end_to_end = [r for r in rows["gen128"] if r.get("what") == "wdmcore.generate end to end"]
@@ -99,3 +99,15 @@ def test_cpu_dry_run_records_every_part(tmp_path: Path):
 
     markdown = md_path.read_text()
     assert "## gen128" in markdown and "| network | image | batch |" in markdown and data["command"] in markdown
+
+
+def test_the_suite_counts_the_engines_default_calls():
+    # The per-volume figures are step time x the default sampler's calls: they must follow the engine's default.
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import gpu_suite
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS
+
+    assert DEFAULT_STEPS[DEFAULT_SAMPLER] == gpu_suite.DEFAULT_CALLS

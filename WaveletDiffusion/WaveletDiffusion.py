@@ -31,7 +31,7 @@ from WaveletDiffusionLib.logic import GenerationCancelled, GenerationError
 from WaveletDiffusionLib.logic import WaveletDiffusionLogic as _GenerationLogic
 from WaveletDiffusionLib.parameters import GenerationParameters
 
-SAMPLER_PRESET_KEYS = ("fast", "faithful", "custom")
+SAMPLER_PRESET_KEYS = ("fast", "preview", "faithful", "custom")
 DOCUMENTATION_URL = "https://github.com/WaveletDiffusion/SlicerWaveletDiffusion/blob/main/docs/slicer.md"
 CONTRIBUTORS = ["SlicerWaveletDiffusion project (https://github.com/WaveletDiffusion/SlicerWaveletDiffusion)"]
 # The Libs that Reload must reload as well (the training module imports both).
@@ -90,8 +90,8 @@ class WaveletDiffusionParameterNode:
     model: str = parameters.DEFAULT_MODEL
     preset: str = ""
     device: str = "cpu"
-    sampler: Annotated[str, Choice(list(parameters.SAMPLERS))] = "ancestral"
-    steps: Annotated[int, WithinRange(1, 1000)] = 50
+    sampler: Annotated[str, Choice(list(parameters.SAMPLERS))] = "unipc"
+    steps: Annotated[int, WithinRange(1, 1000)] = 25
     count: Annotated[int, WithinRange(1, 100)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     batchSize: Annotated[int, WithinRange(1, 16)] = 1

@@ -64,7 +64,8 @@ BUDGETS = {"env": 20, "flops": 15, "correctness": 45, "gen128": 100, "gen256": 1
            "released": 30, "conditional": 30}  # fmt: skip
 # The figures these measurements are checked against (counted by the flops part, which records its own count).
 STATED_TFLOP = {"unet-128": 1.05, "unet-256": 8.41}
-DEFAULT_STEPS = 50  # the engine's default number of sampling steps (ancestral, respaced)
+# Network calls of the engine's default sampler (tasks/generate.py: UniPC, 25): a volume costs that many steps.
+DEFAULT_CALLS = 25
 
 # The released networks' model arguments (run.sh flags of the released code, the conditional networks' facts).
 RELEASED_ARGS = {
@@ -333,7 +334,7 @@ class Suite:
             "first_step_s": round(stamps[0] - start, 3),
             "step_ms": round(1000 * per_step, 3),
             "timed_steps": len(steps),
-            "volume_s_50_steps": round(per_step * DEFAULT_STEPS / batch, 3),
+            "volume_s_default": round(per_step * DEFAULT_CALLS / batch, 3),
         }
         if stopped:
             figures["note"] = "stopped part-way by the budget"
@@ -600,7 +601,8 @@ class Suite:
         part.note(
             f"{name}: coefficient grid {grid}^3 (image {2 * grid}^3), {flops / 1e12:.4g} TFLOP per forward, "
             "random weights. step_ms: median wall time of one ancestral step (network + update + noise draw, "
-            f"synchronised each step); volume_s_50_steps = step time x {DEFAULT_STEPS} / batch."
+            f"synchronised each step); volume_s_default = step time x {DEFAULT_CALLS} (the default sampler's "
+            "network calls) / batch."
         )
         network = build(config, dev)
         warm, timed = (1, 3) if self.tiny else (2, 8)
@@ -664,12 +666,13 @@ class Suite:
                 f"largest batch measured (bf16, channels-last): {largest['batch']}; search stopped by {stopped_by}"
             )
 
-        # One end-to-end call of the engine's generate(): noise, 50 steps, IDWT, copy to the host.
+        # One end-to-end call of the engine's generate() with its default sampler: noise, the default calls, IDWT,
+        # copy to the host.
         def end_to_end() -> dict[str, Any]:
             from wdmcore import WDMModel, generate
 
             model = WDMModel(network.to(memory_format=torch.contiguous_format), {"image_size": 2 * grid, "name": name})
-            steps = 5 if self.tiny else DEFAULT_STEPS
+            steps = 5 if self.tiny else DEFAULT_CALLS
             precision = "bf16" if dev.type == "cuda" else "fp32"
             generate(model, 1, steps=2, device=dev, precision=precision)  # warm-up (cuDNN plans, allocator)
             reset_peak(dev)

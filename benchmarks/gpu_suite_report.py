@@ -148,7 +148,7 @@ def _is_oom(exc: BaseException) -> bool:
 # Columns shown per part in the Markdown (the JSON holds every field).
 COLUMNS = {
     "gen128": ["network", "image", "batch", "precision", "channels_last", "compile", "cudnn_benchmark", "what",
-               "step_ms", "volume_s_50_steps", "volume_s", "compile_s", "peak_allocated_gb", "peak_reserved_gb",
+               "step_ms", "volume_s_default", "volume_s", "compile_s", "peak_allocated_gb", "peak_reserved_gb",
                "achieved_tflops", "pct_of_bf16_matmul_peak", "status"],
     "train": ["network", "image", "batch", "precision", "activation_checkpointing", "compile", "it_per_s", "step_s",
               "compile_s", "peak_allocated_gb", "peak_reserved_gb", "status"],
@@ -194,10 +194,10 @@ def _summary(data: dict[str, Any]) -> list[str]:
     out = []
     for name in ("gen128", "gen256"):
         rows = [r for r in data["parts"].get(name, {}).get("rows", []) if r.get("status") == "ok"]
-        step_rows = [r for r in rows if r.get("batch") == 1 and "volume_s_50_steps" in r]
+        step_rows = [r for r in rows if r.get("batch") == 1 and "volume_s_default" in r]
         if not step_rows:
             continue
-        best = min(step_rows, key=lambda r: r["volume_s_50_steps"])
+        best = min(step_rows, key=lambda r: r["volume_s_default"])
         e2e = next((r for r in rows if "volume_s" in r), None)
         if not out:
             out = ["| image | fastest setting | s / volume (50 steps) | peak allocated GB | peak reserved GB | "
@@ -206,7 +206,7 @@ def _summary(data: dict[str, Any]) -> list[str]:
             ", compiled" if best["compile"] else ""
         )
         out.append(
-            f"| {best['image']}^3 | {setting} | {best['volume_s_50_steps']} | {best.get('peak_allocated_gb', '')} | "
+            f"| {best['image']}^3 | {setting} | {best['volume_s_default']} | {best.get('peak_allocated_gb', '')} | "
             f"{best.get('peak_reserved_gb', '')} | {e2e.get('volume_s', '') if e2e else ''} | "
             f"{e2e.get('peak_allocated_gb', '') if e2e else ''} |"
         )
