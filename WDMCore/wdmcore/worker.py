@@ -11,7 +11,7 @@ Requests::
     {"type": "download", "model": NAME}                    -> progress..., downloaded
     {"type": "load_model", "model": NAME_OR_PATH, "preset": null, "device": "cpu"}
                                                            -> progress (downloads)..., loaded
-    {"type": "generate", "num": 2, "seed": 0, "sampler": "ancestral", "steps": 50, "batch_size": 1,
+    {"type": "generate", "num": 2, "seed": 0, "sampler": "unipc", "steps": 25, "batch_size": 1,
      "precision": "fp32", "preview_every": 5, "output_dir": DIR, "name": "volume"}
                                                            -> progress..., preview..., result (one per volume),
                                                               done | cancelled

@@ -51,7 +51,8 @@ def add_parser(subparsers: Any) -> None:
         help="network evaluations per volume [" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_STEPS.items()) + "]",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled at once (memory vs speed) [1]")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:N or mps [auto: CUDA, then MPS, then CPU]")  # fmt: skip
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="network precision [fp32]")
     parser.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
     parser.add_argument("--out", type=Path, default=Path("wdm_samples"), help="output folder [./wdm_samples]")

@@ -60,7 +60,12 @@ _TRAIN_OPTIONS = [
     ("--seed", "seed", int, "seed of the data order, timesteps and noise (default 0)"),
     ("--num-workers", "num_workers", int, "DataLoader worker processes (default 0)"),
     ("--max-nonfinite-steps", "max_nonfinite_steps", int, "stop after this many non-finite losses in a row"),
-    ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto; torchrun sets the GPU per process)"),
+    (
+        "--device",
+        "device",
+        str,
+        "auto, cpu, cuda, cuda:N or mps (default auto: CUDA, then MPS, then CPU; under torchrun one GPU per process)",
+    ),
     ("--name", "name", str, "model name written into the checkpoints' card"),
     ("--description", "description", str, "model description written into the card"),
 ]

@@ -70,8 +70,8 @@ class WDMModel:
     ) -> torch.Tensor:
         """One batch: coefficients [len(seeds), 8, S/2, S/2, S/2], sample i from seed ``seeds[i]``.
 
-        ``sampler``: "ancestral" (the released sampler; respaced when ``steps`` < 1000), "ddim", "dpm++2m" or
-        "unipc" (see :mod:`wdmcore.samplers`)."""
+        ``sampler``: "ancestral" (the released sampler; respaced when ``steps`` < 1000), "ddim", "dpm++2m",
+        "dpm++2m-sde" or "unipc" (see :mod:`wdmcore.samplers`)."""
         half = self.image_size // 2
         noise = NoiseSource(seeds, self.device)
         x = noise.initial((self.network.config.in_channels, half, half, half))

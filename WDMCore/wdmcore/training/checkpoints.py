@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 
 STATE_FORMAT = 1
+# A stop request: while a run trains, a file of this name in its folder makes it write a checkpoint after the
+# current step and return (docs/training.md). It needs no signal, so it reaches the trainer whatever process
+# started it (Slicer's PythonSlicer is a launcher that passes no signal on).
+STOP_FILE = "STOP"
 _MODEL_RE = re.compile(r"^model_(\d+)\.safetensors$")
 _STATE_RE = re.compile(r"^state_(\d+)\.pt$")
 
@@ -113,6 +117,14 @@ def latest_state(out_dir: Path) -> tuple[Path, dict[str, Any]]:
 
 
 # -- previews -----------------------------------------------------------------------------------------------
+
+
+def stop_requested(out_dir: Path) -> bool:
+    return (out_dir / STOP_FILE).exists()
+
+
+def clear_stop_request(out_dir: Path) -> None:
+    (out_dir / STOP_FILE).unlink(missing_ok=True)
 
 
 def model_path(out_dir: Path, step: int) -> Path:

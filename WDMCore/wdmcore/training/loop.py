@@ -45,19 +45,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..devices import resolve_device
 from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import ConfigError, DataError
 from ..events import ProgressCallback, emit
 from ..networks import NetworkConfig, build_network
 from .checkpoints import (
     atomic_write_text,
+    clear_stop_request,
     latest_state,
     list_checkpoints,
     prune,
     save_checkpoint,
     set_rng_state,
+    stop_requested,
 )
-from .checkpoints import model_path as checkpoint_model_path
+from .checkpoints import model_path as checkpoint_path
 from .config import TrainConfig, TrainingError
 from .ema import EMA
 from .previews import write_preview
@@ -99,13 +102,13 @@ def _setup_distributed(device_request: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device_request == "auto" else device_request.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"device {device_request!r} was requested but CUDA is not available; use --device cpu.")
-    if world > 1:
+    if world > 1:  # torchrun: one CUDA GPU per process, or CPU processes (gloo)
+        use_cuda = torch.cuda.is_available() if device_request == "auto" else device_request.startswith("cuda")
+        if use_cuda and not torch.cuda.is_available():
+            raise ConfigError(f"device {device_request!r} was requested but CUDA is not available; use --device cpu.")
         device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     else:
-        device = torch.device(("cuda" if use_cuda else "cpu") if device_request == "auto" else device_request)
+        device = resolve_device(device_request)  # auto: CUDA, then Apple's MPS, then the CPU
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist = _Dist(rank, world, local_rank)
@@ -297,7 +300,8 @@ def train(
     Writes checkpoints into ``out_dir`` every ``checkpoint_interval`` steps and at the end; ``resume=True``
     continues from the newest training state there. ``on_event`` receives progress events (task "train":
     loss, it/s, ETA, lr, GPU memory), "checkpoint", "preview", "nonfinite" and a final "result" event.
-    ``stop()`` is polled every step: when it returns True a checkpoint is written and the run returns.
+    ``stop()`` is polled every step, and so is the stop file ``out_dir/STOP``: when either asks, a checkpoint is
+    written and the run returns (the stop file is removed then).
     Under ``torchrun`` (WORLD_SIZE > 1) the global batch is split over the processes and rank 0 writes files.
     """
     config = config.resolved()
@@ -357,6 +361,9 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
         for stale in [*out_dir.glob(".model_*.tmp"), *out_dir.glob(".state_*.tmp")]:
             log.info("removing %s, left by an interrupted checkpoint write", stale)
             stale.unlink(missing_ok=True)
+        if stop_requested(out_dir):  # left by a stop the previous session never read: it is not for this one
+            log.info("removing a stop request left in %s by an earlier session", out_dir)
+            clear_stop_request(out_dir)
     network_config = config.network_config()
     diffusion = Diffusion(DiffusionConfig.from_dict(config.diffusion))
 
@@ -438,7 +445,7 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
                 from ..volumes.writing import describe_os_error
 
                 # Its state was not written, so it is not a checkpoint: remove the half.
-                checkpoint_model_path(out_dir, at_step).unlink(missing_ok=True)
+                checkpoint_path(out_dir, at_step).unlink(missing_ok=True)
                 previous = [c for c in list_checkpoints(out_dir) if c[2] is not None]
                 kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no checkpoint exists"
                 raise DataError(
@@ -451,11 +458,14 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             torch.distributed.barrier()
         return path
 
+    def stop_now() -> bool:
+        return stop_requested(out_dir) or (stop is not None and bool(stop()))
+
     model.train()
     model_path = None
     try:
         for item in loader:
-            if stop is not None and _should_stop(stop, dist, device):
+            if _should_stop(stop_now, dist, device):
                 stopped = True
                 break
             image = _check_item(item, config.image_size).to(device, non_blocking=True)
@@ -521,8 +531,10 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             if step % config.checkpoint_interval == 0 and step != config.max_steps:
                 save(step)
                 last_saved = step
-        model_path = save(step) if step != last_saved else checkpoint_model_path(out_dir, step)
+        model_path = save(step) if step != last_saved else checkpoint_path(out_dir, step)
         if dist.main:
+            if stopped:
+                clear_stop_request(out_dir)  # answered: a later resume must not stop at once
             logger.event("result", path=str(model_path), step=step, stopped=stopped, loss=last_loss)
     finally:
         logger.close()
