@@ -151,8 +151,9 @@ def _catalogue(tmp_path: Path, sha256: str | None) -> hub.Catalogue:
 
 
 def _cache_files() -> list[str]:
+    """The cache's files, without the lock file that guards records.json (it stays, empty, by design)."""
     cache = hub.cache_dir()
-    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+    return sorted(p.name for p in cache.iterdir() if p.name != hub.cache.RECORDS_LOCK) if cache.exists() else []
 
 
 def _records() -> dict:

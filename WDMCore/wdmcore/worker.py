@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import hugepages
+from .interrupts import EXIT_CODE, Terminated
 
 PROTOCOL_VERSION = 1
 
@@ -170,6 +171,9 @@ class Worker:
             except _Stop:
                 self.send("bye", id=job_id)
                 return 0
+            except Terminated:  # SIGTERM during a download (which removes its temporary file first): leave
+                self.send("error", id=job_id, kind="Terminated", message="the worker was stopped by SIGTERM")
+                return EXIT_CODE
             except BaseException as exc:  # every failure is reported, the worker lives on
                 if isinstance(exc, KeyboardInterrupt):
                     raise
