@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 HUB_URL_ENV = "WDM_HUB_URL"
 CATALOGUE_PATH = Path(__file__).resolve().with_name("models.json")
-KNOWN_PRESETS = ("unet-128", "unet-256", "wavunet-128", "wavunet-256")
+KNOWN_PRESETS = ("unet-128", "unet-256", "wavunet-128", "wavunet-256", "cwdm-224", "fastwdm3d-128")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the wdmcore package: bundled models live inside it
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
