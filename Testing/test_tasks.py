@@ -206,3 +206,42 @@ def test_vary_changes_the_volume_more_with_more_strength(unconditional):
     np.testing.assert_array_equal(weak.array[:2], image[:2].astype(np.float32))  # outside the 16^3 crop
     with pytest.raises(ConfigError, match="strength"):
         wdmcore.vary(unconditional, image, strength=0)
+
+
+def test_cli_synthesize_inpaint_vary_write_results_in_the_input_grid(tmp_path, cwdm_tiny, fast_tiny, unconditional):
+    from wdmcore.cli.main import main
+    from wdmcore.models.families import cwdm_inputs
+    from wdmcore.volumes.reading import load_volume
+    from wdmcore.volumes.writing import save_nifti
+
+    rng = np.random.default_rng(5)
+    shape = (18, 16, 10)
+    paths = {}
+    for name in ("t1c", "t2w", "t2f", "image"):
+        paths[name] = save_nifti((rng.random(shape) * 300).astype(np.float32), OBLIQUE, tmp_path / f"{name}.nii.gz")
+    mask = np.zeros(shape, dtype=np.float32)
+    mask[5:9, 5:9, 3:7] = 1
+    paths["mask"] = save_nifti(mask, OBLIQUE, tmp_path / "mask.nii.gz")
+    synth = cwdm_tiny.save(tmp_path / "cwdm.safetensors", inputs=cwdm_inputs("t1n"), name="cwdm_tiny")
+    fast = fast_tiny.save(tmp_path / "fast.safetensors", name="fast_tiny")
+    uncond = unconditional.save(tmp_path / "u.safetensors")
+    common = ["--seed", "1", "--device", "cpu", "--progress", "none"]
+    runs = [
+        ["synthesize", "--model", str(synth), "--t1c", str(paths["t1c"]), "--t2w", str(paths["t2w"]),
+         "--t2f", str(paths["t2f"]), "--steps", "2", "--out", str(tmp_path / "s.nii.gz")],
+        ["inpaint", "--model", str(fast), "--image", str(paths["image"]), "--mask", str(paths["mask"]),
+         "--out", str(tmp_path / "i.nii.gz")],
+        ["vary", "--model", str(uncond), "--image", str(paths["image"]), "--strength", "0.2", "--steps", "5",
+         "--out", str(tmp_path / "v.nii.gz")],
+    ]  # fmt: skip
+    for argv in runs:
+        assert main(argv + common) == 0, argv[0]
+        array, affine = load_volume(argv[argv.index("--out") + 1])
+        assert array.shape == shape and np.allclose(affine, OBLIQUE, atol=1e-5)
+    image, _ = load_volume(paths["image"])
+    inpainted, _ = load_volume(tmp_path / "i.nii.gz")
+    np.testing.assert_array_equal(inpainted[mask == 0], image[mask == 0])
+    # A model used for the wrong task: one clear message, exit code 2.
+    assert (
+        main(["vary", "--model", str(fast), "--image", str(paths["image"]), "--out", str(tmp_path / "x.nii.gz")]) == 2
+    )
