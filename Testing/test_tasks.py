@@ -13,7 +13,7 @@ from wdmcore.networks import NetworkConfig, build_network
 from wdmcore.tasks.inpaint import component_windows, fast_normalise, pad_widths
 from wdmcore.tasks.inputs import fit_axis, from_grid, read_inputs, to_grid
 from wdmcore.tasks.synthesize import finish_image
-from wdmcore.wavelets import to_coefficients
+from wdmcore.wavelets import from_coefficients, to_coefficients
 
 OBLIQUE = np.array(
     [[0.0, -1.2, 0.3, 10.0], [0.9, 0.0, 0.1, -20.0], [0.1, 0.2, 2.5, 5.0], [0, 0, 0, 1]], dtype=np.float64
@@ -245,3 +245,56 @@ def test_cli_synthesize_inpaint_vary_write_results_in_the_input_grid(tmp_path, c
     assert (
         main(["vary", "--model", str(fast), "--image", str(paths["image"]), "--out", str(tmp_path / "x.nii.gz")]) == 2
     )
+
+
+def test_fastwdm3d_inpainting_reproduces_the_released_crops(reference_dir, monkeypatch):
+    """Case 1 of the released end-to-end run (one component, 128^3 crop, tiny weights, seed 42 + 1): the crop's
+    network input and output per step, the final coefficients and the crop in [0, 1]."""
+    import wdmcore.tasks.inpaint as inpaint_module
+
+    ref = load_reference("fastwdm3d/fastwdm3d_inpainting_e2e.pt")
+    config = {**load_reference("fastwdm3d/fastwdm3d_sampling.pt")["config"], "image_size": 128}
+    model = wdmcore.load_model(reference_dir / "fastwdm3d/fastwdm3d_unet_tiny_state_dict.pt", official_args=config)
+    image = _brats_case(_get(ref, "case1/lowres_t1n"))
+    inside = np.zeros(image.shape, dtype=bool)
+    for i0, i1, j0, j1, k0, k1 in _get(ref, "case1/mask_boxes"):
+        inside[i0:i1, j0:j1, k0:k1] = True
+    image[inside] = 0
+    calls = []
+    from wdmcore import samplers
+
+    real = samplers.run_sampler
+
+    def recording(*args, **kwargs):
+        calls.append((args[3].clone(), kwargs["condition"].clone()))
+        out = real(*args, **kwargs)
+        calls[-1] += (out.clone(),)
+        return out
+
+    monkeypatch.setattr(samplers, "run_sampler", recording)
+    with torch.inference_mode():
+        values = inpaint_module._inpaint_fast(model, image, inside, 43, 2, None, None)  # case 1: seed 42 + 1
+    assert len(calls) == 1
+    x_t, condition, final = calls[0]
+    comp = "case1/comp0/"
+    torch.testing.assert_close(x_t.flatten()[:32], _get(ref, comp + "initial_noise_first_32"), atol=0, rtol=0)
+    torch.testing.assert_close(
+        condition[0, :8, ::8, ::8, ::8],
+        _get(ref, comp + "input_masked_dwt_strided_8"),
+        atol=1e-6,
+        rtol=0,
+        check_dtype=False,
+    )
+    torch.testing.assert_close(
+        final[0, :, ::8, ::8, ::8],
+        _get(ref, comp + "final_coefficients_strided_8"),
+        atol=1e-5,
+        rtol=0,
+        check_dtype=False,
+    )
+    scale = model.diffusion_config.lll_scale
+    crop01 = (from_coefficients(final, scale, scale).clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(
+        crop01[0, 0, ::8, ::8, ::8], _get(ref, comp + "sample_crop_01_strided_8"), atol=1e-5, rtol=0, check_dtype=False
+    )
+    assert np.isfinite(values).all()
