@@ -171,3 +171,23 @@ def test_wavunet_with_one_res_block_per_level_and_equal_multipliers_builds_and_r
     with torch.no_grad():
         out = network(torch.randn(1, 8, 8, 8, 8), torch.tensor([5]))
     assert out.shape == (1, 8, 8, 8, 8) and torch.isfinite(out).all()
+
+
+def test_cwdm_conditional_training_loss_matches_released_targets():
+    ref = load_reference("cwdm/cwdm_training_targets.pt")
+    diffusion = Diffusion(DiffusionConfig(clip_min=0.0, clip_max=1.0))
+    generator = torch.Generator().manual_seed(int(ref["seed_before_call"]))
+    noise = torch.randn(ref["image_t2w"].shape, generator=generator)
+    assert torch.equal(noise, ref["noise_image_space"])
+    condition = torch.cat([to_coefficients(ref[f"image_{name}"]) for name in ref["condition_order"]], dim=1)
+    seen = {}
+
+    def fake_model(x, t):
+        seen["input"], seen["t"] = x.clone(), t.clone()
+        return ref["model_output"]
+
+    loss, per_band = diffusion.training_loss(fake_model, ref["image_t2w"], ref["t"], noise, condition=condition)
+    torch.testing.assert_close(seen["input"], ref["model_input"], atol=1e-5, rtol=0)
+    assert torch.equal(seen["t"], ref["timesteps_seen_by_model"])
+    torch.testing.assert_close(per_band, ref["mse_wav"].float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(loss, ref["loss"].float(), atol=1e-5, rtol=0)

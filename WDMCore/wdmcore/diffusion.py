@@ -192,7 +192,7 @@ class Diffusion:
         The target is the image's coefficient volume (LLL / lll_scale). The noise is standard normal noise in
         *image* space, Haar-transformed without any scaling (orthonormal, so it stays i.i.d. N(0, 1)).
         """
-        x_start = to_coefficients(image, self.config.lll_scale)
+        x_start = to_coefficients(image, self.config.lll_scale, self.config.high_scale)
         noise = dwt3(noise_image)[:, :, 0]
         return self.q_sample(x_start, t, noise), x_start
 
@@ -203,14 +203,18 @@ class Diffusion:
         t: torch.Tensor,
         noise_image: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        condition: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper's loss: mean over the eight sub-bands of their MSE between predicted and true x0.
 
-        Returns (loss, per-band MSE [8]). ``t`` are step indices of this diffusion.
+        Returns (loss, per-band MSE [8]). ``t`` are step indices of this diffusion. ``condition`` (conditional
+        models): coefficients concatenated after x_t, as cWDM trains.
         """
         if noise_image is None:
             noise_image = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
         x_t, target = self.training_inputs(image, t, noise_image)
+        if condition is not None:
+            x_t = torch.cat([x_t, condition.to(x_t.dtype)], dim=1)
         prediction = model(x_t, self.model_timesteps(t))
         per_band = (target - prediction.float()).pow(2).mean(dim=(2, 3, 4)).mean(dim=0)
         return per_band.mean(), per_band

@@ -52,9 +52,9 @@ def fast_normalise(voided: np.ndarray) -> np.ndarray:
     return (x - lo) * np.float32(2) / (hi - lo) - np.float32(1)
 
 
-def pad_widths(shape: tuple[int, ...], size: int) -> list[tuple[int, int]]:
-    """Centred padding (floor before) to at least max(FAST_PADDED, size) voxels per axis."""
-    target = max(FAST_PADDED, size)
+def pad_widths(shape: tuple[int, ...], size: int, padded: int = FAST_PADDED) -> list[tuple[int, int]]:
+    """Centred padding (floor before) to at least max(padded, size) voxels per axis."""
+    target = max(padded, size)
     return [((max(target, n) - n) // 2, max(target, n) - n - (max(target, n) - n) // 2) for n in shape]
 
 
@@ -86,7 +86,8 @@ def _inpaint_fast(wdm: WDMModel, image: np.ndarray, inside: np.ndarray, seed: in
     c = wdm.diffusion_config
     voided = image.copy()
     voided[inside] = image.min()
-    pads = pad_widths(image.shape, size)
+    padded = (wdm.card.get("preprocessing") or {}).get("padded", FAST_PADDED)
+    pads = pad_widths(image.shape, size, max(padded) if isinstance(padded, list) else int(padded))
     volume = np.pad(fast_normalise(voided), pads, constant_values=-1.0)
     mask = np.pad(inside, pads, constant_values=False)
     full01 = (volume.astype(np.float32) + 1) / 2
