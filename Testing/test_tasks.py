@@ -298,3 +298,8 @@ def test_fastwdm3d_inpainting_reproduces_the_released_crops(reference_dir, monke
         crop01[0, 0, ::8, ::8, ::8], _get(ref, comp + "sample_crop_01_strided_8"), atol=1e-5, rtol=0, check_dtype=False
     )
     assert np.isfinite(values).all()
+
+
+def test_generate_refuses_a_conditional_model(fast_tiny):
+    with pytest.raises(ConfigError, match="inpaint model"):
+        wdmcore.generate(fast_tiny, 1, steps=1)

@@ -22,6 +22,8 @@ def _catalogue_input_names() -> list[str]:
 
         names = []
         for entry in hub.load_catalogue().models:
+            if entry.card.get("task") != "synthesize":
+                continue
             for item in entry.card.get("inputs") or []:
                 if isinstance(item, dict) and isinstance(item.get("name"), str):
                     names.append(item["name"])
