@@ -36,8 +36,11 @@ def _haar_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     matrix = _MATRIX_CACHE.get(key)
     if matrix is None:
         s = 1.0 / math.sqrt(2.0)
-        pair = torch.tensor([[s, s], [s, -s]], dtype=torch.float64)  # rows: L, H; columns: a=2k, b=2k+1
-        matrix = torch.kron(torch.kron(pair, pair), pair).to(dtype=dtype, device=device)
+        # Built outside inference mode even when first needed inside it: a cached inference tensor could never
+        # be used by autograd afterwards (training, gradient checks).
+        with torch.inference_mode(False):
+            pair = torch.tensor([[s, s], [s, -s]], dtype=torch.float64)  # rows: L, H; columns: a=2k, b=2k+1
+            matrix = torch.kron(torch.kron(pair, pair), pair).to(dtype=dtype, device=device)
         _MATRIX_CACHE[key] = matrix
     return matrix
 
