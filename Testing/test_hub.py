@@ -169,6 +169,11 @@ def test_shipped_catalogue_lists_released_and_bundled_models():
         "brats_unet_128_1200k",
         "lidc-idri_unet_128_1200k",
         "demo_phantom_64",
+        "cwdm_t1n",
+        "cwdm_t1c",
+        "cwdm_t2w",
+        "cwdm_t2f",
+        "fastwdm3d",
     ]
     brats = cat.get("brats_unet_128_1200k.pt")  # the file name works too
     assert brats is cat.get("brats_unet_128_1200k")
@@ -189,6 +194,17 @@ def test_shipped_catalogue_lists_released_and_bundled_models():
     assert brats.card["modality"] == "MRI" and lidc.card["modality"] == "CT"
     demo = cat.get("demo_phantom_64")
     assert demo.kind == "bundled" and demo.source["path"] == "assets/demo_phantom_64.safetensors"
+    files = {"cwdm_t1n": "t1_gen.pt", "cwdm_t1c": "t1ce_gen.pt", "cwdm_t2w": "t2_gen.pt", "cwdm_t2f": "flair_gen.pt"}
+    for name, filename in files.items():
+        entry = cat.get(name)
+        assert entry.source["repo"] == "pfriedri/cwdm" and entry.filename == filename and entry.preset == "cwdm-224"
+        assert entry.license == "MIT" and entry.sha256 is None and entry.approx_size_bytes == 326198507
+        target = name.split("_")[1]
+        assert entry.card["task"] == "synthesize" and entry.card["output"]["name"] == target
+        assert [i["name"] for i in entry.card["inputs"]] == [s for s in ("t1n", "t1c", "t2w", "t2f") if s != target]
+    fast = cat.get("fastwdm3d")
+    assert fast.source["repo"] == "AliciaDurrer/fastWDM3D" and fast.preset == "fastwdm3d-128"
+    assert fast.card["task"] == "inpaint" and [i["name"] for i in fast.card["inputs"]] == ["image", "mask"]
 
 
 def test_malformed_catalogue_is_a_config_error(tmp_path):

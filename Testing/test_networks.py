@@ -10,7 +10,6 @@ from conftest import load_reference
 from wdmcore.errors import ConfigError
 from wdmcore.models.checkpoints import shared_parameter_aliases
 from wdmcore.networks import (
-    PRESETS,
     NetworkConfig,
     UNet,
     WavUNet,
@@ -85,7 +84,7 @@ def test_wavunet_shared_block_is_one_module(reference_dir):
     assert network.get_parameter(first) is network.get_parameter(second)
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", list(MANIFEST_NAMES))
 def test_presets_reproduce_released_manifest(reference_dir, preset):
     manifest = json.loads((reference_dir / "official_state_dict_manifest.json").read_text())["configs"]
     entry = manifest[MANIFEST_NAMES[preset]]

@@ -80,3 +80,13 @@ def test_coefficient_representation_scales_lll():
     assert coeffs[:, 0].abs().max() <= 2 * math.sqrt(2) / 3 + 1e-6
     # Another scale is a config value, and round-trips too.
     torch.testing.assert_close(from_coefficients(to_coefficients(image, 2.0), 2.0), image, atol=1e-6, rtol=0)
+
+
+def test_transform_built_first_in_inference_mode_still_supports_autograd():
+    from wdmcore import wavelets
+
+    wavelets._MATRIX_CACHE.pop((torch.float64, torch.device("cpu")), None)
+    with torch.inference_mode():
+        dwt3(torch.zeros(1, 1, 2, 2, 2, dtype=torch.float64))
+    x = torch.randn(1, 1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: idwt3(dwt3(t)), (x,))

@@ -1,7 +1,9 @@
 """wdmcore: 3-D wavelet diffusion models (WDM) for medical volumes.
 
 Main entry points: :func:`load_model` (released ``.pt`` checkpoints or our ``.safetensors`` files),
-:meth:`WDMModel.sample` and :func:`generate` (volumes with their geometry). Each capability has one home:
+:meth:`WDMModel.sample` and :func:`generate` (volumes with their geometry), and the conditional tasks
+:func:`synthesize` (a missing contrast, cWDM), :func:`inpaint` (fastWDM3D, or RePaint with any model) and
+:func:`vary` (SDEdit variations). Each capability has one home:
 ``wavelets``, ``networks``, ``diffusion``, ``samplers`` (the engine), ``models`` (checkpoints and the loaded
 model), ``tasks`` (model + inputs + settings -> volumes), ``volumes`` (reading and writing volumes with their
 geometry), ``data``, ``training``, ``evaluation``, ``hub`` (catalogue, downloads, cache) and ``cli`` (the
@@ -23,6 +25,9 @@ _LAZY = {
     "load_model": ".models.model",
     "generate": ".tasks.generate",
     "GeneratedVolume": ".tasks.generate",
+    "synthesize": ".tasks.synthesize",
+    "inpaint": ".tasks.inpaint",
+    "vary": ".tasks.vary",
 }
 
 __all__ = [
@@ -34,7 +39,10 @@ __all__ = [
     "WDMModel",
     "__version__",
     "generate",
+    "inpaint",
     "load_model",
+    "synthesize",
+    "vary",
 ]
 
 

@@ -5,6 +5,9 @@ As released (see the reference facts §3-4): a linear beta schedule over 1000 st
 variance (beta_t, with the posterior variance at t = 0). Schedule arrays are float64; each per-timestep
 coefficient is cast to float32 before it touches a tensor, so the arithmetic is fp32 as released.
 
+The same class runs the other members of the family: cWDM (conditional, x0 clipped to [0, 1]) and
+fastWDM3D (a variance-preserving schedule with T = 2 steps, every sub-band divided by sqrt 8).
+
 A :class:`Diffusion` can be *respaced* to a subset of the original timesteps (fewer sampling steps); it then
 maps its own step index back to the original timestep the network was trained on.
 """
@@ -22,23 +25,35 @@ import torch
 from .errors import ConfigError
 from .wavelets import RELEASED_LLL_SCALE, dwt3, from_coefficients, to_coefficients
 
+SCHEDULES = ("linear", "vp")
+VP_T_MIN = 1e-3  # the VP schedule's continuous time grid starts here (fastWDM3D)
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The diffusion settings that a model was trained with (part of a model card)."""
 
     steps: int = 1000
-    schedule: str = "linear"
-    beta_start: float = 1e-4  # for 1000 steps; scaled by 1000/steps like the released schedule
+    schedule: str = "linear"  # "linear" (wdm-3d, cWDM) or "vp" (fastWDM3D)
+    beta_start: float = 1e-4  # linear: for 1000 steps; scaled by 1000/steps like the released schedule
     beta_end: float = 0.02
+    beta_min: float = 0.1  # vp only
+    beta_max: float = 20.0  # vp only
     lll_scale: float = RELEASED_LLL_SCALE
+    high_scale: float = 1.0  # divides the seven high bands of the coefficient representation
+    clip_min: float = -1.0  # x0 predictions are clamped to [clip_min, clip_max] in image space
+    clip_max: float = 1.0
     clip_denoised: bool = True
 
     def __post_init__(self):
-        if self.schedule != "linear":
-            raise ConfigError(f"noise schedule {self.schedule!r} is not supported; use 'linear'.")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"noise schedule {self.schedule!r} is not supported; use one of {', '.join(SCHEDULES)}.")
         if self.steps < 2:
             raise ConfigError(f"a diffusion needs at least 2 steps, got {self.steps}.")
+        if not self.clip_min < self.clip_max:
+            raise ConfigError(f"clip_min ({self.clip_min}) must be below clip_max ({self.clip_max}).")
+        if self.schedule == "vp" and not 0 <= self.beta_min < self.beta_max:
+            raise ConfigError(f"the vp schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}.")
         betas = self.betas()
         # beta_t is a probability of noise per step: outside (0, 1) the schedule has no square roots (NaN).
         if not (np.all(np.isfinite(betas)) and np.all(betas > 0) and np.all(betas < 1)):
@@ -57,8 +72,19 @@ class DiffusionConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def betas(self) -> np.ndarray:
+        if self.schedule == "vp":
+            return self._vp_betas()
         scale = 1000 / self.steps
         return np.linspace(scale * self.beta_start, scale * self.beta_end, self.steps, dtype=np.float64)
+
+    def _vp_betas(self) -> np.ndarray:
+        """Variance-preserving schedule on the grid s_k = (k/T)(1 - 1e-3) + 1e-3, k = 0..T:
+        abar(s) = exp(-s^2 (beta_max - beta_min)/2 - s beta_min), beta_k = 1 - abar(s_k)/abar(s_{k-1})."""
+        s = np.arange(self.steps + 1, dtype=np.float64) / self.steps * (1.0 - VP_T_MIN) + VP_T_MIN
+        log_mean = -0.25 * s**2 * (self.beta_max - self.beta_min) - 0.5 * s * self.beta_min
+        # Evaluated as 1 - (1 - exp(.)) like the released code (changes the last bits only).
+        alpha_bar = 1.0 - (1.0 - np.exp(2.0 * log_mean))
+        return 1.0 - alpha_bar[1:] / alpha_bar[:-1]
 
 
 def space_timesteps(num_timesteps: int, spacing: str | int) -> list[int]:
@@ -180,7 +206,7 @@ class Diffusion:
         The target is the image's coefficient volume (LLL / lll_scale). The noise is standard normal noise in
         *image* space, Haar-transformed without any scaling (orthonormal, so it stays i.i.d. N(0, 1)).
         """
-        x_start = to_coefficients(image, self.config.lll_scale)
+        x_start = to_coefficients(image, self.config.lll_scale, self.config.high_scale)
         noise = dwt3(noise_image)[:, :, 0]
         return self.q_sample(x_start, t, noise), x_start
 
@@ -191,14 +217,18 @@ class Diffusion:
         t: torch.Tensor,
         noise_image: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        condition: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper's loss: mean over the eight sub-bands of their MSE between predicted and true x0.
 
-        Returns (loss, per-band MSE [8]). ``t`` are step indices of this diffusion.
+        Returns (loss, per-band MSE [8]). ``t`` are step indices of this diffusion. ``condition`` (conditional
+        models): coefficients concatenated after x_t, as cWDM trains.
         """
         if noise_image is None:
             noise_image = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
         x_t, target = self.training_inputs(image, t, noise_image)
+        if condition is not None:
+            x_t = torch.cat([x_t, condition.to(x_t.dtype)], dim=1)
         prediction = model(x_t, self.model_timesteps(t))
         per_band = (target - prediction.float()).pow(2).mean(dim=(2, 3, 4)).mean(dim=0)
         return per_band.mean(), per_band
@@ -206,9 +236,10 @@ class Diffusion:
     # -- reverse process ------------------------------------------------------------------------------------
 
     def clip_x0(self, pred_x0: torch.Tensor) -> torch.Tensor:
-        """Clamp a predicted x0 to [-1, 1] in image space and return it as coefficients again."""
-        image = from_coefficients(pred_x0, self.config.lll_scale).clamp(-1, 1)
-        return to_coefficients(image, self.config.lll_scale)
+        """Clamp a predicted x0 to [clip_min, clip_max] in image space and return it as coefficients again."""
+        c = self.config
+        image = from_coefficients(pred_x0, c.lll_scale, c.high_scale).clamp(c.clip_min, c.clip_max)
+        return to_coefficients(image, c.lll_scale, c.high_scale)
 
     def posterior_mean(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of q(x_{t-1} | x_t, x_0)."""

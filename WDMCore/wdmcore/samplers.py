@@ -48,11 +48,19 @@ class Cancelled(WDMError):
 
 
 class NoiseSource:
-    """Per-sample random streams: sample i of a batch draws from generators seeded with ``seeds[i]``."""
+    """Per-sample random streams: sample i of a batch draws from generators seeded with ``seeds[i]``.
 
-    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+    ``int64_draws`` skips that many int64 draws on each CPU stream before the initial noise: cWDM's released
+    sampler seeds once and then creates its data loader iterator, which draws one int64 (the workers' base
+    seed) from the same generator before the noise.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu", int64_draws: int = 0):
         self.device = torch.device(device)
         self.cpu = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        for g in self.cpu:
+            for _ in range(int64_draws):
+                torch.empty((), dtype=torch.int64).random_(generator=g)
         if self.device.type == "cpu":
             self.on_device = self.cpu
         else:
@@ -72,10 +80,15 @@ class NoiseSource:
         )
 
 
-def model_denoiser(network: torch.nn.Module, diffusion: Diffusion) -> Denoiser:
-    """Wrap a network so that it is called with the original timesteps of a (possibly respaced) diffusion."""
+def model_denoiser(network: torch.nn.Module, diffusion: Diffusion, condition: torch.Tensor | None = None) -> Denoiser:
+    """Wrap a network so that it is called with the original timesteps of a (possibly respaced) diffusion.
+
+    With ``condition`` (conditioning coefficients [B, C, ...], never noised) the network sees
+    ``cat([x_t, condition])`` on the channel axis, as the conditional members of the family do."""
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if condition is not None:
+            x = torch.cat([x, condition.to(x.dtype)], dim=1)
         return network(x, diffusion.model_timesteps(t)).float()
 
     return denoise
@@ -448,10 +461,12 @@ def run_sampler(
     spacing: str | None = None,
     on_step: StepCallback | None = None,
     cancel: CancelCheck | None = None,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample from x_T with ``steps`` network calls. ``network(x, t)`` takes original timesteps;
     ``diffusion`` is the model's full diffusion; ``spacing`` (not for ``ancestral``): one of :data:`SPACINGS`,
-    default :data:`DEFAULT_SPACING`."""
+    default :data:`DEFAULT_SPACING`;
+    ``condition`` is concatenated after x_t at every call."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
     if not 1 <= steps <= diffusion.num_timesteps:
@@ -466,5 +481,5 @@ def run_sampler(
         kwargs = {"eta": eta}
     else:
         used, kwargs = diffusion, {"steps": steps, "spacing": spacing or DEFAULT_SPACING[sampler]}
-    denoise = model_denoiser(network, used)
+    denoise = model_denoiser(network, used, condition)
     return SAMPLERS[sampler](denoise, used, x, noise, on_step=on_step, cancel=cancel, **kwargs)

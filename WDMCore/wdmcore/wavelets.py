@@ -36,8 +36,11 @@ def _haar_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     matrix = _MATRIX_CACHE.get(key)
     if matrix is None:
         s = 1.0 / math.sqrt(2.0)
-        pair = torch.tensor([[s, s], [s, -s]], dtype=torch.float64)  # rows: L, H; columns: a=2k, b=2k+1
-        matrix = torch.kron(torch.kron(pair, pair), pair).to(dtype=dtype, device=device)
+        # Built outside inference mode even when first needed inside it: a cached inference tensor could never
+        # be used by autograd afterwards (training, gradient checks).
+        with torch.inference_mode(False):
+            pair = torch.tensor([[s, s], [s, -s]], dtype=torch.float64)  # rows: L, H; columns: a=2k, b=2k+1
+            matrix = torch.kron(torch.kron(pair, pair), pair).to(dtype=dtype, device=device)
         _MATRIX_CACHE[key] = matrix
     return matrix
 
@@ -76,21 +79,29 @@ def idwt3(bands: torch.Tensor) -> torch.Tensor:
     return blocks.reshape(b, c, 2 * d, 2 * h, 2 * w)
 
 
-def to_coefficients(image: torch.Tensor, lll_scale: float = RELEASED_LLL_SCALE) -> torch.Tensor:
-    """Image [B, 1, S, S, S] -> coefficients [B, 8, S/2, S/2, S/2] with the LLL band divided by ``lll_scale``."""
+def to_coefficients(
+    image: torch.Tensor, lll_scale: float = RELEASED_LLL_SCALE, high_scale: float = 1.0
+) -> torch.Tensor:
+    """Image [B, 1, S, S, S] -> coefficients [B, 8, S/2, S/2, S/2] with the LLL band divided by ``lll_scale``
+    and the seven high bands by ``high_scale`` (1 for wdm-3d and cWDM; fastWDM3D divides all eight by sqrt 8)."""
     if image.dim() != 5 or image.shape[1] != 1:
         raise InputShapeError(
             f"to_coefficients expects a one-channel image [B, 1, D, H, W], got shape {tuple(image.shape)}."
         )
     coeffs = dwt3(image)[:, :, 0]
-    return torch.cat([coeffs[:, :1] / lll_scale, coeffs[:, 1:]], dim=1)
+    high = coeffs[:, 1:] if high_scale == 1.0 else coeffs[:, 1:] / high_scale
+    return torch.cat([coeffs[:, :1] / lll_scale, high], dim=1)
 
 
-def from_coefficients(coeffs: torch.Tensor, lll_scale: float = RELEASED_LLL_SCALE) -> torch.Tensor:
-    """Coefficients [B, 8, D, H, W] (LLL divided by ``lll_scale``) -> image [B, 1, 2D, 2H, 2W]."""
+def from_coefficients(
+    coeffs: torch.Tensor, lll_scale: float = RELEASED_LLL_SCALE, high_scale: float = 1.0
+) -> torch.Tensor:
+    """Coefficients [B, 8, D, H, W] (LLL divided by ``lll_scale``, high bands by ``high_scale``) -> image
+    [B, 1, 2D, 2H, 2W]."""
     if coeffs.dim() != 5 or coeffs.shape[1] != 8:
         raise InputShapeError(
             f"from_coefficients expects coefficients [B, 8, D, H, W], got shape {tuple(coeffs.shape)}."
         )
-    bands = torch.cat([coeffs[:, :1] * lll_scale, coeffs[:, 1:]], dim=1)
+    high = coeffs[:, 1:] if high_scale == 1.0 else coeffs[:, 1:] * high_scale
+    bands = torch.cat([coeffs[:, :1] * lll_scale, high], dim=1)
     return idwt3(bands.unsqueeze(2))

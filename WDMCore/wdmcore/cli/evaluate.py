@@ -54,10 +54,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "(see docs/evaluation.md)."
         ),
     )
-    parser.add_argument("--real", required=True, type=Path, help="folder of real volumes")
-    parser.add_argument("--fake", required=True, type=Path, help="folder of generated .nii/.nii.gz volumes")
     parser.add_argument(
-        "--medicalnet", required=True, type=Path, help="MedicalNet weights file resnet_50_23dataset.pth"
+        "--task",
+        choices=("generate", "synthesize", "inpaint"),
+        default="generate",
+        help="generate: FID/KID/MS-SSIM of generated volumes; synthesize/inpaint: paired SSIM, PSNR, MSE of each "
+        "result against its reference (files paired by name), inside --masks where given [generate]",
+    )
+    parser.add_argument("--real", type=Path, help="folder of real volumes (paired tasks: the references)")
+    parser.add_argument("--fake", type=Path, help="folder of generated volumes (paired tasks: the results)")
+    parser.add_argument("--medicalnet", type=Path, help="MedicalNet weights file resnet_50_23dataset.pth (generate)")
+    parser.add_argument(
+        "--masks", type=Path, default=None, help="paired tasks: folder of masks (inpaint: the filled region)"
+    )
+    parser.add_argument(
+        "--normalization",
+        type=Path,
+        default=None,
+        help="paired tasks: folder of the volumes whose percentiles normalise both sides (inpaint: the voided "
+        "inputs; default: the references)",
     )
     parser.add_argument(
         "--format",
@@ -137,7 +152,41 @@ def _bar_reader() -> tuple[ProgressCallback, Any]:
     return on_event, close
 
 
+def run_paired(args: argparse.Namespace) -> int:
+    """`wdm evaluate --task synthesize|inpaint`: per-case and mean SSIM, PSNR, MSE; JSON report."""
+    from ..errors import ConfigError
+    from ..evaluation.paired import evaluate_folders
+
+    if args.real is None or args.fake is None:
+        raise ConfigError("give --fake (the results) and --real (the references), each a folder of volumes.")
+    if args.task == "inpaint" and args.masks is None:
+        raise ConfigError("inpainting is scored inside the filled region: give --masks, a folder of the masks.")
+    report = evaluate_folders(args.fake, args.real, args.masks, args.normalization)
+    report["task"] = args.task
+    out = args.out or args.fake.parent / f"{args.fake.name}_evaluation.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    mean = report["mean"]
+    table = (
+        f"{args.task}: {report['count']} case(s)  SSIM {mean['ssim']:.4f}  PSNR {mean['psnr']:.2f} dB  "
+        f"PSNR(range 1) {mean['psnr_01']:.2f} dB  MSE {mean['mse']:.5f}\nreport: {out}"
+    )
+    if getattr(args, "progress", None) == "jsonl":
+        emit(jsonl_writer(sys.stdout), "result", path=str(out.resolve()), mean=mean, count=report["count"])
+        print(table, file=sys.stderr)
+    else:
+        print(table)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "generate") != "generate":
+        return run_paired(args)
+    if args.real is None or args.fake is None or args.medicalnet is None:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            "give --real, --fake and --medicalnet (the MedicalNet weights) to evaluate generated volumes."
+        )
     """Run an evaluation from parsed arguments; returns the process exit code (0 ok, 2 on a wdmcore error)."""
     close = None
     progress: ProgressCallback | None = None

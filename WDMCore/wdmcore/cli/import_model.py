@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from .. import hub
 from ..errors import ConfigError, WDMError
+from ..models.cards import parse_card_json, validate_card
 from .progress import fail
 
 
@@ -23,7 +23,11 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     p.add_argument("file", type=Path, help="the checkpoint file (.pt or .safetensors)")
-    p.add_argument("--preset", required=True, help="network preset: " + ", ".join(hub.KNOWN_PRESETS))
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="network preset (default: the catalogue's, else detected from the file): " + ", ".join(hub.KNOWN_PRESETS),
+    )
     p.add_argument("--name", default=None, help="model name (default: the file name without extension)")
     p.add_argument("--card", default=None, help="model card: a JSON object, or the path of a JSON file")
     p.set_defaults(handler=run_import_model)
@@ -49,10 +53,5 @@ def _parse_card(value: str | None) -> dict[str, Any] | None:
             text = Path(value).expanduser().read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"--card {value!r} is neither a JSON object nor a readable file ({exc}).") from exc
-    try:
-        card = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--card is not valid JSON ({exc}); give a JSON object or a .json file.") from exc
-    if not isinstance(card, dict):
-        raise ConfigError("--card must be a JSON object, e.g. '{\"spacing_mm\": [2, 2, 2]}'.")
-    return card
+    card = parse_card_json(text, "--card")
+    return validate_card(card, source="--card")

@@ -17,6 +17,9 @@ from ..interrupts import EXIT_CODE, Terminated
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
 COMMAND_MODULES = (
     "wdmcore.cli.sample",
+    "wdmcore.cli.synthesize",
+    "wdmcore.cli.inpaint",
+    "wdmcore.cli.vary",
     "wdmcore.cli.train",
     "wdmcore.cli.evaluate",
     "wdmcore.cli.models",

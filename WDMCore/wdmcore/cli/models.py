@@ -33,6 +33,7 @@ def run_models(args: argparse.Namespace) -> int:
                 "name": m.name,
                 "description": m.description,
                 "preset": m.preset,
+                "task": _task(m),
                 "size_bytes": m.size_bytes,
                 "size_exact": m.size_exact,
                 "license": m.license,
@@ -47,9 +48,10 @@ def run_models(args: argparse.Namespace) -> int:
         ]
         print(json.dumps({"cache_dir": str(hub.cache_dir()), "models": rows}, indent=2))
         return 0
-    table = [("NAME", "PRESET", "SIZE", "LICENSE", "STATUS")]
+    table = [("NAME", "TASK", "PRESET", "SIZE", "LICENSE", "STATUS")]
     for m in infos:
-        table.append((m.name, m.preset or "-", _size(m.size_bytes, m.size_exact), m.license or "?", _status(m)))
+        row = (m.name, _task(m), m.preset or "-", _size(m.size_bytes, m.size_exact), m.license or "?", _status(m))
+        table.append(row)
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -58,6 +60,11 @@ def run_models(args: argparse.Namespace) -> int:
         if m.path is not None:
             print(f"  {m.name}: {m.path}")
     return 0
+
+
+def _task(m: hub.ModelInfo) -> str:
+    card = getattr(m, "card", None) or {}
+    return str(card.get("task", "generate"))
 
 
 def _size(size: int | None, exact: bool) -> str:

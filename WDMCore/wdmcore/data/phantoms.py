@@ -52,6 +52,7 @@ BLOB_ASPECT = (0.7, 1.3)
 BLOB_REGION = 0.6
 BLOB_INTENSITY = (0.65, 0.95)
 FOREGROUND_THRESHOLD = 0.05
+TISSUE_SKULL, TISSUE_CSF, TISSUE_BRAIN, TISSUE_BLOB = 1, 2, 3, 4
 
 
 def _rotation(angles_rad) -> np.ndarray:
@@ -93,6 +94,17 @@ def generate_phantom(size: int, rng: np.random.Generator | int | None = None, *,
     ``rng`` is a numpy Generator or an integer seed (``seed=`` is accepted as well); the same seed gives the
     same phantom. The distribution is described in the module docstring.
     """
+    return _draw_phantom(size, rng, seed, labels=False)
+
+
+def generate_tissue_labels(size: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """The tissue classes of the phantom :func:`generate_phantom` draws from the same ``rng`` (same anatomy):
+    uint8 (size, size, size) with 0 background, 1 skull, 2 CSF (and ventricles), 3 brain, 4 blobs."""
+    return _draw_phantom(size, rng, None, labels=True).astype(np.uint8)
+
+
+def _draw_phantom(size, rng, seed, *, labels: bool) -> np.ndarray:
+    # Every random number is drawn whether intensities or labels are painted, so both share the anatomy.
     if int(size) != size or size < 2:
         raise ConfigError(f"phantom size must be an integer >= 2, got {size!r}")
     size = int(size)
@@ -114,6 +126,8 @@ def generate_phantom(size: int, rng: np.random.Generator | int | None = None, *,
 
     csf_axes = head_axes * (1.0 - thickness)
     brain_axes = csf_axes * brain_scale
+    if labels:
+        skull_value, csf_value, brain_value = TISSUE_SKULL, TISSUE_CSF, TISSUE_BRAIN
     _paint(vol, centre, head_axes, rot, skull_value)
     _paint(vol, centre, csf_axes, rot, csf_value)
     _paint(vol, centre, brain_axes, rot, brain_value)
@@ -136,7 +150,9 @@ def generate_phantom(size: int, rng: np.random.Generator | int | None = None, *,
         aspect = rng.uniform(*BLOB_ASPECT, size=3)
         angles = np.deg2rad(rng.uniform(-180.0, 180.0, size=3))
         value = _u(rng, BLOB_INTENSITY)
-        _paint(vol, to_world(p), radius * aspect * brain_axes, rot @ _rotation(angles), value)
+        _paint(
+            vol, to_world(p), radius * aspect * brain_axes, rot @ _rotation(angles), TISSUE_BLOB if labels else value
+        )
     return vol
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..models.cards import validate_card
 
 log = logging.getLogger(__name__)
 
 HUB_URL_ENV = "WDM_HUB_URL"
 CATALOGUE_PATH = Path(__file__).resolve().with_name("models.json")
-KNOWN_PRESETS = ("unet-128", "unet-256", "wavunet-128", "wavunet-256")
+KNOWN_PRESETS = ("unet-128", "unet-256", "wavunet-128", "wavunet-256", "cwdm-224", "fastwdm3d-128")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the wdmcore package: bundled models live inside it
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -132,6 +133,11 @@ def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
         digest = raw.get("sha256")
         if digest is not None and (not isinstance(digest, str) or not _SHA256_RE.match(digest.lower())):
             raise bad(f"model {name!r}: sha256 must be 64 hexadecimal digits or null")
+        card = raw.get("card") or {}
+        try:
+            validate_card(card, source=f"model {name!r}")
+        except ConfigError as exc:
+            raise bad(str(exc)) from None
         entries.append(
             CatalogueEntry(
                 name=name,
@@ -145,7 +151,7 @@ def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
                 license=raw.get("license"),
                 license_url=raw.get("license_url"),
                 citation=raw.get("citation"),
-                card=dict(raw.get("card") or {}),
+                card=dict(card),
             )
         )
     names = [e.name for e in entries]

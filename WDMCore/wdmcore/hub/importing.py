@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
+from ..models.cards import validate_card
 from .cache import RECORDS_FILE, cache_dir, now, read_records, set_record, sha256_of
 from .catalogue import KNOWN_PRESETS, NAME_RE, Catalogue, load_catalogue
 from .download import CHUNK_SIZE
@@ -21,7 +22,7 @@ def import_model(
     path: str | os.PathLike,
     *,
     name: str | None = None,
-    preset: str,
+    preset: str | None = None,
     card: dict[str, Any] | None = None,
     catalogue: Catalogue | None = None,
 ) -> Path:
@@ -32,6 +33,7 @@ def import_model(
         name: the model's name (default: the file name without extension). A catalogue name, or the file name
             of a released model, makes the file that model: :func:`fetch` then finds it without downloading.
         preset: the network preset (``unet-128``, ...); for a catalogue model it must be the catalogue's.
+            Default: the catalogue's, else detected from a released file's keys and shapes.
         card: the model card (spacing, intensities, ...) stored with the record.
 
     Returns the path of the copy in the cache. When the catalogue knows the model's SHA-256 the file must
@@ -49,13 +51,15 @@ def import_model(
         )
     if entry is not None and entry.kind == "bundled":
         raise ConfigError(f"{name!r} is a bundled model and cannot be replaced; choose another --name.")
+    if card is not None:
+        validate_card(card, source="the card to import")
+    if preset is None and entry is not None and entry.preset:
+        preset = entry.preset
     if entry is not None and entry.preset and preset != entry.preset:
         raise ConfigError(
             f"model {name!r} is a {entry.preset} checkpoint according to the catalogue, not {preset}; "
             f"pass --preset {entry.preset}."
         )
-    if card is not None and not isinstance(card, dict):
-        raise ConfigError("the model card must be a JSON object, e.g. '{\"spacing_mm\": [2, 2, 2]}'.")
 
     digest = sha256_of(src)
     if entry is not None and entry.sha256 and digest != entry.sha256:
@@ -64,7 +68,7 @@ def import_model(
             f"the catalogue expects {entry.sha256}. "
             f"Download it again from {entry.url(cat.hub_url)}, or import it under another --name."
         )
-    _check_loadable(src, preset)
+    preset = _check_loadable(src, preset) or preset
 
     cache = cache_dir()
     records = read_records(cache)
@@ -101,12 +105,15 @@ def _check_preset(preset: str) -> None:
         raise ConfigError(f"unknown preset {preset!r}; available presets: {', '.join(KNOWN_PRESETS)}.")
 
 
-def _check_loadable(path: Path, preset: str) -> None:
-    """Load the file under ``preset`` with the checkpoint reader: a file that does not fit is not imported."""
+def _check_loadable(path: Path, preset: str | None) -> str | None:
+    """Load the file (under ``preset`` when given) with the checkpoint reader: a file that does not fit is not
+    imported. Returns the preset (detected when not given; None for our own files, which carry their card)."""
     from ..models.model import load_model
 
-    _check_preset(preset)
-    load_model(path, preset=preset)
+    if preset is not None:
+        _check_preset(preset)
+    model = load_model(path, preset=preset)
+    return preset or model.card.get("preset")
 
 
 def _copy_with_digest(src: Path, dest: Path) -> str:

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import CheckpointError, NonFiniteError
 from ..networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, config_from_official_args
+from .cards import card_error_for_file, parse_card_json, validate_card
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,14 @@ def detect_preset(state_dict: dict[str, torch.Tensor]) -> str:
 
 def load_network_weights(network: DiffusionNetwork, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load strictly, allowing only the keys of blocks that are shared (stored once in our own files)."""
+    check_network_weights(network, state_dict, source)
+    check_finite_weights(state_dict, source)
+    network.load_state_dict(state_dict, strict=False)
+
+
+def check_network_weights(network: DiffusionNetwork, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights whose keys or shapes do not fit ``network`` (which may live on the meta device: call
+    this before allocating a network built from a card, so that a card cannot ask for more than its file holds)."""
     aliases = shared_parameter_aliases(network)
     for alias, canonical in aliases.items():
         if (
@@ -160,8 +169,6 @@ def load_network_weights(network: DiffusionNetwork, state_dict: dict[str, torch.
     mismatch["missing"] = [k for k in mismatch["missing"] if aliases.get(k) not in state_dict]
     if any(mismatch.values()):
         raise CheckpointError(f"{source} does not fit the network: {_describe(mismatch)}.")
-    check_finite_weights(state_dict, source)
-    network.load_state_dict(state_dict, strict=False)
 
 
 def check_finite_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -217,36 +224,40 @@ def save_model_file(
 
 
 def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, card) of one of our ``.safetensors`` files."""
-    from safetensors import SafetensorError
+    """(tensors, card) of one of our ``.safetensors`` files. The card is validated before the tensors are read."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}.")
-    try:
-        from safetensors import safe_open
 
+    def unreadable(exc: Exception) -> CheckpointError:
+        return CheckpointError(
+            f"{path} could not be read as a safetensors file ({exc}); it looks truncated or corrupt. Copy it again."
+        )
+
+    try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} could not be read as a safetensors file ({exc}); it looks truncated or corrupt. Copy it again."
-        ) from None
+        raise unreadable(exc) from None
     if CARD_KEY not in metadata:
         raise CheckpointError(
             f"{path} has no WaveletDiffusion model card in its metadata. If it holds a network trained elsewhere, "
             "load it as a plain state dict with a preset instead."
         )
-    try:
-        card = json.loads(metadata[CARD_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"the model card in {path} is not valid JSON ({exc}).") from None
-    if card.get("format", 0) > CARD_FORMAT:
+    card = parse_card_json(metadata[CARD_KEY], f"the model card in {path}", CheckpointError)
+    # A newer format may legitimately fail today's rules: say "upgrade" rather than what looks wrong.
+    if isinstance(card, dict) and type(card.get("format")) is int and card["format"] > CARD_FORMAT:
         raise CheckpointError(
             f"{path} was written by a newer WaveletDiffusion (card format {card['format']}); upgrade."
         )
+    validate_card(card, **card_error_for_file(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise unreadable(exc) from None
     return tensors, card
 
 

@@ -59,12 +59,19 @@ class NetworkConfig:
         return cls(**data)
 
 
-# The four configurations of the released run.sh (OFFICIAL_FACTS §1). Image size = 2 x network input size.
+# The configurations of the released run.sh files: the four of wdm-3d, cWDM's (8 noisy + 3 x 8 conditioning
+# channels, concatenating skips; its grid is 224 x 224 x 160) and fastWDM3D's (8 noisy + voided image + mask,
+# 4 ResBlocks per level). Image size = 2 x network input size.
 PRESETS: dict[str, tuple[NetworkConfig, int]] = {
     "unet-128": (NetworkConfig("unet", channel_mult=(1, 2, 2, 4, 4), additive_skips=True), 128),
     "unet-256": (NetworkConfig("unet", channel_mult=(1, 2, 2, 4, 4, 4), additive_skips=True), 256),
     "wavunet-128": (NetworkConfig("wavunet", channel_mult=(1, 2, 2, 4, 4), additive_skips=False), 128),
     "wavunet-256": (NetworkConfig("wavunet", channel_mult=(1, 2, 2, 4, 4, 4), additive_skips=False), 256),
+    "cwdm-224": (NetworkConfig("unet", channel_mult=(1, 2, 2, 4, 4), in_channels=32, additive_skips=False), 224),
+    "fastwdm3d-128": (
+        NetworkConfig("unet", channel_mult=(1, 2, 2, 2, 4), num_res_blocks=4, in_channels=24, additive_skips=True),
+        128,
+    ),
 }
 
 
@@ -107,13 +114,24 @@ _IGNORED_OFFICIAL_ARGS = {
     "image_size", "num_heads", "num_heads_upsample", "num_head_channels", "use_fp16", "use_new_attention_order",
     "dims", "mode", "predict_xstart", "diffusion_steps", "noise_schedule", "timestep_respacing", "use_kl",
     "rescale_timesteps", "rescale_learned_sigmas", "dataset", "bottleneck_attention_heads", "lr", "batch_size",
+    "beta_min", "beta_max", "sampling_steps", "use_wgupdown",
 }  # fmt: skip
 
 
 def config_from_official_args(args: dict[str, Any]) -> NetworkConfig:
     """Network config from the released code's model arguments (the ``create_model_and_diffusion`` kwargs or
     run.sh flag values; strings such as ``"1,2,2,4,4"`` and ``"True"`` are accepted)."""
-    a = dict(args)
+    if not isinstance(args, dict):
+        raise ConfigError(f"official args must be a dict of the released code's arguments, not {type(args).__name__}.")
+    try:
+        return _config_from_official_args(dict(args))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"official args: a value has the wrong type ({exc}); use the run.sh values.") from None
+
+
+def _config_from_official_args(a: dict[str, Any]) -> NetworkConfig:
     if _as_bool(a.get("class_cond", False)):
         raise ConfigError("class-conditional WDM checkpoints (class_cond=True) are not supported.")
     if str(a.get("attention_resolutions", "")).strip() not in ("", "None"):
@@ -127,6 +145,8 @@ def config_from_official_args(args: dict[str, Any]) -> NetworkConfig:
         raise ConfigError("resample_2d=True is not supported (the released models resample all three axes).")
     if not _as_bool(a.get("resblock_updown", True)):
         raise ConfigError("resblock_updown=False is not supported (the released models resample in ResBlocks).")
+    if _as_bool(a.get("use_wgupdown", False)):
+        raise ConfigError("use_wgupdown=True is not supported (the released fastWDM3D model does not use it).")
     if int(a.get("dims", 3)) != 3:
         raise ConfigError(f"dims={a['dims']}: only 3-D networks are supported.")
 

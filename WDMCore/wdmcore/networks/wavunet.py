@@ -17,15 +17,14 @@ class WavUNet(DiffusionNetwork):
     decoder) and a :class:`WaveletDownsample` step of the input pyramid, on every level. Decoder, per level:
     a ResBlock, a second ResBlock, then *the same* second ResBlock again followed by a wavelet up-ResBlock.
     That reuse is how the released network is built (its state dict stores the shared block under two keys);
-    it is one module here too, so both keys load into it and it runs twice, as released.
+    it is one module here too, so both keys load into it and it runs twice, as released. With one ResBlock
+    per level the decoder level is that block, then the same block again followed by the up-ResBlock.
     """
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
         if config.architecture != "wavunet":
             raise ValueError("WavUNet needs a config with architecture 'wavunet'")
-        if config.num_res_blocks < 2:
-            raise ValueError("the WavU-Net decoder layout needs num_res_blocks >= 2")
         self.config = config
         mc = config.model_channels
 

@@ -246,6 +246,11 @@ def generate(
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
     torch_device = resolve_device(device)
     wdm = resolve_model(model, preset=preset, device=torch_device, on_progress=on_progress)
+    if wdm.task != "generate":
+        raise ConfigError(
+            f"this is a {wdm.task} model: it needs inputs ({', '.join(wdm.input_names)}); use `wdm {wdm.task}` or "
+            f"wdmcore.{wdm.task}() instead of generating with it."
+        )
     if not 1 <= steps <= wdm.diffusion.num_timesteps:
         raise ConfigError(f"steps must be between 1 and {wdm.diffusion.num_timesteps}, got {steps}.")
     check_cancel = _cancel_check(cancel)

@@ -49,6 +49,7 @@ from ..devices import resolve_device
 from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import ConfigError, DataError
 from ..events import ProgressCallback, emit
+from ..models.cards import validate_card
 from ..networks import NetworkConfig, build_network
 from .checkpoints import (
     atomic_write_text,
@@ -191,7 +192,7 @@ def _lr_at(config: TrainConfig, step: int) -> float:
 
 def _make_card(config: TrainConfig, network_config: NetworkConfig, step: int, dataset: Dataset) -> dict[str, Any]:
     card_network = dataclasses.replace(network_config, use_checkpoint=False)
-    return {
+    card = {
         "name": config.name or f"wdm_{card_network.architecture}_{config.image_size}",
         "description": config.description or f"WDM {card_network.architecture} trained with wdm train",
         "preset": config.preset if config.network == {} else None,
@@ -212,6 +213,8 @@ def _make_card(config: TrainConfig, network_config: NetworkConfig, step: int, da
             "seed": config.seed,
         },
     }
+    # Checked now rather than when the first checkpoint is read back: a bad --geometry fails before training.
+    return validate_card(card, source="the model card of this training run")
 
 
 def _dataset_description(dataset: Dataset) -> str:

@@ -1,0 +1,88 @@
+"""`wdm synthesize`: a missing contrast from the given ones, e.g.
+``wdm synthesize --model cwdm_t1n --t1c B.nii.gz --t2w C.nii.gz --t2f D.nii.gz --out t1n.nii.gz``.
+
+The input options are the input names of the models' cards (the BraTS sequences t1n, t1c, t2w, t2f and any name
+a catalogue card declares); ``--input NAME=PATH`` gives an input of any other name.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import ConfigError
+from ..models.families import BRATS_SEQUENCES
+from ..samplers import SAMPLERS
+from .task_options import add_common_options, callbacks, write_result
+
+
+def _catalogue_input_names() -> list[str]:
+    try:
+        from .. import hub
+
+        names = []
+        for entry in hub.load_catalogue().models:
+            if entry.card.get("task") != "synthesize":
+                continue
+            for item in entry.card.get("inputs") or []:
+                if isinstance(item, dict) and isinstance(item.get("name"), str):
+                    names.append(item["name"])
+        return names
+    except Exception:  # the options must exist even when the catalogue cannot be read
+        return []
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "synthesize",
+        help="synthesise a missing contrast from the given ones (cWDM)",
+        description=(
+            "Synthesise the contrast a synthesis model produces from the inputs its card names (see `wdm models` "
+            "and `wdm inspect`). All inputs must share one grid; the result is written in that grid."
+        ),
+    )
+    add_common_options(p, model_help="a synthesis model: catalogue name or checkpoint file")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ancestral", help="[ancestral]")
+    p.add_argument("--steps", type=int, default=None, help="network evaluations [50; 1000 = the released sampler]")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=PATH", help="an input of any name")
+    names = list(dict.fromkeys([*BRATS_SEQUENCES, *_catalogue_input_names()]))
+    for name in names:
+        p.add_argument(f"--{name}", dest=f"input_{name}", default=None, metavar="PATH", help=f"input {name!r}")
+    p.set_defaults(handler=run, input_names=names)
+
+
+def gather_inputs(args: argparse.Namespace) -> dict[str, str]:
+    inputs = {n: getattr(args, f"input_{n}") for n in args.input_names if getattr(args, f"input_{n}") is not None}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--input {item!r}: write NAME=PATH, e.g. --input t1c=case-t1c.nii.gz.")
+        inputs[name] = path
+    return inputs
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tasks.inputs import read_input
+    from ..tasks.synthesize import synthesize
+
+    inputs = gather_inputs(args)
+    if not inputs:
+        raise ConfigError("give the model's inputs, e.g. --t1c A.nii.gz --t2w B.nii.gz --t2f C.nii.gz.")
+    first = next(iter(inputs.values()))
+    on_progress, on_preview, close = callbacks(args, lambda: read_input(first, "first input").affine)
+    try:
+        volume = synthesize(
+            args.model,
+            inputs,
+            seed=args.seed,
+            sampler=args.sampler,
+            steps=args.steps,
+            device=args.device,
+            on_progress=on_progress,
+            on_preview=on_preview,
+            preview_every=max(1, args.preview_every),
+        )
+    finally:
+        if close is not None:
+            close()
+    return write_result(args, volume, on_progress)

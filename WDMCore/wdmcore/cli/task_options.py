@@ -1,0 +1,62 @@
+"""Options and output handling shared by the conditional task commands (synthesize, inpaint, vary)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..events import emit, jsonl_writer
+from ..volumes.writing import save_volume
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> None:
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--out", type=Path, required=True, help="output file (.nii.gz, .nii or .nrrd)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
+    parser.add_argument(
+        "--preview-every",
+        type=int,
+        default=0,
+        help="with --progress jsonl: write the current estimate every N steps next to OUT and report a 'preview' "
+        "event [0: off]",
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("bar", "jsonl", "none"),
+        default="bar",
+        help="progress display: a tqdm bar on stderr, JSON lines on stdout, or nothing [bar]",
+    )
+
+
+def callbacks(args: argparse.Namespace, affine_of_input) -> tuple[Any, Any, Any]:
+    """(on_progress, on_preview, close) for the chosen --progress mode."""
+    close = None
+    if args.progress == "jsonl":
+        on_progress = jsonl_writer(sys.stdout)
+    elif args.progress == "bar":
+        from .sample import _bar_callback
+
+        on_progress, close = _bar_callback()
+    else:
+        on_progress = None
+    on_preview = None
+    if args.progress == "jsonl" and args.preview_every > 0:
+        preview = args.out.parent / f"{args.out.name.split('.')[0]}_preview.nii"
+
+        def on_preview(index: int, image) -> None:
+            path = save_volume(image, affine_of_input(), preview, sidecar=False)
+            emit(on_progress, "preview", index=index, path=str(path.resolve()))
+
+    return on_progress, on_preview, close
+
+
+def write_result(args: argparse.Namespace, volume, on_progress) -> int:
+    path = volume.save(args.out)
+    if args.progress == "jsonl":
+        emit(on_progress, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
+    else:
+        print(path)
+    return 0

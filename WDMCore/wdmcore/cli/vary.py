@@ -1,0 +1,48 @@
+"""`wdm vary`: an SDEdit variation of a volume, e.g. ``wdm vary --model M --image X.nii.gz --strength 0.3 --out Z``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .task_options import add_common_options, callbacks, write_result
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "vary",
+        help="make a variation of a volume with an unconditional model (SDEdit)",
+        description=(
+            "Diffuse the volume part of the way (--strength: 0 keeps it, 1 forgets it) and denoise it again with "
+            "an unconditional model; written in the input's grid."
+        ),
+    )
+    add_common_options(p, model_help="an unconditional model: catalogue name or checkpoint file")
+    p.add_argument("--image", type=Path, required=True, help="the volume to vary")
+    p.add_argument("--strength", type=float, default=0.5, help="how far to diffuse, in (0, 1] [0.5]")
+    p.add_argument("--steps", type=int, default=50, help="respaced steps of the full schedule [50]")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tasks.inputs import read_input
+    from ..tasks.vary import vary
+
+    on_progress, on_preview, close = callbacks(args, lambda: read_input(args.image, "image").affine)
+    try:
+        volume = vary(
+            args.model,
+            args.image,
+            strength=args.strength,
+            seed=args.seed,
+            steps=args.steps,
+            device=args.device,
+            on_progress=on_progress,
+            on_preview=on_preview,
+            preview_every=max(1, args.preview_every),
+        )
+    finally:
+        if close is not None:
+            close()
+    return write_result(args, volume, on_progress)
