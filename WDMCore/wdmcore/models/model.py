@@ -121,7 +121,8 @@ class WDMModel:
         """One batch: coefficients [len(seeds), 8, D/2, H/2, W/2], sample i from seed ``seeds[i]``.
 
         ``sampler``: "ancestral" (the released sampler; respaced when ``steps`` is below the model's step count),
-        "ddim", "dpm++2m", "dpm++2m-sde" or "unipc" (see :mod:`wdmcore.samplers`); ``steps`` defaults to the full schedule.
+        "ddim", "dpm++2m", "dpm++2m-sde" or "unipc" (see :mod:`wdmcore.samplers`); ``steps`` defaults to the full
+        schedule.
         ``condition`` (conditional models): the assembled conditioning coefficients in the released channel
         order (cWDM: the given sequences' packs; fastWDM3D: voided image pack, then mask pack); the output grid
         is the condition's."""
