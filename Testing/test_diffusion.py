@@ -157,7 +157,7 @@ def test_respaced_trajectories(ref, tiny_unet, name):
     )
 
 
-def test_seeded_1000_step_run_reproduces_released(ref, tiny_unet):
+def test_seeded_1000_step_run_reproduces_released(ref, tiny_unet, one_thread):
     diffusion = Diffusion()
     noise = NoiseSource([int(ref["full1000/seed"])])
     x = noise.initial((8, 8, 8, 8))

@@ -134,7 +134,7 @@ def test_conditional_models_refuse_missing_or_wrong_conditions(reference_dir):
         model.sample(1)
 
 
-def test_cwdm_seeded_1000_step_run_reproduces_released(reference_dir):
+def test_cwdm_seeded_1000_step_run_reproduces_released(reference_dir, one_thread):
     ref = load_reference("cwdm/cwdm_sampling.pt")
     model = wdmcore.load_model(reference_dir / "cwdm/cwdm_unet_tiny_state_dict.pt", official_args=ref["config"])
     cond = torch.cat([to_coefficients(ref[f"image_{name}"]) for name in ref["condition_order"]], dim=1)
