@@ -516,6 +516,26 @@ def test_import_of_a_real_checkpoint_loads_it(tmp_path):
     torch.save(build_network(preset_config("unet-128")).state_dict(), src)
     dest = hub.import_model(src, name="mine", preset="unet-128", catalogue=_catalogue(tmp_path, None))
     assert dest.is_file() and dest.read_bytes() == src.read_bytes()
+    # The preset is detected from the file when not given, and a preset the file contradicts is refused.
+    hub.import_model(src, name="detected", catalogue=_catalogue(tmp_path, None))
+    assert _records()["detected"]["preset"] == "unet-128"
+    with pytest.raises(ConfigError, match=r"holds a unet-128 network, not wavunet-128; pass --preset unet-128"):
+        hub.import_model(src, name="wrong", preset="wavunet-128", catalogue=_catalogue(tmp_path, None))
+    assert "wrong" not in _records()
+
+
+def test_import_of_our_safetensors_needs_no_preset_and_refuses_a_wrong_one(tmp_path, capsys):
+    from wdmcore.cli.main import main
+
+    demo = hub.get_model_info("demo_phantom_64").path  # the bundled file: a custom network with a full card
+    assert main(["import-model", str(demo), "--name", "demo-copy"]) == 0
+    dest = Path(capsys.readouterr().out.strip())
+    assert dest == hub.cache_dir() / "demo-copy.safetensors"
+    assert _records()["demo-copy"]["preset"] is None and hub.fetch("demo-copy") == dest
+    assert main(["import-model", str(demo), "--name", "other", "--preset", "unet-128"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wdm: error: ") and "none of the presets, not unet-128; leave --preset out" in err
+    assert "other" not in _records()
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -570,10 +590,10 @@ def test_download_command_reports_errors(tmp_path, monkeypatch, capsys):
             f"http://127.0.0.1:{port}",
         ]
     )
-    assert not hasattr(args, "progress")  # the main parser may define it; the default is a bar
-    assert args.handler(args) == 1
+    assert args.progress == "bar"
+    assert args.handler(args) == 2  # an input error: the one format and exit status of every command
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot reach") and "wdm import-model" in err
+    assert err.startswith("wdm: error: cannot reach") and "wdm import-model" in err
 
     args = _parse(
         [
@@ -585,7 +605,7 @@ def test_download_command_reports_errors(tmp_path, monkeypatch, capsys):
             "http://127.0.0.1:9",
         ]
     )
-    assert args.handler(args) == 1
+    assert args.handler(args) == 2
     event = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert event["event"] == "error" and event["kind"] == "DownloadError"
 
@@ -638,5 +658,6 @@ def test_import_model_command(tmp_path, capsys, load_calls):
             "[1, 2]",
         ]
     )
-    assert args.handler(args) == 1
-    assert "--card" in capsys.readouterr().err
+    assert args.handler(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wdm: error:") and "--card" in err

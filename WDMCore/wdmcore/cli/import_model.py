@@ -23,14 +23,19 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     p.add_argument("file", type=Path, help="the checkpoint file (.pt or .safetensors)")
-    p.add_argument("--preset", required=True, help="network preset: " + ", ".join(hub.KNOWN_PRESETS))
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="network preset: " + ", ".join(hub.KNOWN_PRESETS) + " (default: read from the file; needed only "
+        "for a .pt file whose preset cannot be detected)",
+    )
     p.add_argument("--name", default=None, help="model name (default: the file name without extension)")
     p.add_argument("--card", default=None, help="model card: a JSON object, or the path of a JSON file")
     p.set_defaults(handler=run_import_model)
 
 
 def run_import_model(args: argparse.Namespace) -> int:
-    """`wdm import-model FILE --preset P [--name N] [--card JSON]`: copy into the cache; print the path."""
+    """`wdm import-model FILE [--preset P] [--name N] [--card JSON]`: copy into the cache; print the path."""
     try:
         card = _parse_card(args.card)
         path = hub.import_model(args.file, name=args.name, preset=args.preset, card=card)

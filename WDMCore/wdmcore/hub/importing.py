@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
+from ..filemodes import set_default_mode
 from .cache import RECORDS_FILE, cache_dir, now, read_records, set_record, sha256_of
 from .catalogue import KNOWN_PRESETS, NAME_RE, Catalogue, load_catalogue
 from .download import CHUNK_SIZE
@@ -21,7 +22,7 @@ def import_model(
     path: str | os.PathLike,
     *,
     name: str | None = None,
-    preset: str,
+    preset: str | None = None,
     card: dict[str, Any] | None = None,
     catalogue: Catalogue | None = None,
 ) -> Path:
@@ -31,11 +32,13 @@ def import_model(
         path: the file (a released ``.pt`` state dict or a ``.safetensors`` checkpoint).
         name: the model's name (default: the file name without extension). A catalogue name, or the file name
             of a released model, makes the file that model: :func:`fetch` then finds it without downloading.
-        preset: the network preset (``unet-128``, ...); for a catalogue model it must be the catalogue's.
+        preset: the network preset (``unet-128``, ...). Optional when the file tells it: a ``.safetensors``
+            file carries its network in its card, and a released ``.pt`` file's preset is detected from its
+            keys and shapes. A preset that contradicts the file, or the catalogue, is refused.
         card: the model card (spacing, intensities, ...) stored with the record.
 
     Returns the path of the copy in the cache. When the catalogue knows the model's SHA-256 the file must
-    match it; when :mod:`wdmcore.models.checkpoints` is available the file must load under ``preset``.
+    match it; the file must load (under ``preset`` when one is given).
     """
     src = Path(path).expanduser()
     if not src.is_file():
@@ -49,7 +52,9 @@ def import_model(
         )
     if entry is not None and entry.kind == "bundled":
         raise ConfigError(f"{name!r} is a bundled model and cannot be replaced; choose another --name.")
-    if entry is not None and entry.preset and preset != entry.preset:
+    if preset is not None:
+        _check_preset(preset)
+    if entry is not None and entry.preset and preset is not None and preset != entry.preset:
         raise ConfigError(
             f"model {name!r} is a {entry.preset} checkpoint according to the catalogue, not {preset}; "
             f"pass --preset {entry.preset}."
@@ -64,7 +69,9 @@ def import_model(
             f"the catalogue expects {entry.sha256}. "
             f"Download it again from {entry.url(cat.hub_url)}, or import it under another --name."
         )
-    _check_loadable(src, preset)
+    preset = _check_loadable(src, preset) or preset
+    if entry is not None and entry.preset and preset is not None and preset != entry.preset:
+        raise ConfigError(f"{src} holds a {preset} network, but the catalogue's {name!r} is a {entry.preset} one.")
 
     cache = cache_dir()
     records = read_records(cache)
@@ -101,12 +108,32 @@ def _check_preset(preset: str) -> None:
         raise ConfigError(f"unknown preset {preset!r}; available presets: {', '.join(KNOWN_PRESETS)}.")
 
 
-def _check_loadable(path: Path, preset: str) -> None:
-    """Load the file under ``preset`` with the checkpoint reader: a file that does not fit is not imported."""
-    from ..models.model import load_model
+def _check_loadable(path: Path, preset: str | None) -> str | None:
+    """The preset of the network in ``path``, checked against ``preset`` when one is given.
 
-    _check_preset(preset)
-    load_model(path, preset=preset)
+    The file must load: a ``.safetensors`` file with its own card, a ``.pt`` file under its detected preset
+    (or ``preset`` when the keys do not tell it). ``None`` for a network that matches no preset (a custom
+    ``.safetensors`` model, which needs none)."""
+    from ..errors import WDMError
+    from ..models.model import load_model
+    from ..networks import preset_of
+
+    try:
+        model = load_model(path)
+    except WDMError:
+        if preset is None or path.suffix == ".safetensors":
+            raise
+        model = load_model(path, preset=preset)  # the preset could not be detected from the keys
+    found = preset_of(model.network.config)
+    if preset is not None and found is not None and found != preset:
+        raise ConfigError(
+            f"{path} holds a {found} network, not {preset}; pass --preset {found} (or leave --preset out)."
+        )
+    if preset is not None and found is None:
+        raise ConfigError(f"{path} holds a network that is none of the presets, not {preset}; leave --preset out.")
+    if found is None and path.suffix != ".safetensors":
+        raise ConfigError(f"the network preset of {path} cannot be detected; pass --preset.")
+    return found
 
 
 def _copy_with_digest(src: Path, dest: Path) -> str:
@@ -119,6 +146,7 @@ def _copy_with_digest(src: Path, dest: Path) -> str:
             while chunk := inp.read(CHUNK_SIZE):
                 digest.update(chunk)
                 out.write(chunk)
+        set_default_mode(tmp)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
