@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..events import ProgressCallback, emit
 from ..networks import NetworkConfig, build_network
 from .checkpoints import atomic_write_text, latest_state, list_checkpoints, prune, save_checkpoint, set_rng_state
-from .config import TrainConfig, TrainingError
+from .config import TrainConfig, TrainingError, check_same_data
 from .ema import EMA
 from .previews import write_preview
 
@@ -282,11 +282,14 @@ def train(
     resume: bool = False,
     on_event: ProgressCallback | None = None,
     stop: Callable[[], bool] | None = None,
+    allow_new_data: bool = False,
 ) -> TrainResult:
     """Train a WDM network on ``dataset`` (items ``(image [1, S, S, S] in [-1, 1], index)``).
 
     Writes checkpoints into ``out_dir`` every ``checkpoint_interval`` steps and at the end; ``resume=True``
-    continues from the newest training state there. ``on_event`` receives progress events (task "train":
+    continues from the newest training state there, with the same settings and the same data (the
+    ``config.data`` fields that choose and prepare the volumes) unless ``allow_new_data`` (fine-tuning on other
+    volumes; the checkpoints' card then describes the new data). ``on_event`` receives progress events (task "train":
     loss, it/s, ETA, lr, GPU memory), "checkpoint", "preview", "nonfinite" and a final "result" event.
     ``stop()`` is polled every step: when it returns True a checkpoint is written and the run returns.
     Under ``torchrun`` (WORLD_SIZE > 1) the global batch is split over the processes and rank 0 writes files.
@@ -295,13 +298,13 @@ def train(
     out_dir = Path(out_dir)
     dist, device = _setup_distributed(config.device)
     try:
-        return _train(config, dataset, out_dir, resume, on_event, stop, dist, device)
+        return _train(config, dataset, out_dir, resume, on_event, stop, dist, device, allow_new_data)
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
 
 
-def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device) -> TrainResult:
+def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device, allow_new_data) -> TrainResult:
     if len(dataset) < 1:
         raise ConfigError("the dataset is empty.")
     if dist.main:
@@ -324,6 +327,8 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
                 "checkpointing may change), "
                 "or start a new run in another folder."
             )
+        if not allow_new_data:
+            check_same_data(saved.get("data") or {}, config.data or {}, out_dir)
         start_step = int(state["step"])
         log.info("resuming from %s (step %d)", state_path, start_step)
     elif dist.main and list_checkpoints(out_dir):
@@ -432,7 +437,8 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             session_steps += 1
             window_loss.append(loss_value)
 
-            if step % config.log_interval == 0 or step == config.max_steps:
+            # The first step of a session is reported too, so that a bar moves long before the first interval.
+            if step % config.log_interval == 0 or step == config.max_steps or session_steps == 1:
                 now = time.perf_counter()
                 it_s = window_steps / max(now - window_start, 1e-9)
                 session_rate = session_steps / max(now - session_start, 1e-9)
