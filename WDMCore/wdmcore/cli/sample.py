@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutOfMemoryError
-from ..events import emit, jsonl_writer
-from ..samplers import SAMPLERS
-from ..tasks.generate import (
+from ..events import emit
+from ..vocabulary import (
     DEFAULT_MODEL,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
-    PRECISIONS,
-    generate,
-    resolve_device,
-    resolve_model,
+    EXIT_OUT_OF_MEMORY,
+    OUTPUT_FORMATS,
+    PRECISION_NAMES,
+    SAMPLER_NAMES,
 )
-from ..volumes.writing import FORMATS, card_geometry, save_volume
+from .progress import add_progress_option, progress_display
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,7 +40,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--preset", default=None, help="network preset of a .pt file that cannot be detected")
     parser.add_argument("--num", type=int, default=1, help="number of volumes [1]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed + i [0]")
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
     parser.add_argument(
         "--steps",
         type=int,
@@ -50,10 +49,10 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled at once (memory vs speed) [1]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="network precision [fp32]")
+    parser.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="network precision [fp32]")
     parser.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
     parser.add_argument("--out", type=Path, default=Path("wdm_samples"), help="output folder [./wdm_samples]")
-    parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="file format [nii.gz]")
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="nii.gz", help="file format [nii.gz]")
     parser.add_argument("--dtype", choices=("float32", "int16"), default="float32", help="voxel type [float32]")
     parser.add_argument("--prefix", default="sample", help="file name prefix: PREFIX_seedNNNN.FORMAT [sample]")
     parser.add_argument(
@@ -63,46 +62,15 @@ def add_parser(subparsers: Any) -> None:
         help="with --progress jsonl: write the current x0 estimate every N steps to OUT/previews and "
         "report it as a 'preview' event [0: off]",
     )
-    parser.add_argument(
-        "--progress",
-        choices=("bar", "jsonl", "none"),
-        default="bar",
-        help="progress display: a tqdm bar on stderr, JSON lines on stdout, or nothing [bar]",
-    )
+    add_progress_option(parser)
     parser.set_defaults(handler=run)
 
 
-def _bar_callback():
-    from tqdm.auto import tqdm
-
-    state: dict[str, Any] = {}
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") != "progress":
-            return
-        bar = state.get(event.get("task"))
-        if bar is None:
-            unit = "B" if event.get("task") == "download" else "step"
-            bar = tqdm(total=event.get("total"), unit=unit, unit_scale=unit == "B", desc=event.get("task"))
-            state[event.get("task")] = bar
-        bar.update(event["done"] - bar.n)
-
-    def close() -> None:
-        for bar in state.values():
-            bar.close()
-
-    return on_event, close
-
-
 def run(args: argparse.Namespace) -> int:
-    close = None
-    if args.progress == "jsonl":
-        callback = jsonl_writer(sys.stdout)
-    elif args.progress == "bar":
-        callback, close = _bar_callback()
-    else:
-        callback = None
+    from ..tasks.generate import generate, resolve_device, resolve_model
+    from ..volumes.writing import card_geometry, save_volume
 
+    callback, close = progress_display(args.progress)
     try:
         device = resolve_device(args.device)
         model = resolve_model(args.model, preset=args.preset, device=device, on_progress=callback)
@@ -137,10 +105,9 @@ def run(args: argparse.Namespace) -> int:
             emit(callback, "error", kind="OutOfMemory", message=str(exc))
         else:
             print(f"wdm: error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_OUT_OF_MEMORY
     finally:
-        if close is not None:
-            close()
+        close()
 
     for volume in volumes:
         path = volume.save(args.out / f"{args.prefix}_seed{volume.seed:04d}.{args.format}", dtype=args.dtype)

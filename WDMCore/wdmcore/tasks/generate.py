@@ -30,17 +30,12 @@ from ..errors import ConfigError, OutOfMemoryError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel, load_model
 from ..samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
+from ..vocabulary import DEFAULT_MODEL, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..volumes.writing import Geometry, card_geometry, save_volume
 from ..wavelets import from_coefficients
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "demo_phantom_64"
-DEFAULT_SAMPLER = "ancestral"
-# Steps used when a sampler is chosen without a step count. The default, 50 respaced ancestral steps, is the
-# fewest that reach the distribution of the paper's 1000-step sampler in the quality-against-steps table
-# (docs/generation.md); the paper's sampler itself is ``sampler="ancestral", steps=1000``.
-DEFAULT_STEPS = {"ancestral": 50, "ddim": 50, "dpm++2m": 25, "unipc": 25}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 PreviewCallback = Callable[[int, np.ndarray], None]
@@ -85,27 +80,7 @@ def resolve_model(
     """A :class:`WDMModel` from a model object, a checkpoint path or a catalogue name (fetched if needed)."""
     if isinstance(model, WDMModel):
         return model.to(device)
-    text = os.fspath(model)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return load_model(path, preset=preset, device=device)
-    if path.suffix in (".pt", ".pth", ".safetensors") or os.sep in text or "/" in text:
-        raise ConfigError(
-            f"model file {path} not found; give the path of an existing .pt or .safetensors checkpoint, "
-            "or a model name from `wdm models`."
-        )
-    from .. import hub
-
-    info = hub.get_model_info(text)  # ConfigError listing the known names if unknown
-    file = hub.fetch(text, on_progress=on_progress)
-    catalogue_card = {k: v for k, v in info.card.items() if k not in ("image_size", "note")}
-    if file.suffix == ".safetensors":
-        loaded = load_model(file, device=device)
-        # The file's own card is authoritative; the catalogue only fills gaps.
-        loaded.card = {**catalogue_card, **loaded.card, "name": loaded.card.get("name") or info.name}
-        return loaded
-    card = {**catalogue_card, "name": info.name, "description": info.description}
-    return load_model(file, preset=preset or info.preset, card=card, device=device)
+    return load_model(model, preset=preset, device=device, on_progress=on_progress)
 
 
 def _cancel_check(cancel: Cancel | None) -> Callable[[], bool] | None:
@@ -189,6 +164,7 @@ def generate(
     compile: bool = False,
     preset: str | None = None,
     reference_affine: np.ndarray | None = None,
+    progress: bool = False,
 ) -> list[GeneratedVolume]:
     """Generate ``num`` volumes.
 
@@ -212,6 +188,7 @@ def generate(
         preset: the network preset of a ``.pt`` file whose preset cannot be detected.
         reference_affine: for cards stating ``source_voxel_of_output_voxel``, the affine of a training-set
             volume to place the outputs in its frame (see :func:`wdmcore.volumes.writing.card_geometry`).
+        progress: show a progress bar on stderr (of the download too, if the model is fetched first).
 
     Returns one :class:`GeneratedVolume` per seed, in order. Raises :class:`OutOfMemoryError` when the device
     runs out of memory, :class:`Cancelled` when cancelled, :class:`ConfigError` for invalid settings.
@@ -225,6 +202,14 @@ def generate(
     if preview_every < 1:
         raise ConfigError("preview_every must be at least 1.")
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    if progress:
+        from ..progressbar import ProgressBars, combine
+
+        with ProgressBars() as bars:
+            return generate(model, num, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
+                            device=device, precision=precision, cancel=cancel, on_progress=combine(on_progress, bars),
+                            on_preview=on_preview, preview_every=preview_every, compile=compile, preset=preset,
+                            reference_affine=reference_affine)  # fmt: skip
     torch_device = resolve_device(device)
     wdm = resolve_model(model, preset=preset, device=torch_device, on_progress=on_progress)
     if not 1 <= steps <= wdm.diffusion.num_timesteps:
