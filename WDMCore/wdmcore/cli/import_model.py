@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import hub
 from ..errors import ConfigError, WDMError
+from ..vocabulary import PRESET_NAMES
 from .progress import fail
 
 
@@ -26,7 +26,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--preset",
         default=None,
-        help="network preset: " + ", ".join(hub.KNOWN_PRESETS) + " (default: read from the file; needed only "
+        help="network preset: " + ", ".join(PRESET_NAMES) + " (default: read from the file; needed only "
         "for a .pt file whose preset cannot be detected)",
     )
     p.add_argument("--name", default=None, help="model name (default: the file name without extension)")
@@ -36,6 +36,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run_import_model(args: argparse.Namespace) -> int:
     """`wdm import-model FILE [--preset P] [--name N] [--card JSON]`: copy into the cache; print the path."""
+    from .. import hub
+
     try:
         card = _parse_card(args.card)
         path = hub.import_model(args.file, name=args.name, preset=args.preset, card=card)
