@@ -89,9 +89,11 @@ def test_summarize_reports_layout_cases_and_unusable_files(tmp_path, capsys):
     assert summary["intensity_range"] == [0.0, 23.0]
     assert [s["path"] for s in summary["skipped"]] == [str(data / "flat.nii.gz")]
     assert "1 usable volume(s), 1 skipped" in result["text"]
-    assert main(["summarize", str(data), "--headers-only"]) == 0
-    out = capsys.readouterr().out
+    assert main(["summarize", str(data), "--headers-only"]) == 0  # --progress bar, the default
+    captured = capsys.readouterr()
+    out = captured.out
     assert out.startswith("layout: folder\n") and "intensity range" not in out
+    assert "summarize" in captured.err and "2/2" in captured.err  # the bar, on stderr
     assert main(["summarize", str(tmp_path / "missing"), "--progress", "jsonl"]) == 2
     error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert error["event"] == "error" and error["kind"] == "DataError" and "no such file or folder" in error["message"]
@@ -155,12 +157,12 @@ def test_the_vocabulary_is_what_the_engine_offers():
     assert {s.lstrip(".") for s in evaluation_volumes.VOLUME_SUFFIXES} >= set(FORMATS)  # evaluate reads them all
 
 
-@pytest.mark.parametrize("command", ["sample", "train", "evaluate", "summarize", "download"])
+@pytest.mark.parametrize("command", ["sample", "train", "evaluate", "summarize", "download", "preprocess-lidc"])
 def test_every_long_command_takes_the_same_progress_values(command):
     from wdmcore.cli.main import build_parser
 
     required = {"sample": [], "train": ["--out", "x"], "evaluate": ["--fake", "x"], "summarize": ["x"],
-                "download": ["x"]}[command]  # fmt: skip
+                "download": ["x"], "preprocess-lidc": ["in", "out"]}[command]  # fmt: skip
     parser = build_parser()
     assert parser.parse_args([command, *required]).progress == "bar"
     for mode in ("bar", "jsonl", "none"):

@@ -14,7 +14,15 @@ from typing import IO, Any
 from .events import Event, ProgressCallback
 
 # Units and labels of the tasks the engine reports.
-_UNITS = {"download": "B", "train": "step", "sample": "step", "ms-ssim": "pair", "summarize": "file", "headers": "file"}
+_UNITS = {
+    "download": "B",
+    "train": "step",
+    "sample": "step",
+    "ms-ssim": "pair",
+    "summarize": "file",
+    "headers": "file",
+    "preprocess-lidc": "series",
+}
 _LABELS = {
     "prepare": "preprocessing",
     "headers": "reading headers",

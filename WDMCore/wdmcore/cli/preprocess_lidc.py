@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..vocabulary import EXIT_OK, EXIT_USAGE
+from .progress import add_progress_option, progress_display, report_error
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo series whose output already exists")
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON to this file")
     p.add_argument("--crop-size", type=int, default=None, help=argparse.SUPPRESS)
+    add_progress_option(p)
     p.set_defaults(handler=run)
     return p
 
@@ -36,22 +38,25 @@ def run(args: argparse.Namespace) -> int:
     """Run the sub-command; prints the report. Exit status 0 when at least one series was written (or existed;
     skipped series are listed in the report and counted in a warning), 2 when none could be used."""
     from ..data.lidc_dicom import CROP_SIZE, preprocess_lidc_dicom
-    from .progress import report_error
 
-    callback = getattr(args, "progress_callback", None)
-    report = preprocess_lidc_dicom(  # a DataError is reported by the `wdm` command (exit status 2)
-        args.input_dir,
-        args.output_dir,
-        pad=args.pad,
-        overwrite=args.overwrite,
-        crop_size=args.crop_size or CROP_SIZE,
-        progress=callback,
-    )
-    print(report.to_text())
+    jsonl = getattr(args, "progress", "bar") == "jsonl"
+    callback, close = progress_display(getattr(args, "progress", "bar"))
+    try:
+        report = preprocess_lidc_dicom(  # a DataError is reported by the `wdm` command (exit status 2)
+            args.input_dir,
+            args.output_dir,
+            pad=args.pad,
+            overwrite=args.overwrite,
+            crop_size=args.crop_size or CROP_SIZE,
+            progress=callback,
+        )
+    finally:
+        close()
+    print(report.to_text(), file=sys.stderr if jsonl else sys.stdout)  # stdout carries only events with jsonl
     if args.report is not None:
         report.save_json(args.report)
     if not report.done:
-        report_error(False, "DataError", "no series could be used; the report above says why for each")
+        report_error(jsonl, "DataError", "no series could be used; the report above says why for each")
         return EXIT_USAGE
     if report.skipped:
         print(f"wdm: warning: {len(report.skipped)} series skipped (see the report above)", file=sys.stderr)
