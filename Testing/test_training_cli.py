@@ -316,3 +316,12 @@ def test_resume_on_other_data_is_refused_unless_allowed(tmp_path, capsys):
     code, _, err = _wdm([*quiet, "--resume", "--data", str(other), "--max-steps", "3", "--allow-new-data"], capsys)
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["data"]["path"] == str(other)
+
+
+def test_resume_reads_runs_whose_config_says_general():
+    from wdmcore.training.config import data_changes
+
+    old = {"path": "/data/a", "format": "general", "spacing": None, "cache": "/tmp/x", "volumes": 4}
+    assert data_changes(old, {"path": "/data/a", "format": "folder", "spacing": None, "cache": "/elsewhere"}) == []
+    assert data_changes(old, {"path": "/data/a", "format": "brats"}) == ["format 'folder' -> 'brats'"]
+    assert data_changes(old, {"path": "/data/a", "spacing": 2.0}) == ["spacing None -> 2.0"]
