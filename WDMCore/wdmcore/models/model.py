@@ -201,12 +201,12 @@ def load_model(
     return WDMModel(network, full_card)
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
 def is_model_name(text: str) -> bool:
     """Whether ``text`` reads as a model name rather than a file path (no folder, no checkpoint ending)."""
     return bool(text) and "/" not in text and os.sep not in text and Path(text).suffix not in CHECKPOINT_SUFFIXES
-
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def _load_named(
