@@ -29,3 +29,53 @@ def scene():
     yield slicer.mrmlScene
     slicer.mrmlScene.Clear(True)
     slicer.mrmlScene = previous
+
+
+# Shaped like Slicer's PythonSlicer (a CTKAppLauncher): it starts the real interpreter as its child with the same
+# arguments, passes its stdin/stdout/stderr through, installs no signal handler and forwards no signal. A signal
+# sent to it ends the launcher only.
+LAUNCHER = """#!{python}
+import subprocess, sys
+sys.exit(subprocess.call([sys.executable, *sys.argv[1:]]))
+"""
+
+
+def make_launcher(folder: Path) -> str:
+    """An executable launcher script in ``folder``, to be used as the logic's ``python``."""
+    path = Path(folder) / "PythonSlicer"
+    path.write_text(LAUNCHER.format(python=sys.executable))
+    path.chmod(0o755)
+    return str(path)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as dead)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_dead(pids, timeout: float = 10.0) -> list[int]:
+    """Wait until none of ``pids`` lives; returns those still alive after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if process_alive(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process it started (now)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(c.pid for c in root.children(recursive=True))]
+    except psutil.Error:
+        return []

@@ -76,7 +76,7 @@ def test_summarize_reports_layout_cases_and_unusable_files(tmp_path, capsys):
 
     data = tmp_path / "data"
     data.mkdir()
-    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.diag([2.0, 2, 3, 1])),
+    nib.save(nib.Nifti1Image(np.arange(720, dtype=np.float32).reshape(8, 9, 10), np.diag([2.0, 2, 3, 1])),
              str(data / "a.nii.gz"))  # fmt: skip
     nib.save(nib.Nifti1Image(np.ones((5, 5), np.float32), np.eye(4)), str(data / "flat.nii.gz"))
     assert main(["summarize", str(data), "--progress", "jsonl"]) == 0
@@ -85,8 +85,8 @@ def test_summarize_reports_layout_cases_and_unusable_files(tmp_path, capsys):
     result = events[-1]
     assert result["event"] == "result" and result["format"] == "folder"
     summary = result["summary"]
-    assert summary["count"] == 1 and summary["shapes"] == {"2x3x4": 1} and summary["spacings"] == {"2x2x3": 1}
-    assert summary["intensity_range"] == [0.0, 23.0]
+    assert summary["count"] == 1 and summary["shapes"] == {"8x9x10": 1} and summary["spacings"] == {"2x2x3": 1}
+    assert summary["intensity_range"] == [0.0, 719.0]
     assert [s["path"] for s in summary["skipped"]] == [str(data / "flat.nii.gz")]
     assert "1 usable volume(s), 1 skipped" in result["text"]
     assert main(["summarize", str(data), "--headers-only"]) == 0  # --progress bar, the default

@@ -9,7 +9,7 @@ from WaveletDiffusionLib import dependencies as deps
 tomllib = pytest.importorskip("tomllib")
 
 ALL_PRESENT = {"torch": "2.5.1+cu121", "numpy": "1.26.4", "safetensors": "0.4.5", "tqdm": "4.66.0",
-               "pooch": "1.8.2", "platformdirs": "4.2.0", "diffusers": "0.31.0"}  # fmt: skip
+               "pooch": "1.8.2", "platformdirs": "4.2.0", "psutil": "6.0.0"}  # fmt: skip
 
 
 class FakeSlicer:
@@ -66,8 +66,12 @@ def test_requirements_match_the_engine_package():
     for line in project["dependencies"]:
         name, _, minimum = line.partition(">=")
         declared[name.strip()] = minimum.strip() or None
-    ours = {r.distribution: r.minimum for r in (deps.TORCH, *deps.PACKAGES)}
+    ours = {r.distribution: r.minimum for r in (deps.TORCH, *deps.PACKAGES, deps.DIFFUSERS)}
     assert ours == declared
+    # psutil is the modules' own (Slicer's process), not the engine's; the tests need it too.
+    assert any(line.startswith("psutil>=" + deps.MODULE_PACKAGES[0].minimum) for line in
+               tomllib.loads((REPO_ROOT / "WDMCore" / "pyproject.toml").read_text())["project"]
+               ["optional-dependencies"]["test"])  # fmt: skip
 
 
 def test_version_comparison():
@@ -87,7 +91,7 @@ def test_nothing_missing_means_no_question_and_no_install():
 
 def test_real_environment_check():
     # This test environment has the engine's packages: the real metadata lookup finds them.
-    assert deps.missing(deps.PACKAGES) == []
+    assert deps.missing([*deps.PACKAGES, *deps.MODULE_PACKAGES]) == []
 
 
 def test_torch_comes_from_the_pytorch_extension_after_asking():
@@ -116,8 +120,17 @@ def test_other_packages_go_through_pip_ensure_which_asks_itself():
     fake = FakeSlicer({"torch": "2.3.0", "numpy": "1.26.0", "tqdm": "4.66.0"})
     outcome = deps.ensure_dependencies(fake.installers())
     assert fake.questions == []  # pip_ensure shows its own prompt
-    assert fake.calls == [("pip_ensure", ["safetensors>=0.4", "pooch>=1.8", "platformdirs>=3", "diffusers>=0.30"])]
-    assert [s.split()[0] for s in outcome.installed] == ["safetensors", "pooch", "platformdirs", "diffusers"]
+    assert fake.calls == [("pip_ensure", ["safetensors>=0.4", "pooch>=1.8", "platformdirs>=3", "psutil>=5.9"])]
+    assert [s.split()[0] for s in outcome.installed] == ["safetensors", "pooch", "platformdirs", "psutil"]
+
+
+def test_diffusers_only_when_a_diffusers_sampler_is_chosen():
+    fake = FakeSlicer(ALL_PRESENT)
+    deps.ensure_dependencies(fake.installers(), extra=deps.needed_for_sampler("ancestral"))
+    deps.ensure_dependencies(fake.installers(), extra=deps.needed_for_sampler("ddim"))
+    assert fake.calls == []  # the default sampler works without diffusers
+    deps.ensure_dependencies(fake.installers(), extra=deps.needed_for_sampler("dpm++2m"))
+    assert fake.calls == [("pip_ensure", ["diffusers>=0.30"])]
 
 
 def test_older_slicer_uses_pip_install_after_confirmation_and_asks_for_restart_when_a_loaded_package_changed():

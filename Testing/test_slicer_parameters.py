@@ -22,14 +22,15 @@ class DictSettings:
 
 def test_defaults_are_valid_and_fast():
     params = GenerationParameters().validate()
-    assert params.sampler == "ancestral" and params.steps == 50 and params.device == "cpu"
+    assert params.sampler == "unipc" and params.steps == 25 and params.device == "cpu"
 
 
 def test_step_defaults_agree_with_the_engine():
     # The Lib cannot import wdmcore inside Slicer, so it keeps its own copy of the engine's defaults.
     from WaveletDiffusionLib import parameters
 
-    from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from wdmcore.samplers import SAMPLERS
+    from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS, PREVIEW_SAMPLER, PREVIEW_STEPS
 
     assert parameters.DEFAULT_STEPS == DEFAULT_STEPS
     assert (GenerationParameters.sampler, GenerationParameters.steps) == (
@@ -37,6 +38,8 @@ def test_step_defaults_agree_with_the_engine():
         DEFAULT_STEPS[DEFAULT_SAMPLER],
     )
     assert parameters.SAMPLER_PRESETS["fast"] == {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS[DEFAULT_SAMPLER]}
+    assert parameters.SAMPLER_PRESETS["preview"] == {"sampler": PREVIEW_SAMPLER, "steps": PREVIEW_STEPS}
+    assert set(parameters.SAMPLERS) == set(SAMPLERS)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +57,9 @@ def test_sampler_presets():
     params.apply_sampler_preset("faithful")
     assert (params.sampler, params.steps) == ("ancestral", 1000)
     params.apply_sampler_preset("fast")
-    assert (params.sampler, params.steps) == ("ancestral", 50)
+    assert (params.sampler, params.steps) == ("unipc", 25)
+    params.apply_sampler_preset("preview")
+    assert (params.sampler, params.steps) == ("unipc", 10)
 
 
 def test_node_name_from_model_or_output_name():

@@ -189,3 +189,185 @@ def test_lib_never_imports_gui_parts(path):
             continue
         for name in names:
             assert not any(name == f or name.startswith(f + ".") for f in forbidden), f"{path.name} imports {name}"
+
+
+# ------------------------------------------------------------------------------------------- the widget layer
+# The widgets are thin; what they must do the way Slicer runs them is checked here from their source.
+
+
+def function(name: str, cls: str, func: str) -> ast.FunctionDef:
+    tree = ast.parse(module_file(name).read_text())
+    klass = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
+    return next(n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == func)
+
+
+def calls_in(node: ast.AST) -> list[str]:
+    return [ast.unparse(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)]
+
+
+def bound_widgets(name: str) -> set[str]:
+    return {w for w, e in ui_widgets(name).items()
+            if any(p.get("name") == "SlicerParameterName" for p in e.findall("property"))}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_no_handler_listens_to_a_widget_that_connect_gui_binds(name):
+    """PythonQt calls slots in connection order: a handler connected in setup() runs before connectGui's slot
+    has written the new value, and connectGui's refill of a combo box fires it as if the user had chosen."""
+    connected = re.findall(r"self\.ui\.(\w+)\.\w+\.connect\(", module_file(name).read_text())
+    assert connected and not set(connected) & bound_widgets(name)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_values_are_shown_from_the_parameter_node_after_it_changed(name):
+    source = ast.unparse(function(name, f"{name}Widget", "setParameterNode"))
+    assert "self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)" in (
+        source)  # fmt: skip
+
+
+def test_preset_and_device_boxes_follow_the_parameter_node():
+    assert {"self.showPresetAndDevice", "self.updateSamplerPreset"} <= set(
+        calls_in(function("WaveletDiffusion", "WaveletDiffusionWidget", "onParameterNodeModified")))  # fmt: skip
+    shown = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "showPresetAndDevice"))
+    assert "self._parameterNode.preset" in shown and "self.setDeviceItems" in shown
+    devices = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "setDeviceItems"))
+    assert "combo.findData(wanted) < 0" in devices and "combo.addItem(label, wanted)" in devices
+
+
+def test_the_data_folder_is_scanned_only_through_the_debounced_scheduler():
+    source = module_file("WaveletDiffusionTraining").read_text()
+    scans = re.findall(r"self\.startScan\((.*?)\)", source)
+    assert sorted(scans) == ["readVoxels=False", "readVoxels=True"]  # the scheduler, and Check data
+    assert "ScanScheduler(" in source
+    widget = "WaveletDiffusionTrainingWidget"
+    modified = calls_in(function("WaveletDiffusionTraining", widget, "onParameterNodeModified"))
+    assert modified == ["self.scanScheduler.changed", "self.scanKey"]
+    bind = ast.unparse(function("WaveletDiffusionTraining", "WaveletDiffusionTrainingWidget", "setParameterNode"))
+    assert bind.index("self.scanScheduler.seed") < bind.index("= self._parameterNode.connectGui")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_error_dialogs_never_show_none_as_details(name):
+    source = module_file(name).read_text()
+    assert not re.search(r"detailedText\s*=", source.replace('{"detailedText": str(detail)}', ""))
+    assert "**errorDetails(detail)" in source
+
+
+def test_the_preview_fits_the_views_once():
+    source = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onPreview"))
+    assert "fit=job.preview_updates == 1" in source and "fit=True" not in source
+
+
+SELF_TESTS = [("WaveletDiffusion", "test_GenerateDemoVolumes"),
+              ("WaveletDiffusionTraining", "test_TrainStopResumeOnSceneVolumes")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "test"), SELF_TESTS)
+def test_self_tests_check_pytorch_first_and_install_nothing_in_testing_mode(name, test):
+    source = ast.unparse(function(name, f"{name}Test", test))
+    skip = source.index("slicer.app.testingEnabled() and dependencies.missing([dependencies.TORCH])")
+    ensure = source.index("logic.ensureDependencies()")
+    first_request = min(source.index(s) for s in ("logic.list_models()", "logic.train(") if s in source)
+    assert skip < ensure < first_request
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_settings_fill_only_a_new_parameter_node(name):
+    assert "load_settings" not in ast.unparse(function(name, f"{name}Widget", "setup"))
+    source = ast.unparse(function(name, f"{name}Logic", "getParameterNode"))
+    assert "settings.is_new_parameter_node(node)" in source and "if fresh:" in source
+    assert source.index("is_new_parameter_node") < source.index("load_settings")
+
+
+def test_the_download_tooltip_says_what_is_checked():
+    catalogue = json.loads((ENGINE / "wdmcore" / "hub" / "models.json").read_text())
+    models = catalogue["models"] if isinstance(catalogue, dict) else catalogue
+    entries = models.values() if isinstance(models, dict) else models
+    assert any(entry.get("sha256") is None for entry in entries)  # so the digest cannot always be checked
+    button = ui_widgets("WaveletDiffusion")["downloadButton"]
+    tooltip = next(p.find("string").text for p in button.findall("property") if p.get("name") == "toolTip")
+    assert "recorded on the first download" in tooltip and "checked by SHA-256" not in tooltip
+
+
+# ------------------------------------------------------------------------------------------- Slicer conventions
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_children_start_from_slicers_startup_environment(name):
+    source = ast.unparse(function(name, f"{name}Logic", "__init__"))
+    assert "base_env=slicer.util.startupEnvironment" in source
+    assert "provided_root=slicer.app.extensionsInstallPath" in source
+
+
+@pytest.mark.parametrize(("name", "libs"), [("WaveletDiffusion", ("WaveletDiffusionLib",)),
+                                            ("WaveletDiffusionTraining", ("WaveletDiffusionLib",
+                                                                          "WaveletDiffusionTrainingLib"))])  # fmt: skip
+def test_reload_reloads_the_libs(name, libs):
+    source = module_file(name).read_text()
+    assigned = [ast.literal_eval(n.value) for n in ast.parse(source).body
+                if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "LIB_PACKAGES"]  # fmt: skip
+    assert assigned == [libs]
+    reload = calls_in(function(name, f"{name}Widget", "onReload"))
+    assert reload == ["reloading.reload_packages", "ScriptedLoadableModuleWidget.onReload"]
+    assert not re.search(r"^\s*import imp\b", source, re.M)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_closing_does_not_block(name):
+    cleanup = function(name, f"{name}Widget", "cleanup")
+    calls = [c for c in ast.walk(cleanup) if isinstance(c, ast.Call)]
+    shutdown = [c for c in calls if ast.unparse(c.func) == "self.logic.shutdown"]
+    assert len(shutdown) == 1 and not shutdown[0].args and not shutdown[0].keywords  # the Lib's bounded default
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_status_bar_messages_and_translated_strings(name):
+    source = module_file(name).read_text()
+    assert source.count("slicer.util.showStatusMessage(") >= 2  # started, and finished
+    assert "from slicer.i18n import tr as _" in source and "from slicer.i18n import translate" in source
+    module = function(name, name, "__init__")
+    titles = [n for n in ast.walk(module) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) in (
+        "self.parent.title", "self.parent.helpText", "self.parent.acknowledgementText")]  # fmt: skip
+    assert len(titles) == 3 and all(ast.unparse(t.value).startswith("_(") for t in titles)
+    assert "documentationLink(" in ast.unparse(module)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_an_older_slicer_gets_the_message_before_anything_else(name):
+    setup = function(name, f"{name}Widget", "setup")
+    first = ast.unparse(setup.body[1])
+    assert first.startswith("if showUnsupportedPython(self.layout,") and "return" in first
+
+
+def test_generation_asks_for_diffusers_only_for_its_samplers():
+    ensure = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionLogic", "ensureDependencies"))
+    assert "dependencies.needed_for_sampler(sampler)" in ensure
+    generate = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onGenerate"))
+    assert "self.logic.ensureDependencies(params.sampler)" in generate
+    assert "self.logic.memory_warning(params" in generate
+
+
+def test_training_warns_about_memory_before_starting():
+    start = ast.unparse(function("WaveletDiffusionTraining", "WaveletDiffusionTrainingWidget", "startRun"))
+    assert start.index("self.logic.memory_warning(params)") < start.index("self.logic.start_training(")
+
+
+def test_extension_names_the_slicer_repository_and_its_contributors():
+    cmake = cmake_text(REPO_ROOT / "CMakeLists.txt")
+    entry = json.loads((REPO_ROOT / "Resources" / "WaveletDiffusion.json").read_text())
+    assert entry["scm_url"] == "https://github.com/WaveletDiffusion/SlicerWaveletDiffusion.git"
+    for key in ("HOMEPAGE", "ICONURL", "SCREENSHOTURLS"):
+        for url in re.search(rf'EXTENSION_{key} "([^"]+)"', cmake).group(1).split():
+            assert "/WaveletDiffusion/SlicerWaveletDiffusion/" in url, url
+    contributors = re.search(r'EXTENSION_CONTRIBUTORS "([^"]+)"', cmake).group(1)
+    assert "SlicerWaveletDiffusion" in contributors and "github.com" in contributors
+    for name in MODULES:
+        assert "/WaveletDiffusion/WaveletDiffusion/" not in module_file(name).read_text()
+
+
+def test_slicer_5_10_or_later_is_required_and_said_so():
+    cmake = cmake_text(REPO_ROOT / "CMakeLists.txt")
+    assert re.search(r'if\(Slicer_VERSION VERSION_LESS "5\.10"\)\s*message\(FATAL_ERROR', cmake)
+    assert "Slicer 5.10 or later" in re.search(r'EXTENSION_DESCRIPTION "([^"]+)"', cmake).group(1)
+    for doc in ("README.md", "docs/slicer.md"):
+        assert "Slicer 5.10 or later" in (REPO_ROOT / doc).read_text(), doc

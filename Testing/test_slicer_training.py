@@ -2,7 +2,8 @@
 
 No stand-ins: `python -m wdmcore train --progress jsonl` trains a tiny network (8 channels, 16^3 volumes) on
 small phantom volumes; the logic turns its events into table/plot nodes and preview volume nodes, stops it with
-SIGTERM (or kills it), resumes it, and reports its errors.
+its stop file (or kills it), resumes it, and reports its errors. The trainer also runs behind a launcher shaped like
+PythonSlicer (it starts the real interpreter as its child and forwards no signal).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_support import require_slicer, scene  # noqa: F401 - the fixture
+from slicer_support import make_launcher, process_alive, require_slicer, scene, tree, wait_dead  # noqa: F401
 
 slicer = require_slicer()
 nib = pytest.importorskip("nibabel")
@@ -249,3 +250,77 @@ def test_scene_volumes_are_exported_with_their_geometry_and_trained_on(logic, sc
     assert run.state == "finished", run.message
     assert sorted(p.name for p in (tmp_path / "run" / "scene_volumes").iterdir()) == sorted(f.name for f in files)
     assert load_model(run.model_path).card["training"]["volumes"] == 3
+
+
+# ------------------------------------------------------------------------------------------- through a launcher
+
+
+def start_behind_launcher(scene, tmp_path, phantom_folder, **fields):  # noqa: F811
+    logic = WaveletDiffusionTrainingLogic(scene, python=make_launcher(tmp_path), env=ENV)
+    params = tiny(tmp_path / "run", data_path=str(phantom_folder), max_steps=100_000, **fields)
+    run = logic.start_training(params)
+    wait_until(logic, lambda: run.step >= 2)
+    pids = tree(run.process.pid)
+    assert len(pids) >= 2  # the launcher and the real trainer
+    return logic, params, run, pids
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the launcher script needs a POSIX shebang")
+def test_stop_through_a_launcher_ends_the_real_trainer_after_its_checkpoint(scene, phantom_folder, tmp_path):  # noqa: F811
+    logic, params, run, pids = start_behind_launcher(scene, tmp_path, phantom_folder, checkpoint_interval=100_000)
+    try:
+        logic.stop(run)
+        logic.wait(run, timeout=TIMEOUT)
+        assert run.state == "stopped" and run.stopped_early and not run.killed_after_timeout, run.message
+        assert run.model_path == tmp_path / "run" / f"model_{run.step:07d}.safetensors"
+        assert runfolder.resumable(tmp_path / "run").step == run.step
+        assert [p for p in pids if process_alive(p)] == []  # "stopped" is true: nothing of the run is left
+        assert not runfolder.stop_file(tmp_path / "run").exists()
+        assert runfolder.live_trainers(tmp_path / "run") == []
+    finally:
+        logic.shutdown()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the launcher script needs a POSIX shebang")
+def test_shutdown_through_a_launcher_leaves_no_process_and_returns_quickly(scene, phantom_folder, tmp_path):  # noqa: F811
+    logic, params, run, pids = start_behind_launcher(scene, tmp_path, phantom_folder, checkpoint_interval=100_000,
+                                                     num_workers=1)  # fmt: skip
+    started = time.monotonic()
+    logic.shutdown()  # what closing Slicer does
+    assert time.monotonic() - started < 5.5
+    assert run.finished and wait_dead(pids, 0.5) == []
+    assert not logic.busy
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the launcher script needs a POSIX shebang")
+def test_resume_is_refused_while_a_trainer_of_the_folder_is_alive(scene, phantom_folder, tmp_path):  # noqa: F811
+    """A trainer left behind (its launcher was killed, as a signal to PythonSlicer does) still owns the folder."""
+    import subprocess
+    import sys
+
+    launcher = make_launcher(tmp_path)
+    params = tiny(tmp_path / "run", data_path=str(phantom_folder), max_steps=100_000, checkpoint_interval=2)
+    import wdmcore
+
+    env = {**os.environ, **ENV, "PYTHONPATH": os.pathsep.join([str(Path(wdmcore.__file__).parents[1]), *sys.path])}
+    proc = subprocess.Popen([launcher, "-m", "wdmcore", "train", *params.train_args()], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while runfolder.resumable(tmp_path / "run") is None:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        pids = tree(proc.pid)
+        os.kill(proc.pid, 9)  # the launcher only: the real trainer goes on
+        proc.wait()
+        trainer = [p for p in pids if p != proc.pid and process_alive(p)]
+        assert trainer
+        logic = WaveletDiffusionTrainingLogic(scene, env=ENV)
+        assert set(runfolder.live_trainers(tmp_path / "run")) >= set(trainer)
+        with pytest.raises(ValueError, match="still running"):
+            logic.resume(params)
+        assert not logic.busy
+    finally:
+        os.killpg(proc.pid, 9)
+    assert wait_dead(pids) == []
+    assert runfolder.live_trainers(tmp_path / "run") == []

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from slicer_support import require_slicer, scene  # noqa: F401 - the fixture
+from slicer_support import make_launcher, process_alive, require_slicer, scene, tree, wait_dead  # noqa: F401
 
 slicer = require_slicer()
 
@@ -250,3 +250,35 @@ def test_an_engine_error_is_reported_and_the_worker_lives_on(logic, scene, tmp_p
     assert not isinstance(caught.value, GenerationCancelled)
     assert caught.value.kind not in ("WorkerCrashed", "Timeout") and str(caught.value)
     assert logic.worker.running and scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
+
+
+# ------------------------------------------------------------------------------------------- through a launcher
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the launcher script needs a POSIX shebang")
+def test_cancel_and_shutdown_through_a_launcher_leave_no_process(scene, cache, model_file, tmp_path):  # noqa: F811
+    """PythonSlicer runs the real worker as its child: cancelling, killing and shutting down must reach it."""
+    logic = WaveletDiffusionLogic(scene, python=make_launcher(tmp_path))
+    try:
+        job = logic.start_generation(model=model_file, count=2, seed=0, sampler="ancestral", steps=200, preview=False)
+        assert wait_for_progress(logic, job)
+        pids = tree(logic.worker.pid)
+        assert len(pids) >= 2  # the launcher and the real interpreter
+        logic.cancel(job)  # a request on stdin, passed through by the launcher
+        logic.wait(job, timeout=60)
+        assert job.state == "cancelled" and all(process_alive(p) for p in pids)  # the worker lives on
+
+        job = logic.start_generation(model=model_file, count=2, seed=0, sampler="ancestral", steps=200, preview=False)
+        assert wait_for_progress(logic, job)
+        logic.cancel(job, force=True)  # the second Cancel: the whole tree ends at once
+        assert job.state == "cancelled" and wait_dead(pids, 5) == []
+
+        job = logic.start_generation(model=model_file, count=2, seed=0, sampler="ancestral", steps=200, preview=False)
+        assert wait_for_progress(logic, job)
+        pids = tree(logic.worker.pid)
+        started = time.monotonic()
+        logic.shutdown()  # what closing the module does, while it generates
+        assert time.monotonic() - started < 5
+        assert job.state == "cancelled" and wait_dead(pids, 0.5) == []
+    finally:
+        logic.shutdown()

@@ -189,6 +189,25 @@ def test_stop_request_writes_a_checkpoint_and_resume_continues(tmp_path):
     assert train(tiny_config(max_steps=6), PhantomDataset(4, 16), tmp_path, resume=True).step == 6
 
 
+def test_the_stop_file_stops_right_after_a_checkpoint_and_is_removed(tmp_path):
+    """A stop file written when the step-2 checkpoint arrives: the run stops at that step (no second write of
+    it), removes the file, and a resume is not stopped by it."""
+    (tmp_path / "STOP").write_text("left by an earlier session")  # removed at the start, not obeyed
+
+    def on_event(event):
+        if event.get("event") == "checkpoint" and event["step"] == 2:
+            (tmp_path / "STOP").write_text("stop")
+
+    config = tiny_config(max_steps=100, checkpoint_interval=2)
+    result = train(config, PhantomDataset(4, 16), tmp_path, on_event=on_event)
+    assert result.stopped and result.step == 2
+    assert result.model_path == tmp_path / "model_0000002.safetensors" and result.model_path.is_file()
+    assert [c[0] for c in list_checkpoints(tmp_path)] == [2]
+    assert not (tmp_path / "STOP").exists()
+    assert train(tiny_config(max_steps=4, checkpoint_interval=2), PhantomDataset(4, 16), tmp_path,
+                 resume=True).step == 4  # fmt: skip
+
+
 def test_previews_are_nifti_with_the_card_affine_and_a_valid_png(tmp_path):
     nib = pytest.importorskip("nibabel")
     events = []

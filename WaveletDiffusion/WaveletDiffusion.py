@@ -15,6 +15,9 @@ from typing import Annotated
 
 import qt
 import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -23,28 +26,58 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from WaveletDiffusionLib import dependencies, parameters
+from WaveletDiffusionLib import dependencies, parameters, reloading, settings, support
 from WaveletDiffusionLib.logic import GenerationCancelled, GenerationError
 from WaveletDiffusionLib.logic import WaveletDiffusionLogic as _GenerationLogic
 from WaveletDiffusionLib.parameters import GenerationParameters
 
-SAMPLER_PRESET_KEYS = ("fast", "faithful", "custom")
+SAMPLER_PRESET_KEYS = ("fast", "preview", "faithful", "custom")
+DOCUMENTATION_URL = "https://github.com/WaveletDiffusion/SlicerWaveletDiffusion/blob/main/docs/slicer.md"
+CONTRIBUTORS = ["SlicerWaveletDiffusion project (https://github.com/WaveletDiffusion/SlicerWaveletDiffusion)"]
+# The Libs that Reload must reload as well (the training module imports both).
+LIB_PACKAGES = ("WaveletDiffusionLib",)
+
+
+def documentationLink(url: str = DOCUMENTATION_URL) -> str:
+    """The help text's link, worded like ScriptedLoadableModule.getDefaultModuleDocumentationLink (which would
+    point at Slicer's own documentation, not an extension's)."""
+    text = _("For more information, see the {url_start}online documentation{url_end}.")
+    return "<p>" + text.format(url_start=f'<a href="{url}">', url_end="</a>") + "</p>"
+
+
+def errorDetails(detail) -> dict:
+    """errorDisplay's keywords: PythonQt would show None as the text "None" under "Show Details"."""
+    return {"detailedText": str(detail)} if detail else {}
+
+
+def showUnsupportedPython(layout, moduleTitle: str) -> bool:
+    """On a Slicer older than 5.10 (Python < 3.10) put one clear message in the panel; True when it did."""
+    message = support.unsupported_message(module=moduleTitle)
+    if message is None:
+        return False
+    label = qt.QLabel(message)
+    label.wordWrap = True
+    layout.addWidget(label)
+    layout.addStretch(1)
+    return True
 
 
 class WaveletDiffusion(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Wavelet Diffusion"
-        self.parent.categories = ["Image Synthesis"]
+        self.parent.title = _("Wavelet Diffusion")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = []
-        self.parent.contributors = ["WaveletDiffusion contributors"]
+        self.parent.contributors = CONTRIBUTORS
         self.parent.helpText = (
-            "Generate synthetic 3-D volumes (brain MRI, chest CT, a demo phantom) with 3-D wavelet diffusion "
-            "models. Choose a model, the number of volumes, the seed and the sampler, then press Generate. "
-            "See the <a href='https://github.com/WaveletDiffusion/WaveletDiffusion/blob/main/docs/slicer.md'>"
-            "documentation</a>."
+            _(
+                "Generate synthetic 3-D volumes (brain MRI, chest CT, a demo phantom) with 3-D wavelet diffusion "
+                "models. Choose a model, the number of volumes, the seed and the sampler, then press Generate. "
+                "Needs Slicer 5.10 or later."
+            )
+            + documentationLink()
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Based on WDM: 3D Wavelet Diffusion Models for High-Resolution Medical Image Synthesis "
             "(P. Friedrich, J. Wolleb, F. Bieder, A. Durrer, P. C. Cattin, DGM4MICCAI 2024)."
         )
@@ -57,8 +90,8 @@ class WaveletDiffusionParameterNode:
     model: str = parameters.DEFAULT_MODEL
     preset: str = ""
     device: str = "cpu"
-    sampler: Annotated[str, Choice(list(parameters.SAMPLERS))] = "ancestral"
-    steps: Annotated[int, WithinRange(1, 1000)] = 50
+    sampler: Annotated[str, Choice(list(parameters.SAMPLERS))] = "unipc"
+    steps: Annotated[int, WithinRange(1, 1000)] = 25
     count: Annotated[int, WithinRange(1, 100)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     batchSize: Annotated[int, WithinRange(1, 16)] = 1
@@ -109,11 +142,12 @@ def slicerInstallers() -> dependencies.Installers:
         pipEnsure = None
 
     def offerRestart(message):
-        if slicer.util.confirmYesNoDisplay(message + "\n\nRestart Slicer now?", windowTitle="Wavelet Diffusion"):
+        if slicer.util.confirmYesNoDisplay(message + "\n\n" + _("Restart Slicer now?"),
+                                           windowTitle=_("Wavelet Diffusion")):  # fmt: skip
             slicer.util.restart()
 
     return dependencies.Installers(
-        confirm=lambda question: slicer.util.confirmOkCancelDisplay(question, windowTitle="Wavelet Diffusion"),
+        confirm=lambda question: slicer.util.confirmOkCancelDisplay(question, windowTitle=_("Wavelet Diffusion")),
         install_torch=installTorch,
         pip_ensure=pipEnsure,
         pip_install=slicer.util.pip_install,
@@ -131,34 +165,48 @@ class WaveletDiffusionLogic(ScriptedLoadableModuleLogic, _GenerationLogic):
     """
 
     def __init__(self):
+        # ScriptedLoadableModuleLogic.__init__ runs the Lib logic's __init__ (through super()); configure it
+        # rather than running that __init__ a second time.
         ScriptedLoadableModuleLogic.__init__(self)
-        _GenerationLogic.__init__(
-            self,
+        self.configure(
             python=shutil.which("PythonSlicer") or None,
             idle=slicer.app.processEvents,
             schedule=lambda ms, callback: qt.QTimer.singleShot(ms, callback),
+            base_env=slicer.util.startupEnvironment,
+            provided_root=slicer.app.extensionsInstallPath,
         )
-        self._dependenciesChecked = False
+        self._dependenciesChecked = set()
 
     def getParameterNode(self):
-        return WaveletDiffusionParameterNode(super().getParameterNode())
+        """The scene's parameter node; a new one starts from the user's last choices (QSettings), one that came
+        with a loaded scene keeps that scene's settings."""
+        node = super().getParameterNode()
+        fresh = settings.is_new_parameter_node(node)
+        wrapped = WaveletDiffusionParameterNode(node)
+        if fresh:
+            wrapped.setFromGenerationParameters(
+                parameters.load_settings(qt.QSettings(), wrapped.toGenerationParameters())
+            )
+        return wrapped
 
-    def ensureDependencies(self) -> None:
-        """Install what the worker needs, after asking (once per session)."""
-        if self._dependenciesChecked:
+    def ensureDependencies(self, sampler=None) -> None:
+        """Install what the worker needs, after asking (once per session); diffusers only for its samplers."""
+        extra = dependencies.needed_for_sampler(sampler)
+        key = tuple(r.distribution for r in extra)
+        if key in self._dependenciesChecked:
             return
-        dependencies.ensure_dependencies(slicerInstallers())
-        self._dependenciesChecked = True
+        dependencies.ensure_dependencies(slicerInstallers(), extra=extra)
+        self._dependenciesChecked.add(key)
 
     def generate(self, *args, **kwargs):
         """Blocking: returns the volume nodes (see the Lib's ``WaveletDiffusionLogic.generate``)."""
-        self.ensureDependencies()
+        self.ensureDependencies(kwargs.get("sampler"))
         return super().generate(*args, **kwargs)
 
-    def start_generation(self, *args, **kwargs):
+    def start_generation(self, params=None, **kwargs):
         """Non-blocking: returns a job at once; callbacks run on the GUI thread from a QTimer."""
-        self.ensureDependencies()
-        return super().start_generation(*args, **kwargs)
+        self.ensureDependencies(kwargs.get("sampler", params.sampler if params is not None else None))
+        return super().start_generation(params, **kwargs)
 
 
 class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -178,6 +226,8 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if showUnsupportedPython(self.layout, _("Wavelet Diffusion")):
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/WaveletDiffusion.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -186,6 +236,7 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = WaveletDiffusionLogic()
         self.logic.log_callback = self.appendLog
         self.settings = qt.QSettings()
+        self._lastDevices = []
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -195,34 +246,39 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.downloadButton.clicked.connect(self.onDownload)
         self.ui.cancelDownloadButton.clicked.connect(self.onCancelDownload)
         self.ui.openCheckpointButton.clicked.connect(self.onOpenCheckpoint)
-        self.ui.presetComboBox.currentIndexChanged.connect(self.onPresetChanged)
-        self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
-        self.ui.samplerPresetComboBox.currentIndexChanged.connect(self.onSamplerPresetChanged)
-        self.ui.samplerComboBox.currentIndexChanged.connect(self.updateSamplerPreset)
-        self.ui.stepsSpinBox.valueChanged.connect(self.updateSamplerPreset)
+        # User actions only. What shows parameter values (the preset, device and sampler-preset boxes) follows
+        # the parameter node through its Modified event, which comes after connectGui's own slots have written
+        # the new value (PythonQt calls slots in connection order, and these connect before connectGui).
+        self.ui.presetComboBox.activated.connect(self.onPresetChosen)
+        self.ui.deviceComboBox.activated.connect(self.onDeviceChosen)
+        self.ui.samplerPresetComboBox.activated.connect(self.onSamplerPresetChosen)
         self.ui.randomSeedButton.clicked.connect(self.onRandomSeed)
         self.ui.generateButton.clicked.connect(self.onGenerate)
         self.ui.cancelButton.clicked.connect(self.onCancel)
 
         self.initializeParameterNode()
-        self._parameterNode.setFromGenerationParameters(
-            parameters.load_settings(self.settings, self._parameterNode.toGenerationParameters())
-        )
         self.setModelItems([])
         self.updateButtons()
+
+    def onReload(self) -> None:
+        """Reload the Lib as well: Slicer reloads this file only (importlib.reload; Python 3.12 has no imp)."""
+        reloading.reload_packages(LIB_PACKAGES)
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
         self.removeObservers()
         if self.logic is not None:
-            self.logic.shutdown()
+            self.logic.shutdown()  # within about 4 s: the worker's whole process tree ends
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic is not None:
@@ -239,10 +295,17 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.updateSamplerPreset()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Show what the parameter node holds in the boxes that connectGui does not bind."""
+        self.showPresetAndDevice()
+        self.updateSamplerPreset()
 
     # ------------------------------------------------------------------------------------------- models
 
@@ -282,7 +345,7 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.modelComboBox.currentData
         return name, next((m for m in self._models if m["name"] == name), None)
 
-    def onModelChanged(self, *_) -> None:
+    def onModelChanged(self, *_args) -> None:
         name, info = self.selectedModel()
         if self._parameterNode and name:
             self._parameterNode.model = name
@@ -353,9 +416,21 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setModelItems(self._models)
         self.appendLog(f"checkpoint: {path}")
 
-    def onPresetChanged(self, index) -> None:
+    def onPresetChosen(self, index) -> None:
         if self._parameterNode:
             self._parameterNode.preset = "" if index <= 0 else self.ui.presetComboBox.currentText
+
+    def showPresetAndDevice(self) -> None:
+        """The preset and device boxes show the parameter node's values (restored from settings or a scene), never
+        a default while the run would use something else."""
+        if not self._parameterNode:
+            return
+        combo = self.ui.presetComboBox
+        preset = self._parameterNode.preset
+        combo.blockSignals(True)
+        combo.setCurrentIndex(0 if not preset else max(0, combo.findText(preset)))
+        combo.blockSignals(False)
+        self.setDeviceItems(self._lastDevices)
 
     # ------------------------------------------------------------------------------------------- devices
 
@@ -367,39 +442,47 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.appendLog(
             f"PyTorch {info.get('torch')} (CUDA build {info.get('cuda_build')}), Python {info.get('python')}"
         )
+        self._lastDevices = list(info.get("devices", []))
+        self.setDeviceItems(self._lastDevices)
+
+    def setDeviceItems(self, devices) -> None:
+        """The devices the worker found; a saved device it did not list (yet) is shown as such, so that the box
+        always shows the device the run will use."""
         combo = self.ui.deviceComboBox
+        wanted = self._parameterNode.device if self._parameterNode else "cpu"
         combo.blockSignals(True)
         combo.clear()
-        for device in info.get("devices", []):
+        for device in devices:
             label = device["name"]
             if device["kind"] == "cuda":
                 free, total = device.get("free_bytes"), device.get("total_bytes")
                 label = f"CUDA {device['id'][5:]}: {device['name']}"
                 if free is not None and total:
-                    label += f" ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
+                    label += _(" ({free:.1f} of {total:.1f} GiB free)").format(free=free / 2**30, total=total / 2**30)
             elif device["kind"] == "cpu":
-                label = "CPU"
+                label = _("CPU")
             combo.addItem(label, device["id"])
-        index = combo.findData(self._parameterNode.device)
-        combo.setCurrentIndex(max(index, 0))
+        if combo.findData(wanted) < 0:
+            label = _("CPU") if wanted == "cpu" else _("{device} (press Refresh to check it)").format(device=wanted)
+            combo.addItem(label, wanted)
+        combo.setCurrentIndex(combo.findData(wanted))
         combo.blockSignals(False)
-        self.onDeviceChanged()
 
-    def onDeviceChanged(self, *_) -> None:
+    def onDeviceChosen(self, *_args) -> None:
         device = self.ui.deviceComboBox.currentData
         if self._parameterNode and device:
             self._parameterNode.device = device
 
     # ------------------------------------------------------------------------------------------- sampler
 
-    def onSamplerPresetChanged(self, index) -> None:
+    def onSamplerPresetChosen(self, index) -> None:
         key = SAMPLER_PRESET_KEYS[index]
         if key != "custom" and self._parameterNode:
             chosen = parameters.SAMPLER_PRESETS[key]
             self._parameterNode.sampler = chosen["sampler"]
             self._parameterNode.steps = chosen["steps"]
 
-    def updateSamplerPreset(self, *_) -> None:
+    def updateSamplerPreset(self, *_args) -> None:
         if not self._parameterNode:
             return
         current = {"sampler": self._parameterNode.sampler, "steps": self._parameterNode.steps}
@@ -415,13 +498,19 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------------- generation
 
     def onGenerate(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Cannot start generating.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Cannot start generating."), waitCursor=True):
             params = self._parameterNode.toGenerationParameters().validate()
             parameters.save_settings(self.settings, params)
-            self.logic.ensureDependencies()
+            self.logic.ensureDependencies(params.sampler)
+            warning = self.logic.memory_warning(params, self._lastDevices)
+            if warning and not slicer.util.confirmOkCancelDisplay(warning + "\n\n" + _("Generate anyway?"),
+                                                                  windowTitle=_("Wavelet Diffusion")):  # fmt: skip
+                return
             self._volumesShown = 0
             self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = "Starting the worker and loading the model..."
+            self.ui.statusLabel.text = _("Starting the worker and loading the model...")
+            slicer.util.showStatusMessage(_("Wavelet Diffusion: generating {count} volume(s)...").format(
+                count=params.count))  # fmt: skip
             self._job = self.logic.start_generation(
                 params,
                 on_progress=self.onProgress,
@@ -446,7 +535,8 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPreview(self, job, node) -> None:
         if self._volumesShown == 0:
-            slicer.util.setSliceViewerLayers(background=node, fit=True)
+            # Fit once, on the first preview: the user may zoom and pan while sampling goes on.
+            slicer.util.setSliceViewerLayers(background=node, fit=job.preview_updates == 1)
 
     def onVolume(self, job, node) -> None:
         self._volumesShown += 1
@@ -457,12 +547,14 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elapsed = formatDuration(max(0.0, time.monotonic() - job.started))
         if job.state == "done":
             self.ui.progressBar.value = 1000
-            self.ui.statusLabel.text = f"Generated {len(job.nodes)} volume(s) in {elapsed}."
+            self.ui.statusLabel.text = _("Generated {count} volume(s) in {elapsed}.").format(
+                count=len(job.nodes), elapsed=elapsed)  # fmt: skip
         elif job.state == "cancelled":
-            self.ui.statusLabel.text = f"Cancelled; {len(job.nodes)} volume(s) were finished."
+            self.ui.statusLabel.text = _("Cancelled; {count} volume(s) were finished.").format(count=len(job.nodes))
         else:
-            self.ui.statusLabel.text = f"Failed: {job.error}"
-            self.showError("Generation failed", job.error)
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
+            self.showError(_("Generation failed"), job.error)
+        slicer.util.showStatusMessage(_("Wavelet Diffusion: {status}").format(status=self.ui.statusLabel.text), 5000)
         self.updateButtons()
 
     def onCancel(self) -> None:
@@ -481,7 +573,7 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self) -> None:
         generating = self._job is not None
         downloading = self._downloadJob is not None
-        _, info = self.selectedModel()
+        info = self.selectedModel()[1]
         self.ui.generateButton.enabled = not generating and not downloading
         self.ui.cancelButton.enabled = generating
         self.ui.downloadButton.enabled = (
@@ -500,7 +592,7 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if isinstance(error, GenerationCancelled):
             return
         detail = getattr(error, "detail", "") if isinstance(error, GenerationError) else ""
-        slicer.util.errorDisplay(f"{title}:\n{message}", detailedText=detail or None)
+        slicer.util.errorDisplay(f"{title}:\n{message}", **errorDetails(detail))
 
 
 def formatDuration(seconds: float) -> str:
@@ -527,8 +619,13 @@ class WaveletDiffusionTest(ScriptedLoadableModuleTest):
         from WaveletDiffusionLib import volumes
 
         self.delayDisplay("Generating two volumes with the demo model on the CPU")
+        if slicer.app.testingEnabled() and dependencies.missing([dependencies.TORCH]):
+            # In testing mode every confirmation answers yes: the test would install several GB of PyTorch.
+            self.delayDisplay("PyTorch is not installed: test skipped (install it from the PyTorch Utils module)")
+            return
         logic = WaveletDiffusionLogic()
         try:
+            logic.ensureDependencies()  # before the first request: the worker imports torch
             models = {m["name"]: m for m in logic.list_models()}
             demo = models.get(parameters.DEFAULT_MODEL)
             if demo is None or not demo["cached"]:

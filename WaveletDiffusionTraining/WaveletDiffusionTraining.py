@@ -18,6 +18,9 @@ from typing import Annotated
 
 import qt
 import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -26,30 +29,37 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from WaveletDiffusionLib import dependencies
+from WaveletDiffusionLib import dependencies, reloading, settings
 from WaveletDiffusionTrainingLib import datasource, parameters, runfolder
 from WaveletDiffusionTrainingLib.logic import TrainingError, format_duration
 from WaveletDiffusionTrainingLib.logic import WaveletDiffusionTrainingLogic as _TrainingLogic
 from WaveletDiffusionTrainingLib.parameters import TrainingParameters
+from WaveletDiffusionTrainingLib.scanning import ScanScheduler
+
+from WaveletDiffusion import CONTRIBUTORS, documentationLink, errorDetails, showUnsupportedPython
 
 DATA_SOURCE_KEYS = ("folder", "nodes")  # the order of dataSourceComboBox
+DOCUMENTATION_URL = (
+    "https://github.com/WaveletDiffusion/SlicerWaveletDiffusion/blob/main/docs/slicer.md"
+    "#the-training-module-wavelet-diffusion-training"
+)
+# Reload reloads both Libs: this module's logic builds on the generation module's.
+LIB_PACKAGES = ("WaveletDiffusionLib", "WaveletDiffusionTrainingLib")
 
 
 class WaveletDiffusionTraining(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Wavelet Diffusion Training"
-        self.parent.categories = ["Image Synthesis"]
+        self.parent.title = _("Wavelet Diffusion Training")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = ["WaveletDiffusion"]
-        self.parent.contributors = ["WaveletDiffusion contributors"]
-        self.parent.helpText = (
+        self.parent.contributors = CONTRIBUTORS
+        self.parent.helpText = _(
             "Train a 3-D wavelet diffusion model on a folder of volumes (BraTS, LIDC-IDRI or any NIfTI/NRRD/MHA "
             "files) or on volumes of the scene. Watch the loss curve and preview samples, stop and resume, and "
-            "open the result in the Wavelet Diffusion module. See the "
-            "<a href='https://github.com/WaveletDiffusion/WaveletDiffusion/blob/main/docs/slicer.md'>"
-            "documentation</a>."
-        )
-        self.parent.acknowledgementText = (
+            "open the result in the Wavelet Diffusion module. Needs Slicer 5.10 or later."
+        ) + documentationLink(DOCUMENTATION_URL)
+        self.parent.acknowledgementText = _(
             "Based on WDM: 3D Wavelet Diffusion Models for High-Resolution Medical Image Synthesis "
             "(P. Friedrich, J. Wolleb, F. Bieder, A. Durrer, P. C. Cattin, DGM4MICCAI 2024)."
         )
@@ -126,17 +136,27 @@ class WaveletDiffusionTrainingLogic(ScriptedLoadableModuleLogic, _TrainingLogic)
     """
 
     def __init__(self):
+        # ScriptedLoadableModuleLogic.__init__ runs the Lib logic's __init__ (through super()); configure it
+        # rather than running that __init__ a second time.
         ScriptedLoadableModuleLogic.__init__(self)
-        _TrainingLogic.__init__(
-            self,
+        self.configure(
             python=shutil.which("PythonSlicer") or None,
             idle=slicer.app.processEvents,
             schedule=lambda ms, callback: qt.QTimer.singleShot(ms, callback),
+            base_env=slicer.util.startupEnvironment,
+            provided_root=slicer.app.extensionsInstallPath,
         )
         self._dependenciesChecked = False
 
     def getParameterNode(self):
-        return WaveletDiffusionTrainingParameterNode(super().getParameterNode())
+        """The scene's parameter node; a new one starts from the user's last choices (QSettings), one that came
+        with a loaded scene keeps that scene's settings."""
+        node = super().getParameterNode()
+        fresh = settings.is_new_parameter_node(node)
+        wrapped = WaveletDiffusionTrainingParameterNode(node)
+        if fresh:
+            wrapped.setFromTrainingParameters(parameters.load_settings(qt.QSettings(), wrapped.toTrainingParameters()))
+        return wrapped
 
     def ensureDependencies(self) -> None:
         """Install what training needs (PyTorch, the engine's packages, nibabel), after asking, once a session."""
@@ -151,7 +171,8 @@ class WaveletDiffusionTrainingLogic(ScriptedLoadableModuleLogic, _TrainingLogic)
 
     def dependenciesPresent(self) -> bool:
         """Whether everything is installed already (checked without asking or installing anything)."""
-        required = [dependencies.TORCH, *dependencies.PACKAGES, *dependencies.TRAINING_PACKAGES]
+        required = [dependencies.TORCH, *dependencies.PACKAGES, *dependencies.MODULE_PACKAGES,
+                    *dependencies.TRAINING_PACKAGES]  # fmt: skip
         return self._dependenciesChecked or not dependencies.missing(required)
 
     def start_training(self, *args, **kwargs):
@@ -178,6 +199,8 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if showUnsupportedPython(self.layout, _("Wavelet Diffusion Training")):
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/WaveletDiffusionTraining.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -187,14 +210,17 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self.logic = WaveletDiffusionTrainingLogic()
         self.logic.log_callback = self.appendLog
         self.settings = qt.QSettings()
+        # The folder is described when the user changed what a scan reads, once the changes settled; binding a
+        # parameter node (module enter, scene close) refills combo boxes and must not start scans.
+        self.scanScheduler = ScanScheduler(lambda ms, callback: qt.QTimer.singleShot(ms, callback),
+                                           lambda key: self.startScan(readVoxels=False))  # fmt: skip
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self.ui.dataSourceComboBox.currentIndexChanged.connect(self.onDataSourceChanged)
+        self.ui.dataSourceComboBox.activated.connect(self.onDataSourceChosen)
         self.ui.dataFolderPathLineEdit.currentPathChanged.connect(self.onDataFolderChanged)
         self.ui.volumesComboBox.checkedNodesChanged.connect(self.onVolumesChanged)
-        self.ui.dataFormatComboBox.currentIndexChanged.connect(self.onDataFormatChanged)
         self.ui.checkDataButton.clicked.connect(lambda: self.startScan(readVoxels=True))
         self.ui.outputDirPathLineEdit.currentPathChanged.connect(self.onOutputDirChanged)
         self.ui.startButton.clicked.connect(self.onStart)
@@ -204,27 +230,29 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self.ui.openInGenerationButton.clicked.connect(self.onOpenInGeneration)
 
         self.initializeParameterNode()
-        self._parameterNode.setFromTrainingParameters(
-            parameters.load_settings(self.settings, self._parameterNode.toTrainingParameters())
-        )
-        self.updatePathWidgets()
-        self.onDataSourceChanged(self.ui.dataSourceComboBox.currentIndex)
         self.updateButtons()
+
+    def onReload(self) -> None:
+        """Reload both Libs as well: Slicer reloads this file only (importlib.reload; Python 3.12 has no imp)."""
+        reloading.reload_packages(LIB_PACKAGES)
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
         self.removeObservers()
         if self.logic is not None:
-            # Slicer is closing: a graceful stop (checkpoint) if it comes quickly, else the process tree ends;
-            # the checkpoints already written stay usable either way.
-            self.logic.shutdown(timeout=30.0)
+            # Slicer is closing: a graceful stop (checkpoint) if it comes within a few seconds, else the process
+            # tree ends; the checkpoints already written stay usable either way. Never blocks more than ~5 s.
+            self.logic.shutdown()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         for run in (self._run, self._lastRun):
@@ -242,10 +270,27 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = parameterNode
         if self._parameterNode:
+            self.scanScheduler.seed(self.scanKey())  # binding the node is no reason to scan
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.updatePathWidgets()
+            self.showDataSource()
+            if self._parameterNode.dataSource == "folder" and self._parameterNode.dataPath:
+                self.ui.dataSummaryTextEdit.plainText = _("Press Check data to describe this folder.")
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Runs after connectGui's slots wrote the new values (they run before it): read the node here."""
+        self.scanScheduler.changed(self.scanKey())
+
+    def scanKey(self):
+        """What a header scan reads; None when the data are volumes of the scene."""
+        node = self._parameterNode
+        if not node or node.dataSource != "folder":
+            return None
+        return (node.dataPath, node.dataFormat, node.sequence)
 
     # ------------------------------------------------------------------------------------------- data
 
@@ -263,30 +308,27 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         combo.setCurrentIndex(DATA_SOURCE_KEYS.index(self._parameterNode.dataSource))
         combo.blockSignals(False)
 
-    def onDataSourceChanged(self, index) -> None:
-        source = DATA_SOURCE_KEYS[max(0, index)]
+    def onDataSourceChosen(self, index) -> None:
         if self._parameterNode:
-            self._parameterNode.dataSource = source
+            self._parameterNode.dataSource = DATA_SOURCE_KEYS[max(0, index)]
+        self.showDataSource()
+
+    def showDataSource(self) -> None:
+        source = self._parameterNode.dataSource if self._parameterNode else "folder"
         folder = source == "folder"
         for widget in (self.ui.dataFolderLabel, self.ui.dataFolderPathLineEdit, self.ui.dataFormatLabel,
                        self.ui.dataFormatComboBox, self.ui.sequenceLabel, self.ui.sequenceComboBox,
                        self.ui.checkDataButton, self.ui.checkDataProgressBar):  # fmt: skip
             widget.visible = folder
         self.ui.volumesLabel.visible = self.ui.volumesComboBox.visible = not folder
-        if folder:
-            self.startScan(readVoxels=False)
-        else:
+        if not folder:
             self.onVolumesChanged()
 
     def onDataFolderChanged(self, path) -> None:
         if self._parameterNode:
-            self._parameterNode.dataPath = path
-        self.startScan(readVoxels=False)
+            self._parameterNode.dataPath = path  # the scan follows through onParameterNodeModified
 
-    def onDataFormatChanged(self, *_) -> None:
-        self.startScan(readVoxels=False)
-
-    def onVolumesChanged(self, *_) -> None:
+    def onVolumesChanged(self, *_args) -> None:
         if self._parameterNode and self._parameterNode.dataSource == "nodes":
             self.ui.dataSummaryTextEdit.plainText = datasource.describe_nodes(self.checkedVolumes())
 
@@ -335,6 +377,8 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self._scanJob = None
         if job.state == "cancelled":
             return
+        if job.state != "done":
+            self.scanScheduler.forget()  # the next change scans again, even back to these values
         self.ui.checkDataProgressBar.value = 1000 if job.state == "done" else 0
         self.ui.dataSummaryTextEdit.plainText = job.text
 
@@ -381,12 +425,20 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self.startRun(resume=True)
 
     def startRun(self, resume: bool) -> None:
-        with slicer.util.tryWithErrorDisplay("Cannot start training.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Cannot start training."), waitCursor=True):
             params = self.currentParameters()
             if params.data_source == "nodes" and not resume and not self.checkedVolumes():
-                raise ValueError("select the volumes to train on")
+                raise ValueError(_("select the volumes to train on"))
             parameters.save_settings(self.settings, params)
             self.logic.ensureDependencies()
+            warning = self.logic.memory_warning(params)
+            title = _("Wavelet Diffusion Training")
+            if warning and not slicer.util.confirmOkCancelDisplay(
+                warning + "\n\n" + _("Start anyway?"), windowTitle=title
+            ):
+                return
+            slicer.util.showStatusMessage(_("Wavelet Diffusion Training: starting {run}...").format(
+                run=params.output_dir))  # fmt: skip
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = "Starting the training process..."
             self._run = self.logic.start_training(
@@ -445,6 +497,8 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
             self.ui.statusLabel.text = f"{verb} at step {run.step:,} after {elapsed}."
             if run.message and run.state == "stopped" and run.result_path is None:
                 self.appendLog(run.message)
+        slicer.util.showStatusMessage(_("Wavelet Diffusion Training: {status}").format(
+            status=self.ui.statusLabel.text), 5000)  # fmt: skip
         self.describeOutputDir()
         self.updateButtons()
 
@@ -481,7 +535,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         message = str(error)
         self.appendLog(f"{title}: {message}")
         detail = getattr(error, "detail", "") if isinstance(error, TrainingError) else ""
-        slicer.util.errorDisplay(f"{title}:\n{message}", detailedText=detail or None)
+        slicer.util.errorDisplay(f"{title}:\n{message}", **errorDetails(detail))
 
 
 class WaveletDiffusionTrainingTest(ScriptedLoadableModuleTest):
@@ -498,6 +552,10 @@ class WaveletDiffusionTrainingTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         self.delayDisplay("Training a tiny network on three scene volumes")
+        if slicer.app.testingEnabled() and dependencies.missing([dependencies.TORCH]):
+            # In testing mode every confirmation answers yes: the test would install several GB of PyTorch.
+            self.delayDisplay("PyTorch is not installed: test skipped (install it from the PyTorch Utils module)")
+            return
         rng = np.random.default_rng(0)
         nodes = []
         for i in range(3):
@@ -514,6 +572,7 @@ class WaveletDiffusionTrainingTest(ScriptedLoadableModuleTest):
         )  # fmt: skip
         logic = WaveletDiffusionTrainingLogic()
         try:
+            logic.ensureDependencies()
             run = logic.train(params, nodes=nodes, timeout=600)
             self.assertEqual(run.state, "finished")
             self.assertEqual([step for step, _ in run.curve.points()], [1, 2, 3, 4])

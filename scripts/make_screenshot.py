@@ -108,7 +108,7 @@ def main() -> None:
     find(QtWidgets.QLabel, "modelInfoLabel").setText(f"{label}\ncached, license: MIT")
     find(QtWidgets.QSpinBox, "countSpinBox").setValue(2)
     find(QtWidgets.QSpinBox, "seedSpinBox").setValue(7)
-    find(QtWidgets.QComboBox, "samplerComboBox").setCurrentText("ancestral")  # the default; Slicer binds it
+    find(QtWidgets.QComboBox, "samplerComboBox").setCurrentText("unipc")  # the default; Slicer binds it
     find(QtWidgets.QProgressBar, "progressBar").setValue(1000)
     find(QtWidgets.QLabel, "statusLabel").setText(f"Generated {len(arrays)} volume(s): {', '.join(names)}.")
     find(QtWidgets.QPlainTextEdit, "logTextEdit").setPlainText("\n".join(lines))

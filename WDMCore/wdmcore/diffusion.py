@@ -39,6 +39,14 @@ class DiffusionConfig:
             raise ConfigError(f"noise schedule {self.schedule!r} is not supported; use 'linear'.")
         if self.steps < 2:
             raise ConfigError(f"a diffusion needs at least 2 steps, got {self.steps}.")
+        betas = self.betas()
+        # beta_t is a probability of noise per step: outside (0, 1) the schedule has no square roots (NaN).
+        if not (np.all(np.isfinite(betas)) and np.all(betas > 0) and np.all(betas < 1)):
+            raise ConfigError(
+                f"the noise schedule from beta_start={self.beta_start}, beta_end={self.beta_end} over {self.steps} "
+                "steps leaves (0, 1); every beta must lie strictly between 0 and 1. Fix the model card's diffusion "
+                "settings (the released models use beta_start 0.0001 and beta_end 0.02 for 1000 steps)."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,6 +78,10 @@ def space_timesteps(num_timesteps: int, spacing: str | int) -> list[int]:
         counts = [int(c) for c in spacing.split(",") if c]
     except ValueError:
         raise ConfigError(f"cannot read step spacing {spacing!r}; use e.g. 50, '10,20' or 'ddim50'.") from None
+    if counts == [1]:
+        # One step must start from pure noise: keep the last timestep (the released rule would keep t = 0,
+        # a network call that expects an almost clean input and returns noise).
+        return [num_timesteps - 1]
     size_per, extra = divmod(num_timesteps, len(counts))
     start, taken = 0, []
     for i, count in enumerate(counts):
@@ -118,12 +130,14 @@ class Diffusion:
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # log of 0 at t = 0 is replaced by the value at t = 1 (only used for likelihoods).
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        # The variance at t = 0 (zero) is replaced by the one at t = 1; a one-step diffusion has no t = 1 and uses
+        # its beta (the value only matters for likelihoods: no noise is added at t = 0).
+        first = self.posterior_variance[1] if len(betas) > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         # "Fixed large" variance used by the released sampler: beta_t, with the posterior variance at t = 0.
-        self.variance_fixed_large = np.append(self.posterior_variance[1], betas[1:])
+        self.variance_fixed_large = np.append(first, betas[1:])
         self.log_variance_fixed_large = np.log(self.variance_fixed_large)
         self._tensor_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
 

@@ -30,3 +30,7 @@ class DataError(WDMError):
 
 class OutOfMemoryError(WDMError, MemoryError):
     """The device ran out of memory (for example while generating a batch of volumes)."""
+
+
+class NonFiniteError(WDMError, ValueError):
+    """Weights or a computed volume hold NaN or infinite values; nothing is written from them."""

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 # Generation (wdmcore.tasks.generate, wdmcore.samplers).
 DEFAULT_MODEL = "demo_phantom_64"
-SAMPLER_NAMES = ("ancestral", "ddim", "dpm++2m", "unipc")
-DEFAULT_SAMPLER = "ancestral"
-# Steps used when a sampler is chosen without a step count. The default, 50 respaced ancestral steps, is the
-# fewest that reach the distribution of the paper's 1000-step sampler in the quality-against-steps table
-# (docs/generation.md); the paper's sampler itself is ``sampler="ancestral", steps=1000``.
-DEFAULT_STEPS = {"ancestral": 50, "ddim": 50, "dpm++2m": 25, "unipc": 25}
+SAMPLER_NAMES = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")  # the order of samplers.SAMPLERS
+DEFAULT_SAMPLER = "unipc"
+# Steps used when a sampler is chosen without a step count: the fewest that reach the texture of the exact
+# denoiser's distribution (ratio 0.9-1.1) in the exact-denoiser table of docs/generation.md, with a margin for a
+# learned network. UniPC reaches it with the fewest calls. The ancestral sampler's default is the paper's 1000
+# steps: respaced to fewer, it leaves noise the network was not trained to remove.
+DEFAULT_STEPS = {"unipc": 25, "dpm++2m": 25, "dpm++2m-sde": 25, "ddim": 50, "ancestral": 1000}
+# The quick look (the Slicer module's *Preview*): UniPC with 10 calls, still within the texture band.
+PREVIEW_SAMPLER, PREVIEW_STEPS = "unipc", 10
+MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator takes
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
 # Networks (wdmcore.networks.PRESETS).
@@ -35,3 +39,4 @@ EXIT_UNEXPECTED = 1  # a bug or an unforeseen failure (traceback shown)
 EXIT_USAGE = 2  # invalid options or inputs: the message says what to change
 EXIT_OUT_OF_MEMORY = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15, what a shell reports): finished files kept, temporary files removed

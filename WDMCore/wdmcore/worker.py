@@ -11,7 +11,7 @@ Requests::
     {"type": "download", "model": NAME}                    -> progress..., downloaded
     {"type": "load_model", "model": NAME_OR_PATH, "preset": null, "device": "cpu"}
                                                            -> progress (downloads)..., loaded
-    {"type": "generate", "num": 2, "seed": 0, "sampler": "ancestral", "steps": 50, "batch_size": 1,
+    {"type": "generate", "num": 2, "seed": 0, "sampler": "unipc", "steps": 25, "batch_size": 1,
      "precision": "fp32", "preview_every": 5, "output_dir": DIR, "name": "volume"}
                                                            -> progress..., preview..., result (one per volume),
                                                               done | cancelled
@@ -62,7 +62,7 @@ class JobCancelled(Exception):
 class Worker:
     """The request loop. ``out`` receives the events, ``inp`` is read by a background thread."""
 
-    def __init__(self, inp: IO[str], out: IO[str]):
+    def __init__(self, inp: IO[str] | IO[bytes], out: IO[str]):
         self._inp = inp
         self._out = out
         self._out_lock = threading.Lock()
@@ -70,6 +70,7 @@ class Worker:
         self._state_lock = threading.Lock()
         self._current: Any = None  # id of the running job
         self._cancelled_ids: set[Any] = set()
+        self._queued: dict[Any, int] = {}  # ids of requests waiting in the queue (how many with each id)
         self.cancel_event = threading.Event()
         self.model: Any = None
         self.model_key: tuple | None = None
@@ -83,38 +84,69 @@ class Worker:
             self._out.flush()
 
     def _read_requests(self) -> None:
-        """Reader thread: parse lines, act on cancel/shutdown at once, queue the rest."""
+        """Reader thread: parse lines, act on cancel/shutdown at once, queue the rest. No line can end it."""
         try:
             for raw in self._inp:
-                raw = raw.strip()
-                if not raw:
-                    continue
                 try:
-                    request = json.loads(raw)
-                    if not isinstance(request, dict) or not isinstance(request.get("type"), str):
-                        raise ValueError("a request is a JSON object with a string 'type'")
-                except ValueError as exc:
-                    self.send("error", id=None, kind="BadRequest", message=f"unreadable request {raw[:200]!r}: {exc}")
-                    continue
-                kind = request["type"]
-                if kind == "cancel":
-                    self._cancel(request.get("target"))
-                elif kind == "shutdown":
-                    self._cancel(None)
-                    self._requests.put(request)
-                    return
-                else:
-                    self._requests.put(request)
+                    if self._take_line(raw):
+                        return
+                except Exception as exc:  # a line we did not foresee: report it, keep reading
+                    self.send("error", id=None, kind="BadRequest", message=f"unreadable request: {exc}")
         finally:
             # EOF: the parent closed our stdin or died. Stop the running job and leave.
             self._cancel(None)
             self._requests.put(None)
 
+    def _take_line(self, raw: str | bytes) -> bool:
+        """Handle one line of stdin; True when it was shutdown."""
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.send("error", id=None, kind="BadRequest", message=f"a request line is not UTF-8 text ({exc})")
+                return False
+        raw = raw.strip()
+        if not raw:
+            return False
+        try:
+            request = json.loads(raw)
+            if not isinstance(request, dict) or not isinstance(request.get("type"), str):
+                raise ValueError("a request is a JSON object with a string 'type'")
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands of levels deep
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            self.send("error", id=None, kind="BadRequest", message=f"unreadable request {raw[:200]!r}: {reason}")
+            return False
+        for key in ("id", "target"):
+            if not _is_job_id(request.get(key)):
+                self.send(
+                    "error",
+                    id=None,
+                    kind="BadRequest",
+                    message=f"request {key!r} must be a string, a number or null, got {request.get(key)!r:.200}",
+                )
+                return False
+        kind = request["type"]
+        if kind == "cancel":
+            self._cancel(request.get("target"))
+        elif kind == "shutdown":
+            self._cancel(None)
+            self._requests.put(request)
+            return True
+        else:
+            with self._state_lock:
+                job_id = request.get("id")
+                if job_id is not None:
+                    self._queued[job_id] = self._queued.get(job_id, 0) + 1
+            self._requests.put(request)
+        return False
+
     def _cancel(self, job_id: Any) -> None:
         with self._state_lock:
             if job_id is None or job_id == self._current:
                 self.cancel_event.set()
-            else:
+            elif self._queued.get(job_id):
+                # Only a job that is waiting in the queue: a cancel for a job that already ended must not
+                # cancel a later job that happens to reuse its id.
                 self._cancelled_ids.add(job_id)
 
     def run(self) -> int:
@@ -127,6 +159,8 @@ class Worker:
             job_id = request.get("id")
             with self._state_lock:
                 self._current = job_id
+                if job_id is not None and self._queued.get(job_id):
+                    self._queued[job_id] -= 1
                 self.cancel_event.clear()
                 if job_id is not None and job_id in self._cancelled_ids:
                     self._cancelled_ids.discard(job_id)
@@ -207,13 +241,13 @@ class Worker:
         from .tasks.generate import DEFAULT_SAMPLER, generate
 
         job_id = request.get("id")
+        num = _int_field(request, "num", 1, minimum=1)
+        seed = _int_field(request, "seed", 0, minimum=0)
+        batch_size = _int_field(request, "batch_size", 1, minimum=1)
         if "model" in request:
             self._ensure_model(request)
         if self.model is None:
             raise _BadRequest("no model is loaded: send load_model first, or give 'model' with the request")
-        num = int(request.get("num", 1))
-        seed = int(request.get("seed", 0))
-        batch_size = max(1, int(request.get("batch_size", 1)))
         sampler = request.get("sampler", DEFAULT_SAMPLER)
         steps = request.get("steps")
         precision = request.get("precision", "fp32")
@@ -497,6 +531,17 @@ def _required(request: dict[str, Any], key: str) -> Any:
     return request[key]
 
 
+def _is_job_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+def _int_field(request: dict[str, Any], key: str, default: int, *, minimum: int) -> int:
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < minimum:
+        raise _BadRequest(f"{key!r} must be a whole number of at least {minimum}, got {value!r:.100}")
+    return int(value)
+
+
 def _safe_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).strip("._")
     return cleaned or "volume"
@@ -520,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    inp = open(sys.stdin.fileno(), encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the worker
+    # Bytes, decoded line by line: one line that is not UTF-8 is answered with an error, not a dead reader.
+    inp = open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115 - lives as long as the worker
     return Worker(inp, protocol_out).run()
 
 

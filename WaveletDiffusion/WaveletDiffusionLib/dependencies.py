@@ -46,8 +46,19 @@ PACKAGES: tuple[Requirement, ...] = (
     Requirement("tqdm", "4.60"),
     Requirement("pooch", "1.8"),
     Requirement("platformdirs", "3"),
-    Requirement("diffusers", "0.30"),
 )
+# Only the fast ODE samplers use it: it is installed when one of them is chosen, not on first use (the default
+# sampler, ancestral, does not need it).
+DIFFUSERS = Requirement("diffusers", "0.30")
+DIFFUSERS_SAMPLERS = ("dpm++2m", "unipc")
+# What the modules themselves need in Slicer's process: psutil finds and ends every process of a child's tree
+# (PythonSlicer is a launcher whose child is the real interpreter).
+MODULE_PACKAGES: tuple[Requirement, ...] = (Requirement("psutil", "5.9"),)
+
+
+def needed_for_sampler(sampler: str | None) -> tuple[Requirement, ...]:
+    """What generating with ``sampler`` needs beyond :data:`PACKAGES`."""
+    return (DIFFUSERS,) if sampler in DIFFUSERS_SAMPLERS else ()
 
 
 @dataclass(frozen=True)
@@ -136,8 +147,9 @@ TRAINING_PACKAGES: tuple[Requirement, ...] = (Requirement("nibabel", "5"),)
 def ensure_dependencies(
     installers: Installers, *, requester: str = "Wavelet Diffusion", extra: Sequence[Requirement] = ()
 ) -> Outcome:
-    """Make sure PyTorch and the engine's packages (and ``extra`` ones) are importable by the child processes;
-    install them if the user agrees. Raises :class:`DependencyError` when something stays missing."""
+    """Make sure PyTorch, the engine's packages, the modules' own (psutil) and ``extra`` ones (e.g.
+    :func:`needed_for_sampler`) are importable; install them if the user agrees. Raises
+    :class:`DependencyError` when something stays missing."""
     outcome = Outcome()
     version_of = installers.version_of
     loaded = set(installers.loaded_modules())
@@ -167,7 +179,7 @@ def ensure_dependencies(
             outcome.upgraded_loaded.append("torch")
             outcome.restart_needed = True
 
-    others = missing([*PACKAGES, *extra], version_of)
+    others = missing([*PACKAGES, *MODULE_PACKAGES, *extra], version_of)
     if others:
         _install_packages(installers, others, loaded, outcome, requester)
 

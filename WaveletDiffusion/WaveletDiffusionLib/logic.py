@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import volumes
+from . import memory, volumes
 from .parameters import DEFAULT_STEPS, GenerationParameters
 from .polling import PolledLogic
 from .process import WorkerError, WorkerProcess
@@ -38,6 +39,12 @@ from .process import WorkerError, WorkerProcess
 log = logging.getLogger(__name__)
 
 PREVIEW_NODE_NAME = "WaveletDiffusion preview"
+
+
+def preset_of_model(model: str) -> str | None:
+    """The network preset a catalogue name or file name states (``brats_unet_128_1200k`` -> ``unet-128``)."""
+    match = re.search(r"(wavunet|unet)[_-](128|256)", model.replace("\\", "/").rsplit("/", 1)[-1].lower())
+    return None if match is None else f"{match.group(1)}-{match.group(2)}"
 
 
 class GenerationError(RuntimeError):
@@ -77,10 +84,22 @@ class Job:
     on_volume: Callable[[Job, Any], None] | None = None
     on_finished: Callable[[Job], None] | None = None
     cancel_requested: bool = False
+    preview_updates: int = 0
+    """How often the preview volume was updated: the module fits the views to it on the first update only, so
+    that the user can zoom and pan while sampling."""
+    folder_item: int | None = None
+    """The subject-hierarchy folder that holds this job's volumes."""
 
     @property
     def finished(self) -> bool:
         return self.state != "running"
+
+    @property
+    def folder_name(self) -> str:
+        params = self.params
+        last = params.seed + params.count - 1
+        seeds = f"seed {params.seed}" if params.count == 1 else f"seeds {params.seed}-{last}"
+        return f"{params.node_name()} ({seeds})"
 
 
 class WaveletDiffusionLogic(PolledLogic):
@@ -96,10 +115,15 @@ class WaveletDiffusionLogic(PolledLogic):
         schedule: Callable[[int, Callable[[], None]], None] | None = None,
         keep_files: bool = False,
         keep_preview: bool = False,
+        base_env: Callable[[], dict[str, str]] | None = None,
+        provided_root: str | None = None,
     ):
         super().__init__(scene, schedule)
         self.python = python
         self.worker_env = dict(worker_env or {})
+        self.base_env = base_env
+        """The environment the worker starts from (``slicer.util.startupEnvironment`` in Slicer; else ours)."""
+        self.provided_root = provided_root
         self.idle = idle
         self.keep_files = keep_files
         self.keep_preview = keep_preview
@@ -115,7 +139,8 @@ class WaveletDiffusionLogic(PolledLogic):
         if self._worker is None or not self._worker.running:
             if self._worker is not None:
                 self._worker.kill()
-            self._worker = WorkerProcess(self.python, env=self.worker_env)
+            self._worker = WorkerProcess(self.python, env=self.worker_env, base_env=self.base_env,
+                                         provided_root=self.provided_root)  # fmt: skip
             self._worker.start()
             self._log(f"started generation worker (pid {self._worker.pid}, {self._worker.python})")
         return self._worker
@@ -125,7 +150,8 @@ class WaveletDiffusionLogic(PolledLogic):
         return any(not job.finished for job in self._jobs.values())
 
     def shutdown(self) -> None:
-        """Stop the worker and every process it started; running jobs end as cancelled."""
+        """Stop the worker and every process it started (within about 4 s: the module calls it when Slicer
+        closes); running jobs end as cancelled."""
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.shutdown(timeout=2.0)
@@ -416,6 +442,7 @@ class WaveletDiffusionLogic(PolledLogic):
         else:
             volumes.update_volume_node(node, array, affine)
             volumes.apply_display(node, array)
+        job.preview_updates += 1
         if job.on_preview is not None:
             job.on_preview(job, node)
 
@@ -443,6 +470,7 @@ class WaveletDiffusionLogic(PolledLogic):
             },
         )
         job.nodes.append(node)
+        job.folder_item = volumes.place_in_folder(self.scene, [node], job.folder_name, job.folder_item)
         self._log(f"volume {len(job.nodes)}/{params.count}: {node.GetName()}")
         if job.on_volume is not None:
             job.on_volume(job, node)
@@ -451,6 +479,34 @@ class WaveletDiffusionLogic(PolledLogic):
         job.fraction = 1.0
         job.result = job.nodes
         self._finish(job, "done")
+
+    def memory_warning(self, params: GenerationParameters, devices: list[dict[str, Any]] | None = None) -> str | None:
+        """A warning with a remedy when generating with ``params`` would not fit the device's free memory
+        (``devices``: the worker's ``info`` list; the CPU's is this machine's available RAM). None when it fits or
+        when the network is not known before loading it."""
+        preset = params.preset or preset_of_model(params.model)
+        if preset is None:
+            return None
+        available = None
+        if params.device == "cpu":
+            available = memory.available_ram()
+        else:
+            device = next((d for d in devices or [] if d.get("id") == params.device), None)
+            available = None if device is None else device.get("free_bytes")
+
+        def needed(batch: int) -> float:
+            return memory.sampling_bytes(preset, 0, batch, params.precision)
+
+        remedies = []
+        if params.batch_size > 1 and available:
+            fits = memory.largest_batch(needed, 0.9 * available, params.batch_size)
+            if fits:
+                remedies.append(f"set the batch size to {fits}")
+        if params.precision == "fp32" and params.device.startswith("cuda"):
+            remedies.append("choose bf16 precision")
+        if params.device != "cpu":
+            remedies.append("generate on the CPU (slower, uses the computer's memory)")
+        return memory.warning(needed(params.batch_size), available, params.device, remedies=remedies)
 
     def remove_preview(self) -> None:
         node, self.preview_node = self.preview_node, None

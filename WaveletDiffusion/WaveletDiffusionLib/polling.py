@@ -21,6 +21,16 @@ class PolledLogic:
         self.log_callback: Callable[[str], None] | None = None
         self._polling_scheduled = False
 
+    def configure(self, **settings: Any) -> PolledLogic:
+        """Set constructor settings after construction. A Slicer module's logic inherits from
+        ScriptedLoadableModuleLogic, whose ``__init__`` already runs this class's ``__init__`` (with the defaults)
+        through ``super()``: the module then configures it instead of running ``__init__`` a second time."""
+        for name, value in settings.items():
+            if name.startswith("_") or not hasattr(self, name):
+                raise TypeError(f"{type(self).__name__} has no setting {name!r}")
+            setattr(self, name, value)
+        return self
+
     @property
     def scene(self) -> Any:
         if self._scene is not None:

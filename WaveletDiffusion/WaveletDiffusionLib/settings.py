@@ -39,3 +39,9 @@ def load_last_choices(settings: Any, group: str, params: P, names: Sequence[str]
         except (TypeError, ValueError):
             continue
     return params
+
+
+def is_new_parameter_node(node: Any) -> bool:
+    """Whether a module's parameter node was just created (it holds no parameter yet). The last choices fill
+    only such a node: a node that came with a loaded scene keeps that scene's settings."""
+    return node is not None and not tuple(node.GetParameterNames())

@@ -8,7 +8,7 @@ everything else here goes through it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,3 +151,21 @@ def load_volume_file(scene: Any, path: str | os.PathLike, name: str) -> Any:
         scene.RemoveNode(storage)
     apply_display(node)
     return node
+
+
+def place_in_folder(scene: Any, nodes: Sequence[Any], folder_name: str, folder_item: int | None = None) -> int:
+    """Put ``nodes`` into one subject-hierarchy folder (created when ``folder_item`` is None or gone); returns the
+    folder's item id, so that later results of the same run join it."""
+    import slicer
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    invalid = hierarchy.GetInvalidItemID()
+    if folder_item is None or folder_item == invalid or not hierarchy.GetItemName(folder_item):
+        folder_item = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), folder_name)
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if item == invalid:  # Slicer's application adds the item itself; a bare scene does not
+            hierarchy.CreateItem(folder_item, node)
+        else:
+            hierarchy.SetItemParent(item, folder_item)
+    return folder_item

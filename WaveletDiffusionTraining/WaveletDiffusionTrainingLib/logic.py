@@ -10,7 +10,9 @@ Usable without the module's GUI, from Slicer's Python console::
     run = logic.resume(run.params)
 
 Training runs as ``python -m wdmcore train --progress jsonl`` (PythonSlicer inside Slicer) in its own process
-group; its events arrive through :class:`WaveletDiffusionLib.process.ChildProcess`, and whoever calls
+group. A stop is a file in the run folder (``STOP``) that the trainer checks every step (no signal: inside
+Slicer it would reach the PythonSlicer launcher, not the trainer); after a timeout the whole process tree is
+ended. Its events arrive through :class:`WaveletDiffusionLib.process.ChildProcess`, and whoever calls
 :meth:`WaveletDiffusionTrainingLogic.poll` (the widget from a QTimer, or the logic itself when given a
 ``schedule`` callback) turns them into the state of a :class:`TrainingRun`, points of a loss curve
 (table + plot nodes) and preview volume nodes. The logic never deletes anything in the output folder: the
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from WaveletDiffusionLib import volumes
+from WaveletDiffusionLib import memory, volumes
 from WaveletDiffusionLib.polling import PolledLogic
 from WaveletDiffusionLib.process import ChildProcess, WorkerError
 
@@ -43,6 +45,11 @@ log = logging.getLogger(__name__)
 # How long a graceful stop may take before the process tree is killed: the step in progress and a checkpoint
 # write (a full-size step on a CPU takes minutes; on a GPU, seconds).
 DEFAULT_STOP_TIMEOUT_S = 300.0
+# What shutdown() (Slicer closing) may take in all: a graceful stop if it comes quickly, then the process trees
+# are ended. The GUI waits for it, so it stays short; the checkpoints already written stay usable either way.
+SHUTDOWN_TIMEOUT_S = 4.5
+# The part of it kept for ending the process trees.
+KILL_BUDGET_S = 1.5
 
 FINISHED_STATES = ("finished", "stopped", "failed")
 
@@ -98,6 +105,8 @@ class TrainingRun:
     started: float = field(default_factory=time.monotonic)
     stop_requested_at: float | None = None
     killed_after_timeout: bool = False
+    folder_item: int | None = None
+    """The subject-hierarchy folder of this run's nodes (loss table and chart, previews)."""
     process: ChildProcess | None = field(default=None, repr=False)
     on_event: Callable[[TrainingRun, dict], None] | None = None
     on_progress: Callable[[TrainingRun, dict], None] | None = None
@@ -193,10 +202,15 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
         idle: Callable[[], None] | None = None,
         schedule: Callable[[int, Callable[[], None]], None] | None = None,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT_S,
+        base_env: Callable[[], dict[str, str]] | None = None,
+        provided_root: str | None = None,
     ):
         super().__init__(scene, schedule)
         self.python = python
         self.env = dict(env or {})
+        self.base_env = base_env
+        """The environment children start from (``slicer.util.startupEnvironment`` in Slicer; else ours)."""
+        self.provided_root = provided_root
         self.idle = idle
         self.stop_timeout = stop_timeout
         self._runs: list[TrainingRun] = []
@@ -213,8 +227,9 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
         """The runs of this session that have not finished yet."""
         return [r for r in self._runs if not r.finished]
 
-    def _child(self, name: str) -> ChildProcess:
-        return ChildProcess(self.python, env=self.env, name=name)
+    def _child(self, name: str, stop_file: Path | None = None) -> ChildProcess:
+        return ChildProcess(self.python, env=self.env, name=name, stop_file=stop_file, base_env=self.base_env,
+                            provided_root=self.provided_root)  # fmt: skip
 
     def poll(self) -> bool:
         """Handle every event that has arrived (and overdue stops). Returns True while work is running."""
@@ -237,7 +252,7 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
                 self._log(f"the training process did not stop within {self.stop_timeout:.0f} s: ending it")
                 run.killed_after_timeout = True
                 assert run.process is not None
-                run.process.kill()
+                run.process.kill(wait=0.5)
         self._runs = [r for r in self._runs if not r.finished]
         return self.busy
 
@@ -254,16 +269,23 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
             time.sleep(0.02)
         return True
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every run (gracefully, then by force after ``timeout`` s) and every scan."""
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """End every scan and run within about ``timeout`` seconds: a graceful stop (a checkpoint) if it comes
+        quickly, else the process trees are ended. When it returns, no process of this logic is left."""
+        deadline = time.monotonic() + timeout
         for job in list(self._scans):
             self.cancel_scan(job)
         for run in list(self._runs):
             self.stop(run)
-        if not self._wait_for(lambda: not self._runs, timeout):
-            for run in list(self._runs):
-                self.stop(run, force=True)
-            self._wait_for(lambda: not self._runs, 10.0)
+        self._wait_for(lambda: not self._runs, max(0.0, deadline - KILL_BUDGET_S - time.monotonic()))
+        for run in list(self._runs):
+            if run.process is not None:
+                run.process.kill(wait=max(0.1, deadline - time.monotonic()))
+        self._wait_for(lambda: not self._runs, max(0.0, deadline - time.monotonic()))
+        for run in list(self._runs):  # ended, but their last output did not come in time
+            run.message = run.message or "the training process was ended"
+            self._finish(run, "stopped" if run.error is None else "failed", run.error)
+        self._runs = []
 
     # ------------------------------------------------------------------------------------------- data scans
 
@@ -304,7 +326,7 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
 
     def cancel_scan(self, job: ScanJob) -> None:
         if job.process is not None and not job.finished:
-            job.process.kill()
+            job.process.kill(wait=0.5)
             self._finish_scan(job, "cancelled")
 
     def _scan_event(self, job: ScanJob, event: dict[str, Any]) -> None:
@@ -370,6 +392,7 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
         params.validate()
         out_dir = Path(params.output_dir).expanduser().resolve()
         params.output_dir = str(out_dir)
+        self._refuse_if_training(out_dir)
         resume_from = runfolder.resumable(out_dir)
         if resume:
             if resume_from is None:
@@ -403,7 +426,9 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
             run.curve = LossCurve(self.scene, f"{run.name} loss")
             if resume:
                 run.curve.set_points(runfolder.loss_history(out_dir))
-        run.process = self._child("the training process")
+            curve_nodes = [run.curve.table_node, run.curve.series_node, run.curve.chart_node]
+            run.folder_item = volumes.place_in_folder(self.scene, curve_nodes, f"{run.name} training")
+        run.process = self._child("the training process", stop_file=runfolder.stop_file(out_dir))
         try:
             run.process.start(args)
         except WorkerError as exc:
@@ -414,6 +439,52 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
         self._runs.append(run)
         self._ensure_polling()
         return run
+
+    def memory_warning(self, params: TrainingParameters, available: float | None = None) -> str | None:
+        """A warning with a remedy when one training step with ``params`` would not fit the device's free memory
+        (``available`` bytes; by default the GPU's free memory from nvidia-smi, or the available RAM on the CPU).
+        None when it fits or when the free memory cannot be told."""
+        device = params.device
+        if available is None:
+            if device == "cpu":
+                available = memory.available_ram()
+            elif device == "mps":
+                available = None  # shares the RAM with everything else: no useful figure
+            else:
+                index = int(device.split(":")[1]) if ":" in device else 0
+                available = memory.cuda_free_bytes(index)
+                if available is None and device == "auto":
+                    device, available = "cpu", memory.available_ram()
+        precision = params.precision
+        if precision == "auto":
+            precision = "fp32" if device == "cpu" else "bf16"
+        size = params.image_size or memory.PRESET_SIZE[params.preset]
+        batch = params.batch_size or (10 if memory.PRESET_SIZE[params.preset] == 128 else 1)
+
+        def needed(b: int) -> float:
+            return memory.training_bytes(params.preset, size, b, precision)
+
+        remedies = []
+        if available:
+            fits = memory.largest_batch(needed, 0.9 * available, batch)
+            if 0 < fits < batch:
+                remedies.append(f"set the batch size to {fits}")
+        if precision == "fp32" and device != "cpu":
+            remedies.append("choose bf16 precision")
+        if size > 64:
+            remedies.append(f"train at a smaller image size (e.g. {size // 2})")
+        return memory.warning(needed(batch), available, device, remedies=remedies)
+
+    def _refuse_if_training(self, out_dir: Path) -> None:
+        """A second trainer in a run folder would mix two runs: refuse while one is alive (ours or not)."""
+        ours = [r for r in self._runs if not r.finished and r.out_dir == out_dir]
+        others = runfolder.live_trainers(out_dir)
+        if ours or others:
+            pids = ", ".join(str(p) for p in others) or str(ours[0].process.pid if ours[0].process else "?")
+            raise ValueError(
+                f"a training process of {out_dir} is still running (process {pids}). Stop it first (or wait "
+                "until it has ended), then try again."
+            )
 
     def resume(self, params: TrainingParameters | None = None, **kwargs: Any) -> TrainingRun:
         """Continue the run in ``params.output_dir`` from its newest checkpoint, with the run's own settings
@@ -427,15 +498,19 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
         for item in [run] if run is not None else list(self._runs):
             if item is None or item.finished or item.process is None:
                 continue
-            if force:
+            # No step yet: nothing to checkpoint, and the stop file is read by the training loop only.
+            if force or item.state in ("starting", "preparing"):
                 self._log("ending the training process")
-                item.process.kill()
+                item.process.kill(wait=0.5)
                 continue
             if item.stop_requested_at is None:
                 item.stop_requested_at = time.monotonic()
                 item.state = "stopping"
-                self._log("stop requested: the trainer writes a checkpoint after the current step")
-                item.process.interrupt()
+                if item.process.interrupt():
+                    self._log("stop requested: the trainer writes a checkpoint after the current step")
+                else:
+                    self._log("cannot ask the trainer to stop (its stop file cannot be written): ending it")
+                    item.process.kill(wait=0.5)
         self._ensure_polling()
 
     def wait(self, run: TrainingRun, timeout: float | None = None) -> TrainingRun:
@@ -514,6 +589,7 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
         node = volumes.load_volume_file(self.scene, nifti, f"{run.name} preview step {step}")
         volumes.set_attributes(node, {"trainingRun": str(run.out_dir), "trainingStep": step, "preview": 1})
         run.previews.append(node)
+        run.folder_item = volumes.place_in_folder(self.scene, [node], f"{run.name} training", run.folder_item)
         self._log(f"preview at step {step}: {node.GetName()}")
         if run.on_preview is not None:
             run.on_preview(run, node)

@@ -25,7 +25,8 @@ INTENSITIES = ("mri", "ct")
 PRESETS = ("unet-128", "unet-256", "wavunet-128", "wavunet-256")
 PRECISIONS = ("auto", "fp32", "bf16")
 # What the module offers; scripts may also name any "cuda:N".
-DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:2", "cuda:3")
+# auto: CUDA, then Apple's MPS, then the CPU.
+DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:2", "cuda:3", "mps")
 
 
 @dataclass
@@ -86,7 +87,7 @@ class TrainingParameters:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision is one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device or ""):
-            raise ValueError("the device is auto, cpu, cuda or cuda:N")
+            raise ValueError("the device is auto, cpu, cuda, cuda:N or mps")
         if not self.output_dir:
             raise ValueError("choose an output folder for the checkpoints")
         if not 0.0 <= float(self.ema_rate) < 1.0:

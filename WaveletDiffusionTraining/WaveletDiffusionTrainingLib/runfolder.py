@@ -93,3 +93,44 @@ def loss_history(out_dir: str | os.PathLike) -> list[tuple[int, float]]:
             points.pop()
         points.append((step, loss))
     return points
+
+
+# The stop request of ``wdm train``: the trainer checks for this file every step, writes a checkpoint, removes
+# the file and exits (docs/training.md). It works whatever process sits between the module and the trainer.
+STOP_FILE = "STOP"
+
+
+def stop_file(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / STOP_FILE
+
+
+def live_trainers(out_dir: str | os.PathLike) -> list[int]:
+    """The ids of the live processes that train into ``out_dir`` (``... train ... --out OUT``), whoever
+    started them: a trainer left running by a launcher that died, or one started from a terminal. A second
+    trainer in the same folder would mix two runs. Empty without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        log.warning("psutil is not installed: cannot tell whether a trainer of %s is still running", out_dir)
+        return []
+    target = Path(out_dir).expanduser().resolve()
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            args = proc.info["cmdline"] or []
+            if "train" not in args:
+                continue
+            if "--out" in args[:-1]:
+                out = Path(args[args.index("--out") + 1]).expanduser()
+            else:
+                given = next((a[len("--out=") :] for a in args if a.startswith("--out=")), None)
+                if given is None:
+                    continue
+                out = Path(given).expanduser()
+            if not out.is_absolute():
+                out = Path(proc.cwd()) / out
+            if out.resolve() == target and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (psutil.Error, OSError, ValueError):
+            continue  # gone, or another user's process
+    return found

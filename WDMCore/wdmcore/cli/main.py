@@ -15,7 +15,8 @@ import traceback
 
 from .. import __version__, hugepages
 from ..errors import WDMError
-from ..vocabulary import EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_UNEXPECTED, EXIT_USAGE
+from ..interrupts import Terminated
+from ..vocabulary import EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_TERMINATED, EXIT_UNEXPECTED, EXIT_USAGE
 from .progress import report_error
 
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         report_error(jsonl, "Interrupted", "stopped by the user")
         return EXIT_INTERRUPTED
+    except Terminated:
+        report_error(jsonl, "Terminated", "stopped by SIGTERM; finished files were kept, temporary files removed")
+        return EXIT_TERMINATED
     except MemoryError:
         report_error(jsonl, "OutOfMemory", OUT_OF_MEMORY)
         return EXIT_OUT_OF_MEMORY

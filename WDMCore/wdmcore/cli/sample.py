@@ -10,13 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutOfMemoryError
+from ..errors import ConfigError, DataError, OutOfMemoryError
 from ..events import emit
+from ..interrupts import Terminated, sigterm_unwinds
 from ..vocabulary import (
     DEFAULT_MODEL,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    EXIT_OK,
     EXIT_OUT_OF_MEMORY,
+    EXIT_TERMINATED,
+    MAX_SEED,
     OUTPUT_FORMATS,
     PRECISION_NAMES,
     SAMPLER_NAMES,
@@ -48,13 +52,19 @@ def add_parser(subparsers: Any) -> None:
         help="network evaluations per volume [" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_STEPS.items()) + "]",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled at once (memory vs speed) [1]")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:N or mps [auto: CUDA, then MPS, then CPU]")  # fmt: skip
     parser.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="network precision [fp32]")
     parser.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
     parser.add_argument("--out", type=Path, default=Path("wdm_samples"), help="output folder [./wdm_samples]")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="nii.gz", help="file format [nii.gz]")
     parser.add_argument("--dtype", choices=("float32", "int16"), default="float32", help="voxel type [float32]")
     parser.add_argument("--prefix", default="sample", help="file name prefix: PREFIX_seedNNNN.FORMAT [sample]")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (without it, an existing file is an error before sampling)",
+    )
     parser.add_argument(
         "--preview-every",
         type=int,
@@ -66,53 +76,95 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def output_paths(args: argparse.Namespace) -> list[Path]:
+    return [args.out / f"{args.prefix}_seed{args.seed + i:04d}.{args.format}" for i in range(max(0, args.num))]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before sampling: the output folder must be writable and, without --overwrite, no output may exist."""
+    from ..volumes.writing import ensure_output_folder, sidecar_path
+
+    ensure_output_folder(args.out, create=False)
+    if args.overwrite:
+        return
+    existing = [p for path in output_paths(args) for p in (path, sidecar_path(path)) if p.exists()]
+    if existing:
+        shown = ", ".join(str(p) for p in existing[:3]) + (f" (+{len(existing) - 3} more)" if len(existing) > 3 else "")
+        raise DataError(
+            f"{len(existing)} output file(s) already exist: {shown}. Nothing was sampled; pass --overwrite to "
+            "replace them, or choose another --out or --prefix."
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..tasks.generate import generate, resolve_device, resolve_model
     from ..volumes.writing import card_geometry, save_volume
 
+    if not 0 <= args.seed <= MAX_SEED - max(0, args.num - 1):
+        raise ConfigError(f"--seed must lie between 0 and {MAX_SEED - max(0, args.num - 1)}, got {args.seed}.")
+    check_outputs(args)  # an unusable --out is reported before any sampling, not after it
     callback, close = progress_display(args.progress)
-    try:
-        device = resolve_device(args.device)
-        model = resolve_model(args.model, preset=args.preset, device=device, on_progress=callback)
-        on_preview = None
-        if args.progress == "jsonl" and args.preview_every > 0:
-            size = model.image_size
-            preview_affine = card_geometry(model.card, (size, size, size)).affine
-            preview_dir = args.out / "previews"
 
-            def on_preview(index: int, image) -> None:
-                name = f"{args.prefix}_preview_seed{args.seed + index:04d}.nii"
-                path = save_volume(image, preview_affine, preview_dir / name, sidecar=False)
-                emit(callback, "preview", index=index, seed=args.seed + index, path=str(path.resolve()))
-
-        volumes = generate(
-            model,
-            args.num,
-            seed=args.seed,
-            sampler=args.sampler,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            device=device,
-            precision=args.precision,
-            on_progress=callback,
-            on_preview=on_preview,
-            preview_every=max(1, args.preview_every),
-            compile=args.compile,
-            preset=args.preset,
+    def write(volume) -> None:
+        # Each volume is written as soon as it is done, so an interruption keeps the finished ones.
+        path = volume.save(
+            args.out / f"{args.prefix}_seed{volume.seed:04d}.{args.format}",
+            dtype=args.dtype,
+            overwrite=args.overwrite,
         )
+        if args.progress == "jsonl":
+            emit(callback, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
+        elif args.progress == "bar":
+            from tqdm.auto import tqdm
+
+            tqdm.write(str(path))  # above the bar, not through it
+        else:
+            print(path, flush=True)
+
+    try:
+        with sigterm_unwinds():
+            device = resolve_device(args.device)
+            model = resolve_model(args.model, preset=args.preset, device=device, on_progress=callback)
+            on_preview = None
+            if args.progress == "jsonl" and args.preview_every > 0:
+                size = model.image_size
+                preview_affine = card_geometry(model.card, (size, size, size)).affine
+                preview_dir = args.out / "previews"
+
+                def on_preview(index: int, image) -> None:
+                    name = f"{args.prefix}_preview_seed{args.seed + index:04d}.nii"
+                    path = save_volume(image, preview_affine, preview_dir / name, sidecar=False)
+                    emit(callback, "preview", index=index, seed=args.seed + index, path=str(path.resolve()))
+
+            generate(
+                model,
+                args.num,
+                seed=args.seed,
+                sampler=args.sampler,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                device=device,
+                precision=args.precision,
+                on_progress=callback,
+                on_preview=on_preview,
+                preview_every=max(1, args.preview_every),
+                compile=args.compile,
+                preset=args.preset,
+                on_volume=write,
+            )
     except OutOfMemoryError as exc:
         if args.progress == "jsonl":
             emit(callback, "error", kind="OutOfMemory", message=str(exc))
         else:
             print(f"wdm: error: {exc}", file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
+    except Terminated:
+        message = "stopped by SIGTERM; the volumes finished before it are kept"
+        if args.progress == "jsonl":
+            emit(callback, "error", kind="Terminated", message=message)
+        else:
+            print(f"wdm: error: {message}", file=sys.stderr)
+        return EXIT_TERMINATED
     finally:
         close()
-
-    for volume in volumes:
-        path = volume.save(args.out / f"{args.prefix}_seed{volume.seed:04d}.{args.format}", dtype=args.dtype)
-        if args.progress == "jsonl":
-            emit(callback, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
-        else:
-            print(path)
-    return 0
+    return EXIT_OK

@@ -62,7 +62,12 @@ _TRAIN_OPTIONS = [
     ("--seed", "seed", int, "seed of the data order, timesteps and noise (default 0)"),
     ("--num-workers", "num_workers", int, "DataLoader worker processes (default 0)"),
     ("--max-nonfinite-steps", "max_nonfinite_steps", int, "stop after this many non-finite losses in a row"),
-    ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto; torchrun sets the GPU per process)"),
+    (
+        "--device",
+        "device",
+        str,
+        "auto, cpu, cuda, cuda:N or mps (default auto: CUDA, then MPS, then CPU; under torchrun one GPU per process)",
+    ),
     ("--name", "name", str, "model name written into the checkpoints' card"),
     ("--description", "description", str, "model description written into the card"),
 ]
@@ -157,7 +162,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Options from a YAML (needs pyyaml) or JSON file: TrainConfig fields plus an optional 'data' mapping."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}.")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a JSON or YAML config file.") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -183,8 +191,17 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
 
     file_options = read_config_file(args.config) if hasattr(args, "config") else {}
     if getattr(args, "resume", False) and not file_options and (args.out / "config.json").is_file():
-        file_options = json.loads((args.out / "config.json").read_text())  # resume with the run's own settings
-    data_options = {**DATA_DEFAULTS, **file_options.pop("data", {})}
+        try:  # resume with the run's own settings
+            file_options = read_config_file(args.out / "config.json")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"cannot resume: {exc} The run's config.json is damaged; restore it, or pass the run's settings "
+                "with --config FILE."
+            ) from None
+    data_file_options = file_options.pop("data", {})
+    if not isinstance(data_file_options, dict) or not isinstance(file_options.get("network", {}), dict):
+        raise ConfigError("the config file's 'data' and 'network' entries must be mappings of options.")
+    data_options = {**DATA_DEFAULTS, **data_file_options}
     data_options.pop("volumes", None)  # recorded by a previous run
     train_fields = dict(file_options)
     network = dict(train_fields.pop("network", {}))
@@ -256,28 +273,39 @@ def build_dataset(config: TrainConfig, data: dict[str, Any], out_dir: Path, on_e
     cases = discover(path, format=layout, sequence=data["sequence"])
     if not cases:
         raise DataError(f"no volumes found in {path}; it must hold .nii/.nii.gz/.nrrd/.mha files (searched below).")
-    if layout in ("brats", "lidc"):
-        preprocess = PreprocessConfig(preset=layout, size=size)
-    else:
-        spacing = data["spacing"]
-        grid_size: int | None = size
-        if data["resample"] == "none":
-            grid_size = None
-        elif spacing is None and data["resample"] == "fit":
-            spacing = _fit_spacing(cases, size, read_header, on_event)
-        preprocess = PreprocessConfig(
-            preset="general", size=grid_size, spacing=spacing, crop=data["crop"], intensity=data["intensity"]
-        )
-    cache = Path(data["cache"]) if data["cache"] else out_dir / "cache"
-    try:
-        dataset = VolumeDataset(cases, preprocess, cache_dir=cache, progress=on_event)
-    except ConfigError as exc:
-        if "different shapes" in str(exc) or "not an even-sized cube" in str(exc):
-            raise DataError(
-                f"{exc}. With --resample none the volumes must already be {size}^3 cubes; use --resample fit "
-                "(resample and crop/pad to the cube) or --resample crop, or --spacing MM."
-            ) from None
-        raise
+    fit = layout not in ("brats", "lidc") and data["spacing"] is None and data["resample"] == "fit"
+
+    def make(use_cases, on_headers=None) -> Any:
+        if layout in ("brats", "lidc"):
+            preprocess = PreprocessConfig(preset=layout, size=size)
+        else:
+            spacing = data["spacing"]
+            grid_size: int | None = None if data["resample"] == "none" else size
+            if fit:
+                spacing = _fit_spacing(use_cases, size, read_header, on_headers)
+            preprocess = PreprocessConfig(
+                preset="general", size=grid_size, spacing=spacing, crop=data["crop"], intensity=data["intensity"]
+            )
+        cache = Path(data["cache"]) if data["cache"] else out_dir / "cache"
+        try:
+            return VolumeDataset(use_cases, preprocess, cache_dir=cache, progress=on_event)
+        except ConfigError as exc:
+            if "different shapes" in str(exc) or "not an even-sized cube" in str(exc):
+                raise DataError(
+                    f"{exc}. With --resample none the volumes must already be {size}^3 cubes; use --resample fit "
+                    "(resample and crop/pad to the cube) or --resample crop, or --spacing MM."
+                ) from None
+            raise
+
+    dataset = make(cases, on_event)  # the headers read for the fit spacing are reported once, here
+    if fit and dataset.skipped:
+        # A file skipped only when its voxels were read (constant, unreadable data) may have set the fit
+        # spacing: compute it again from the volumes actually used, so skipped files never shape the others.
+        spacing = _fit_spacing(dataset.cases, size, read_header)
+        if (spacing,) * 3 != tuple(dataset.config.spacing):
+            skipped = dataset.skipped
+            dataset = make(dataset.cases)  # only the usable ones: the skipped are not read (nor reported) again
+            dataset.skipped = skipped + dataset.skipped
     if dataset.skipped and not data["skip_bad_files"]:
         listing = "\n".join(f"  {s.path}: {s.reason}" for s in dataset.skipped[:20])
         more = f"\n  (+{len(dataset.skipped) - 20} more)" if len(dataset.skipped) > 20 else ""
@@ -300,33 +328,36 @@ def _fit_spacing(cases, size: int, read_header, on_event=None) -> float:
     import numpy as np
 
     from ..events import ProgressTracker
+    from ..volumes.reading import check_usable_header
 
     tracker = ProgressTracker(on_event, "headers", total=len(cases))
     extent = 0.0
     for case in cases:
         try:
             header = read_header(case.path)
+            shape = check_usable_header(header, case.path)
         except WDMError:
             tracker.advance()
-            continue  # reported by the dataset with its reason
+            continue  # skipped by the dataset with its reason: it must not set the spacing of the others
         spacing = np.sqrt((np.asarray(header.affine)[:3, :3] ** 2).sum(axis=0))
-        if len(header.shape) >= 3:
-            extent = max(extent, float(np.max(np.asarray(header.shape[:3]) * spacing)))
+        extent = max(extent, float(np.max(np.asarray(shape) * spacing)))
         tracker.advance()
     return round(extent / size, 6) if extent > 0 else 1.0
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training import train
+    from ..volumes.writing import ensure_output_folder
 
     config, data = resolve(args)
     out_dir = Path(args.out)
+    ensure_output_folder(out_dir)  # a file or a read-only folder is reported before any data is read
     saved_config = out_dir / "config.json"
     if getattr(args, "resume", False) and not getattr(args, "allow_new_data", False) and saved_config.is_file():
         from ..training.config import check_same_data
 
         # Before the (possibly long) preprocessing; train() checks against the training state again.
-        check_same_data(json.loads(saved_config.read_text()).get("data") or {}, config.data, out_dir)
+        check_same_data(read_config_file(saved_config).get("data") or {}, config.data, out_dir)
     on_event, close = progress_display(args.progress)
     try:
         dataset = build_dataset(config, data, out_dir, on_event)

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError, WDMError
 from ..events import ProgressCallback, ProgressTracker
-from ..volumes.reading import check_3d, read_header
+from ..volumes.reading import check_usable_header, read_header, reason_without_path
 from .cache import PreprocessCache
 from .discovery import Case
 from .preprocess import (
@@ -61,7 +61,7 @@ class VolumeDataset(Dataset):
         for case in all_cases:
             try:
                 header = read_header(case.path)
-                shape = check_3d(header.shape, case.path)
+                shape = check_usable_header(header, case.path)
                 self._check_preset_shape(case, shape)
             except WDMError as exc:
                 self._skip(case, exc)
@@ -84,8 +84,9 @@ class VolumeDataset(Dataset):
     # ------------------------------------------------------------------------------------------ checks
 
     def _skip(self, case: Case, exc: Exception) -> None:
-        log.warning("skipped %s: %s", case.path, exc)
-        self.skipped.append(SkippedFile(str(case.path), str(exc)))
+        reason = reason_without_path(str(exc), case.path)
+        log.warning("skipped %s: %s", case.path, reason)
+        self.skipped.append(SkippedFile(str(case.path), reason))
 
     def _check_preset_shape(self, case: Case, shape: tuple[int, int, int]) -> None:
         from ..errors import InputShapeError
@@ -121,7 +122,7 @@ class VolumeDataset(Dataset):
         for case in self.cases:
             try:
                 prepared, hit = self.cache.get_or_prepare(case, self.config)
-            except WDMError as exc:
+            except (WDMError, ValueError, RuntimeError) as exc:  # numpy/torch failures on odd files: skipped too
                 self._skip(case, exc)
                 self._summaries.pop(str(case.path), None)
                 tracker.advance(case=case.id, cached=False)

@@ -120,7 +120,12 @@ def _discover_folder(root: Path, files: list[Path]) -> list[Case]:
 def _read_list_file(list_file: Path) -> list[Case]:
     cases = []
     missing = []
-    lines = list_file.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{list_file} is not a text file; a list file holds one volume path per line (or give a folder)."
+        ) from None
     for lineno, line in enumerate(lines, 1):
         entry = line.strip()
         if not entry or entry.startswith("#"):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError, InputShapeError
-from ..volumes.reading import affine_spacing, load_volume
+from ..volumes.reading import affine_spacing, check_usable_voxels, load_volume
 from .discovery import Case
 
 log = logging.getLogger(__name__)
@@ -383,6 +383,10 @@ def _prepare_lidc(case: Case, config: PreprocessConfig) -> tuple[np.ndarray, np.
 def _prepare_general(case: Case, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, SourceInfo]:
     data, affine = load_volume(case.path, np.float32)
     path = str(case.path)
+    try:
+        check_usable_voxels(data)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     if config.intensity == "mri":
         low, high = np.percentile(data, config.percentiles)
         scaled = _minmax(np.clip(data, low, high), path)

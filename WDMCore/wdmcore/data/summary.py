@@ -11,9 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import WDMError
+from ..errors import DataError, WDMError
 from ..events import ProgressCallback, ProgressTracker
-from ..volumes.reading import affine_spacing, check_3d, load_volume, read_header
+from ..volumes.reading import (
+    affine_spacing,
+    check_usable_header,
+    check_usable_voxels,
+    load_volume,
+    read_header,
+    reason_without_path,
+)
 from .discovery import Case, discover
 from .preprocess import PreprocessConfig
 
@@ -141,7 +148,7 @@ def spacing_warning(cases: list[CaseSummary], config: PreprocessConfig | None) -
         return [
             f"voxel sizes differ ({len(spacings)} distinct), so equal cubes cover different physical "
             "extents; "
-            "set spacing= in the preprocessing to resample to one voxel size"
+            "pass --spacing MM to `wdm train` (spacing= in the Python API) to resample to one voxel size"
         ]
     return []
 
@@ -168,8 +175,16 @@ def summarize(
     skipped: list[SkippedFile] = []
     for case in cases:
         try:
+            # The checks training applies (check_usable_header, check_usable_voxels): what is called usable here
+            # is what `wdm train` accepts.
+            header = read_header(case.path)
+            shape = check_usable_header(header, case.path)
             if read_voxels:
                 data, affine = load_volume(case.path, np.float32)
+                try:
+                    check_usable_voxels(data)
+                except DataError as exc:
+                    raise DataError(f"{case.path}: {exc}") from None
                 good.append(
                     CaseSummary(
                         case.id,
@@ -182,12 +197,11 @@ def summarize(
                 )
                 del data
             else:
-                header = read_header(case.path)
-                shape = check_3d(header.shape, case.path)
                 good.append(CaseSummary(case.id, str(case.path), shape, header.spacing))
         except WDMError as exc:
-            log.warning("skipped %s: %s", case.path, exc)
-            skipped.append(SkippedFile(str(case.path), str(exc)))
+            reason = reason_without_path(str(exc), case.path)
+            log.info("skipped %s: %s", case.path, reason)  # listed in the summary; a warning would say it twice
+            skipped.append(SkippedFile(str(case.path), reason))
         tracker.advance()
     return DatasetSummary(
         count=len(good),

@@ -21,6 +21,7 @@ from .catalogue import Catalogue, CatalogueEntry, base_url_of, load_catalogue
 log = logging.getLogger(__name__)
 
 RECORDS_FILE = "records.json"
+RECORDS_LOCK = ".records.json.lock"
 
 # ------------------------------------------------------------------------------------------- cache, records
 
@@ -67,12 +68,18 @@ def write_records(cache: Path, records: dict[str, dict[str, Any]]) -> None:
 
 
 def set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
-    records = read_records(cache)
-    if record is None:
-        records.pop(name, None)
-    else:
-        records[name] = record
-    write_records(cache, records)
+    """Add, replace or (``record=None``) remove one record. The read-modify-write runs under a file lock, so
+    processes downloading or importing at the same time never lose each other's records."""
+    from filelock import FileLock
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache / RECORDS_LOCK):
+        records = read_records(cache)
+        if record is None:
+            records.pop(name, None)
+        else:
+            records[name] = record
+        write_records(cache, records)
 
 
 def now() -> str:

@@ -31,6 +31,7 @@ import pooch
 
 from ..errors import CheckpointError, DownloadError
 from ..events import ProgressCallback, ProgressTracker, emit
+from ..interrupts import sigterm_unwinds
 from .cache import (
     RECORDS_FILE,
     cache_dir,
@@ -44,13 +45,19 @@ from .catalogue import Catalogue, CatalogueEntry, base_url_of, load_catalogue
 
 log = logging.getLogger(__name__)
 
-# Download behaviour. A connection that drops is resumed; the attempt counter only grows while no new bytes
-# arrive, so a slow but progressing download is never abandoned.
+# Download behaviour. A connection that drops is resumed. Only a new high-water mark (bytes of the file we
+# never had before) is progress: a server that ignores Range and resends the same prefix makes none. Every
+# download is bounded: attempts in a row without progress, time without progress, total bytes received and the
+# file's size (the catalogue's, plus a margin).
 DOWNLOAD_RETRIES = 5
 RETRY_WAIT_S = 1.0  # first wait; doubles with every further failed attempt, at most MAX_RETRY_WAIT_S
 MAX_RETRY_WAIT_S = 10.0
 CHUNK_SIZE = 1 << 16
-TIMEOUT_S = (10.0, 60.0)  # connect, read
+TIMEOUT_S = (10.0, 30.0)  # connect, read (a silent server is "not answering" after this long)
+STALL_LIMIT_S = 120.0  # give up when the file has not grown for this long, over all attempts
+SIZE_MARGIN = (1.02, 1 << 20)  # a file may exceed the catalogue's size by 2 % + 1 MiB (approximate sizes)
+TRANSFER_FACTOR = 4  # all attempts together may receive at most this many times the size limit
+MIN_RATE_BPS = 20_000  # the whole download may take 10 minutes + size / this rate at most
 EVENT_INTERVAL_S = 0.25
 
 # ------------------------------------------------------------------------------------------------- fetching
@@ -117,7 +124,7 @@ def fetch(
         previous = target.with_name(f".{target.name}.previous")
         os.replace(target, previous)
     try:
-        _download(entry, url, cache, expected, origin, on_progress, progressbar)
+        final_url = _download(entry, url, cache, expected, origin, on_progress, progressbar)
     except BaseException:
         if previous is not None:
             os.replace(previous, target)
@@ -125,7 +132,7 @@ def fetch(
     if previous is not None:
         previous.unlink()
     digest = expected or sha256_of(target)
-    _record_download(cache, entry, target, digest, url=url)
+    _record_download(cache, entry, target, digest, url=url, final_url=final_url)
     if expected is None:
         _warn_recorded(entry, target, digest, on_progress, first_download=True)
     return target
@@ -147,12 +154,19 @@ def _download(
     origin: str | None,
     on_progress: ProgressCallback | None,
     progressbar: bool | Any,
-) -> None:
+) -> str | None:
+    """Download into the cache; returns the URL the file came from after redirects."""
     cache.mkdir(parents=True, exist_ok=True)
-    downloader = ResumableHTTPDownloader(model=entry.name, on_progress=on_progress, progressbar=progressbar)
+    downloader = ResumableHTTPDownloader(
+        model=entry.name,
+        on_progress=on_progress,
+        progressbar=progressbar,
+        max_bytes=_size_limit(entry),
+    )
     log.info("downloading %s from %s to %s", entry.name, url, cache)
     try:
-        with _quiet_pooch():
+        # pooch removes its temporary file on the way out; SIGTERM is turned into an exception so that it does.
+        with _quiet_pooch(), sigterm_unwinds():
             pooch.retrieve(
                 url,
                 known_hash=f"sha256:{expected}" if expected else None,
@@ -160,6 +174,7 @@ def _download(
                 path=cache,
                 downloader=downloader,
             )
+        return downloader.final_url
     except ValueError as exc:  # pooch's digest mismatch; it has already deleted the temporary file
         where = "the catalogue" if origin == "catalogue" else f"the digest recorded in {cache / RECORDS_FILE}"
         raise DownloadError(
@@ -187,20 +202,30 @@ def _quiet_pooch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _record_download(cache: Path, entry: CatalogueEntry, target: Path, digest: str, url: str | None) -> None:
-    set_record(
-        cache,
-        entry.name,
-        {
-            "file": target.name,
-            "sha256": digest,
-            "size_bytes": target.stat().st_size,
-            "source": "download" if url else "found in cache",
-            "url": url,
-            "preset": entry.preset,
-            "recorded_at": now(),
-        },
-    )
+def _record_download(
+    cache: Path, entry: CatalogueEntry, target: Path, digest: str, url: str | None, final_url: str | None = None
+) -> None:
+    record = {
+        "file": target.name,
+        "sha256": digest,
+        "size_bytes": target.stat().st_size,
+        "source": "download" if url else "found in cache",
+        "url": url,
+        "preset": entry.preset,
+        "recorded_at": now(),
+    }
+    if final_url and final_url != url:  # redirected: say where the bytes whose digest is pinned came from
+        record["final_url"] = final_url
+    set_record(cache, entry.name, record)
+
+
+def _size_limit(entry: CatalogueEntry) -> int | None:
+    """The most bytes a download of ``entry`` may have: its catalogue size plus a margin (None: unknown)."""
+    size = entry.size_bytes or entry.approx_size_bytes
+    if not size:
+        return None
+    factor, extra = SIZE_MARGIN
+    return int(size * factor) + extra
 
 
 def _warn_recorded(
@@ -364,6 +389,11 @@ class ResumableHTTPDownloader:
     callable fills that file. When the connection drops it asks for the rest with ``Range: bytes=N-``; a
     server that ignores the range (answers 200) is read again from the start into the emptied file. Progress
     goes to ``on_progress`` events and, with ``progressbar``, a tqdm bar.
+
+    Bounded in every way a server can misbehave: ``retries`` attempts in a row that add no new bytes, no new
+    bytes for ``STALL_LIMIT_S``, more than ``max_bytes`` in the file (an endless stream), more than
+    ``TRANSFER_FACTOR`` times that over all attempts, or a total time beyond 10 minutes + size / ``MIN_RATE_BPS``.
+    A name that does not resolve or a refused connection is "no network" at once, without retries.
     """
 
     def __init__(
@@ -372,11 +402,14 @@ class ResumableHTTPDownloader:
         on_progress: ProgressCallback | None = None,
         progressbar: bool | Any = False,
         retries: int | None = None,
+        max_bytes: int | None = None,
     ):
         self.model = model
         self.on_progress = on_progress
         self.progressbar = progressbar
         self.retries = DOWNLOAD_RETRIES if retries is None else retries
+        self.max_bytes = max_bytes
+        self.final_url: str | None = None  # where the bytes came from, after redirects
         self._etag: str | None = None  # of the file being downloaded, to resume only that same file
 
     def __call__(self, url: str, output_file: str, pooch_obj: Any = None, check_only: bool = False) -> Any:
@@ -388,12 +421,16 @@ class ResumableHTTPDownloader:
 
         progress = _DownloadProgress(self.model, self.on_progress, self.progressbar)
         self._etag = None
+        self.final_url = None
         failures = 0
+        high_water = 0  # the most bytes of the file we ever held: only beating it is progress
+        started = last_progress = time.monotonic()
+        limit = self.max_bytes
+        deadline = started + 600.0 + (limit or 0) / MIN_RATE_BPS
         last_error: BaseException | None = None
         try:
             with open(output_file, "w+b") as out:
                 while True:
-                    before = progress.received
                     try:
                         self._attempt(requests, url, out, progress)
                         break
@@ -401,25 +438,28 @@ class ResumableHTTPDownloader:
                         last_error = exc
                     except requests.exceptions.ChunkedEncodingError as exc:  # connection dropped mid-body
                         last_error = exc
-                    except requests.RequestException as exc:  # malformed URL and the like: no point retrying
-                        raise DownloadError(f"cannot download {self.model!r} from {url}: {exc}") from exc
-                    if progress.received > before:
-                        failures = 0
+                    except requests.RequestException as exc:  # malformed URL, redirect loop: no point retrying
+                        raise DownloadError(f"cannot download {self.model!r} from {url}: {_short(exc)}") from exc
+                    now_ = time.monotonic()
+                    if out.tell() > high_water:
+                        high_water, failures, last_progress = out.tell(), 0, now_
                     failures += 1
-                    if failures > self.retries:
-                        unreachable = progress.received == 0 and isinstance(
-                            last_error, (requests.ConnectionError, requests.Timeout)
-                        )
-                        raise self._give_up(url, last_error, unreachable, out.tell(), progress.total)
+                    if _no_network(last_error) and progress.received == 0:
+                        raise self._no_network(url, last_error)
+                    if (
+                        failures > self.retries
+                        or now_ - last_progress > STALL_LIMIT_S
+                        or now_ > deadline
+                        or (limit is not None and progress.received > TRANSFER_FACTOR * limit)
+                    ):
+                        raise self._give_up(url, last_error, out.tell(), progress, failures)
                     wait = min(RETRY_WAIT_S * 2 ** (failures - 1), MAX_RETRY_WAIT_S)
                     log.warning(
-                        "download of %s interrupted at %d bytes (%s); retrying in %.1f s (attempt %d of %d)",
+                        "download of %s interrupted at %d bytes (%s); retrying in %.1f s",
                         self.model,
                         out.tell(),
-                        last_error,
+                        _short(last_error),
                         wait,
-                        failures + 1,
-                        self.retries + 1,
                     )
                     time.sleep(wait)
             progress.finish()
@@ -435,6 +475,7 @@ class ResumableHTTPDownloader:
             if self._etag:  # the rest only if the file is still the same one, else the whole new file
                 headers["If-Range"] = self._etag
         with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT_S, allow_redirects=True) as resp:
+            self.final_url = resp.url or url
             status = resp.status_code
             etag = resp.headers.get("ETag")
             if status in (200, 206) and etag and not etag.startswith("W/"):
@@ -446,6 +487,8 @@ class ResumableHTTPDownloader:
             if status >= 400:
                 raise DownloadError(self._http_message(url, status, resp.reason))
             total = _content_total(resp, offset if status == 206 else 0)
+            if total is not None and self.max_bytes is not None and total > self.max_bytes:
+                raise DownloadError(self._too_big(url, f"the server announces {total} bytes"))
             if status == 206:
                 start = _content_range_start(resp)
                 if start != offset:
@@ -463,6 +506,8 @@ class ResumableHTTPDownloader:
                 if chunk:
                     out.write(chunk)
                     progress.update(len(chunk))
+                    if self.max_bytes is not None and out.tell() > self.max_bytes:
+                        raise DownloadError(self._too_big(url, f"it sent more than {self.max_bytes} bytes"))
             out.flush()
             if total is not None and out.tell() < total:
                 raise _Retry(f"connection closed after {out.tell()} of {total} bytes")
@@ -470,6 +515,22 @@ class ResumableHTTPDownloader:
                 out.seek(0)
                 out.truncate()
                 raise _Retry(f"server sent more bytes than announced ({total})")
+
+    def _too_big(self, url: str, what: str) -> str:
+        return (
+            f"the download of {self.model!r} from {urlsplit(url).netloc} was stopped: {what}, more than the "
+            f"catalogue's size of this model allows ({self.max_bytes} bytes with margin). The server is not "
+            "serving the model file; nothing was kept. Try again later or use another --hub-url."
+        )
+
+    def _no_network(self, url: str, error: BaseException | None) -> DownloadError:
+        host = urlsplit(url).netloc
+        return DownloadError(
+            f"no network: cannot reach {host} ({_short(error)}). This computer seems to be offline, or a "
+            f"firewall/proxy blocks the connection. Connect and try again, or download {url} on a machine with "
+            f"internet access and import the file here with `wdm import-model FILE --name {self.model} "
+            "--preset PRESET` (see docs/models.md)."
+        )
 
     def _http_message(self, url: str, status: int, reason: str) -> str:
         if status == 404:
@@ -485,24 +546,39 @@ class ResumableHTTPDownloader:
         )
 
     def _give_up(
-        self, url: str, error: BaseException | None, unreachable: bool, done: int, total: int | None
+        self, url: str, error: BaseException | None, done: int, progress: _DownloadProgress, attempts: int
     ) -> DownloadError:
         host = urlsplit(url).netloc
         manual = (
             f"try again later, or download {url} on a machine with internet access and import the file here "
             f"with `wdm import-model FILE --name {self.model} --preset PRESET` (see docs/models.md)."
         )
-        if unreachable:
+        if _is_timeout(error):
             return DownloadError(
-                f"cannot reach {host} to download {self.model!r} ({_short(error)}). This computer seems "
-                f"to be offline or a firewall/proxy blocks the connection: {manual}"
+                f"the server {host} is not answering: no data for {TIMEOUT_S[1]:.0f} s at a time "
+                f"({attempts} attempt(s), {done} bytes kept of {self.model!r}); nothing was kept: {manual}"
             )
-        of = f" of {total}" if total else ""
+        of = f" of {progress.total}" if progress.total else ""
         return DownloadError(
             f"the download of {self.model!r} from {host} kept failing at {done}{of} bytes "
-            f"({self.retries + 1} attempts in a row without progress; last error: {_short(error)}); "
+            f"({attempts} attempts without getting further; last error: {_short(error)}); "
             f"nothing was kept: {manual}"
         )
+
+
+def _no_network(error: BaseException | None) -> bool:
+    """A name that does not resolve or a refused connection: retrying right away will not help."""
+    text = repr(error) + str(error)
+    markers = ("NameResolution", "Name or service not known", "nodename nor servname", "getaddrinfo",
+               "Temporary failure in name resolution", "Connection refused", "ConnectionRefused",
+               "Network is unreachable")  # fmt: skip
+    return any(m in text for m in markers)
+
+
+def _is_timeout(error: BaseException | None) -> bool:
+    import requests
+
+    return isinstance(error, requests.Timeout) or "timed out" in str(error).lower()
 
 
 def _short(error: BaseException | None) -> str:
@@ -511,9 +587,13 @@ def _short(error: BaseException | None) -> str:
     text = str(error)
     if "Connection refused" in text or "ConnectionRefused" in text:
         return "connection refused"
-    if "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
+    if any(m in text for m in ("Name or service not known", "nodename nor servname", "getaddrinfo", "name resolution")):
         return "the server name could not be resolved"
-    return f"{type(error).__name__}: {text[:200]}"
+    if "Network is unreachable" in text:
+        return "the network is unreachable"
+    if _is_timeout(error):
+        return "timed out"
+    return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def _content_total(resp: Any, offset: int) -> int | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteError
 from ..filemodes import set_default_mode
 from ..networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, config_from_official_args
 
@@ -59,10 +59,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "state dict with `torch.save(model.state_dict(), path)` and try again."
             ) from None
         raise CheckpointError(
-            f"{path} could not be read: it looks truncated or corrupt ({type(exc).__name__}: {text[:200]}). "
+            f"{path} could not be read: it looks truncated or corrupt ({torch_load_reason(exc)}). "
             "Download or copy it again; for a catalogue model, `wdm download NAME` verifies the file."
         ) from None
     return _unwrap_state_dict(obj, path)
+
+
+def torch_load_reason(exc: BaseException) -> str:
+    """torch.load's complaint, short, and never its advice to reload with ``weights_only=False`` (which would
+    execute whatever code the file carries)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if "weights_only" not in line and "arbitrary code" not in line.lower()]
+    for line in kept:
+        if line.lower().startswith("weights only load failed"):
+            continue
+        return f"{type(exc).__name__}: {line[:200]}"
+    return type(exc).__name__
 
 
 def _looks_like_torch_file(path: Path) -> bool:
@@ -149,7 +161,20 @@ def load_network_weights(network: DiffusionNetwork, state_dict: dict[str, torch.
     mismatch["missing"] = [k for k in mismatch["missing"] if aliases.get(k) not in state_dict]
     if any(mismatch.values()):
         raise CheckpointError(f"{source} does not fit the network: {_describe(mismatch)}.")
+    check_finite_weights(state_dict, source)
     network.load_state_dict(state_dict, strict=False)
+
+
+def check_finite_weights(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity: one such value turns every generated volume into NaN."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise NonFiniteError(
+            f"{source} holds NaN or infinite weights in {len(bad)} tensor(s) ({shown}); a network with such "
+            "weights can only produce NaN volumes. The training that wrote it diverged or the file is damaged: "
+            "use an earlier checkpoint or download the file again."
+        )
 
 
 def shared_parameter_aliases(network: torch.nn.Module) -> dict[str, str]:

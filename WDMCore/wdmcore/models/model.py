@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..diffusion import Diffusion, DiffusionConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..events import ProgressCallback, ProgressTracker
 from ..networks import DiffusionNetwork, NetworkConfig, build_network
 from ..samplers import CancelCheck, NoiseSource, StepCallback, run_sampler
@@ -70,8 +70,8 @@ class WDMModel:
     ) -> torch.Tensor:
         """One batch: coefficients [len(seeds), 8, S/2, S/2, S/2], sample i from seed ``seeds[i]``.
 
-        ``sampler``: "ancestral" (the released sampler; respaced when ``steps`` < 1000), "ddim", "dpm++2m" or
-        "unipc" (see :mod:`wdmcore.samplers`)."""
+        ``sampler``: "ancestral" (the released sampler; respaced when ``steps`` < 1000), "ddim", "dpm++2m",
+        "dpm++2m-sde" or "unipc" (see :mod:`wdmcore.samplers`)."""
         half = self.image_size // 2
         noise = NoiseSource(seeds, self.device)
         x = noise.initial((self.network.config.in_channels, half, half, half))
@@ -120,6 +120,11 @@ class WDMModel:
                 cancel=cancel,
             )
             image = from_coefficients(coeffs.float(), self.diffusion_config.lll_scale)
+            if not bool(torch.isfinite(image).all()):
+                raise NonFiniteError(
+                    f"sampling seeds {seeds} produced NaN or infinite values: the weights or the card's diffusion "
+                    f"settings ({self.diffusion_config.to_dict()}) do not make a working sampler."
+                )
             # Clamped: the inverse wavelet transform can overshoot [-1, 1] by rounding (about 1e-7).
             outputs.append(((image + 1) / 2).clamp(0, 1).cpu())
         return torch.cat(outputs)

@@ -26,11 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, OutOfMemoryError
+from ..devices import resolve_device
+from ..errors import ConfigError, NonFiniteError, OutOfMemoryError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel, load_model
 from ..samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
-from ..vocabulary import DEFAULT_MODEL, DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..vocabulary import (  # noqa: F401 - defaults kept with the names `wdm` shares (no torch); re-exported
+    DEFAULT_MODEL,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    MAX_SEED,
+    PREVIEW_SAMPLER,
+    PREVIEW_STEPS,
+)
 from ..volumes.writing import Geometry, card_geometry, save_volume
 from ..wavelets import from_coefficients
 
@@ -52,22 +60,15 @@ class GeneratedVolume:
     seed: int
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike, *, dtype: str = "float32", sidecar: bool = True) -> Path:
-        """Write as ``.nii.gz``/``.nii``/``.nrrd`` (from the name) plus a ``.json`` sidecar with ``meta``."""
-        return save_volume(self.array, self.affine, path, self.meta, dtype=dtype, sidecar=sidecar)
+    def save(
+        self, path: str | os.PathLike, *, dtype: str = "float32", sidecar: bool = True, overwrite: bool = True
+    ) -> Path:
+        """Write as ``.nii.gz``/``.nii``/``.nrrd`` (from the name) plus a ``.json`` sidecar with ``meta``,
+        atomically; with ``overwrite=False`` an existing file is an error."""
+        return save_volume(self.array, self.affine, path, self.meta, dtype=dtype, sidecar=sidecar, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------- model, device
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but PyTorch sees no GPU here; use device 'cpu' (or 'auto').")
-    return device
 
 
 def resolve_model(
@@ -144,6 +145,18 @@ def _report_step(
             on_preview(first_index + b, image)
 
 
+def _check_finite(coeffs: torch.Tensor, seeds: list[int], wdm: WDMModel) -> None:
+    # Checked before the clamp to the output range, which would keep NaN and hide infinities.
+    if bool(torch.isfinite(coeffs).all()):
+        return
+    raise NonFiniteError(
+        f"generating the volume(s) of seed(s) {', '.join(map(str, seeds))} produced NaN or infinite values, so "
+        "nothing was written. The model's weights or its card's diffusion settings (beta_start, beta_end, "
+        f"lll_scale: {wdm.diffusion_config.to_dict()}) do not make a working sampler; check the model card, "
+        "or use another checkpoint."
+    )
+
+
 # -------------------------------------------------------------------------------------------------- generate
 
 
@@ -164,6 +177,7 @@ def generate(
     compile: bool = False,
     preset: str | None = None,
     reference_affine: np.ndarray | None = None,
+    on_volume: Callable[[GeneratedVolume], None] | None = None,
     progress: bool = False,
 ) -> list[GeneratedVolume]:
     """Generate ``num`` volumes.
@@ -172,9 +186,11 @@ def generate(
         model: a :class:`WDMModel`, a checkpoint path (``.pt`` released format, ``.safetensors`` ours) or a
             catalogue name (``wdm models``; downloaded and verified on first use).
         num: how many volumes; volume i is drawn from seed ``seed + i`` (independent of ``batch_size``).
-        sampler: ``"ancestral"`` (default; the paper's sampler, respaced to ``steps``; with 1000 steps exactly
-            the released one), ``"ddim"``, ``"dpm++2m"`` or ``"unipc"``.
-        steps: network evaluations per volume; default per sampler (:data:`DEFAULT_STEPS`: 50 for ancestral).
+        sampler: ``"unipc"`` (default), ``"dpm++2m"``, ``"dpm++2m-sde"``, ``"ddim"`` (fast solvers on log-SNR
+            spacing down to t = 0) or ``"ancestral"`` (the paper's sampler; with 1000 steps exactly the
+            released one, respaced below that).
+        steps: network evaluations per volume; default per sampler (:data:`DEFAULT_STEPS`: 25 for unipc, 1000
+            for ancestral); :data:`PREVIEW_STEPS` (10) for a quick look.
         batch_size: volumes sampled together (memory vs. speed; the results do not change).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the network (meant for CUDA).
@@ -188,6 +204,8 @@ def generate(
         preset: the network preset of a ``.pt`` file whose preset cannot be detected.
         reference_affine: for cards stating ``source_voxel_of_output_voxel``, the affine of a training-set
             volume to place the outputs in its frame (see :func:`wdmcore.volumes.writing.card_geometry`).
+        on_volume: called with each :class:`GeneratedVolume` as soon as its batch is done (to write it at
+            once: volumes finished before an error, a cancel or a signal are then kept).
         progress: show a progress bar on stderr (of the download too, if the model is fetched first).
 
     Returns one :class:`GeneratedVolume` per seed, in order. Raises :class:`OutOfMemoryError` when the device
@@ -201,6 +219,10 @@ def generate(
         raise ConfigError("num and batch_size must be at least 1.")
     if preview_every < 1:
         raise ConfigError("preview_every must be at least 1.")
+    if not 0 <= int(seed) <= MAX_SEED - (num - 1):
+        raise ConfigError(
+            f"seed must lie between 0 and {MAX_SEED - (num - 1)} (seed + i for {num} volumes), got {seed}."
+        )
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
     if progress:
         from ..progressbar import ProgressBars, combine
@@ -209,7 +231,7 @@ def generate(
             return generate(model, num, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
                             device=device, precision=precision, cancel=cancel, on_progress=combine(on_progress, bars),
                             on_preview=on_preview, preview_every=preview_every, compile=compile, preset=preset,
-                            reference_affine=reference_affine)  # fmt: skip
+                            reference_affine=reference_affine, on_volume=on_volume)  # fmt: skip
     torch_device = resolve_device(device)
     wdm = resolve_model(model, preset=preset, device=torch_device, on_progress=on_progress)
     if not 1 <= steps <= wdm.diffusion.num_timesteps:
@@ -262,6 +284,7 @@ def generate(
                 coeffs = run_sampler(
                     sampler, call, wdm.diffusion, x, noise, steps=steps, on_step=on_step, cancel=check_cancel
                 )
+                _check_finite(coeffs, seeds, wdm)
                 arrays = to_output(coeffs)
         except Cancelled:
             raise
@@ -277,6 +300,9 @@ def generate(
             ) from exc
         for s, array in zip(seeds, arrays, strict=True):
             meta = {**base_meta, "seed": s}
-            results.append(GeneratedVolume(array=array, affine=geometry.affine.copy(), seed=s, meta=meta))
+            volume = GeneratedVolume(array=array, affine=geometry.affine.copy(), seed=s, meta=meta)
+            results.append(volume)
+            if on_volume is not None:
+                on_volume(volume)
     log.info("generated %d volume(s) in %.1f s", num, time.perf_counter() - started)
     return results

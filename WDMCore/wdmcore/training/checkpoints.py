@@ -15,12 +15,16 @@ import torch
 
 from ..errors import CheckpointError
 from ..filemodes import set_default_mode
-from ..models.checkpoints import save_model_file
+from ..models.checkpoints import save_model_file, torch_load_reason
 
 log = logging.getLogger(__name__)
 
 
 STATE_FORMAT = 1
+# A stop request: while a run trains, a file of this name in its folder makes it write a checkpoint after the
+# current step and return (docs/training.md). It needs no signal, so it reaches the trainer whatever process
+# started it (Slicer's PythonSlicer is a launcher that passes no signal on).
+STOP_FILE = "STOP"
 _MODEL_RE = re.compile(r"^model_(\d+)\.safetensors$")
 _STATE_RE = re.compile(r"^state_(\d+)\.pt$")
 
@@ -90,7 +94,7 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"the training state {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"the training state {path} could not be read ({torch_load_reason(exc)}); "
             "delete it to resume from the checkpoint before it."
         ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -116,6 +120,14 @@ def latest_state(out_dir: Path) -> tuple[Path, dict[str, Any]]:
 
 
 # -- previews -----------------------------------------------------------------------------------------------
+
+
+def stop_requested(out_dir: Path) -> bool:
+    return (out_dir / STOP_FILE).exists()
+
+
+def clear_stop_request(out_dir: Path) -> None:
+    (out_dir / STOP_FILE).unlink(missing_ok=True)
 
 
 def model_path(out_dir: Path, step: int) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +75,17 @@ class TrainConfig:
             c.image_size = PRESETS[c.preset][1]
         if c.batch_size is None:
             c.batch_size = PRESET_BATCH.get(c.image_size, 1)
-        net = c.network_config()  # validates the network fields
+        if c.image_size < 1:
+            raise ConfigError(
+                f"image_size must be a positive multiple of 2^levels (e.g. 64 or 128), got {c.image_size}."
+            )
+        _check_network_fields({**(preset_config(c.preset).to_dict() if c.preset else {}), **c.network})
+        try:
+            net = c.network_config()  # validates the network fields
+        except (TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ConfigError(
+                f"the network settings are invalid ({exc}); check --model-channels and the like."
+            ) from None
         DiffusionConfig.from_dict(c.diffusion)
         factor = 2 * net.downsampling_factor
         if c.image_size % factor:
@@ -97,6 +108,8 @@ class TrainConfig:
             (c.lr_warmup_steps >= 0, "lr_warmup_steps must be 0 or more"),
             (c.grad_clip is None or c.grad_clip > 0, "grad_clip must be positive (or unset)"),
             (c.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
+            (0 <= c.seed <= 2**64 - 1, f"seed must lie between 0 and {2**64 - 1}"),
+            (_DEVICE.fullmatch(c.device) is not None, f"unknown device {c.device!r}; use auto, cpu, cuda or cuda:N"),
         ]
         for ok, message in checks:
             if not ok:
@@ -122,6 +135,9 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}.")
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                _check_type(f.name, data[f.name], str(f.type))
         return cls(**data)
 
 
@@ -161,3 +177,46 @@ def check_same_data(saved: dict[str, Any], now: dict[str, Any], out_dir: Any) ->
             "training on this data (the model card then describes the new data), or start a new run in "
             "another folder."
         )
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """A value from a config file must have its field's declared type (ints are fine for floats)."""
+    base, optional = annotation.removesuffix(" | None"), annotation.endswith(" | None")
+    if value is None:
+        if not optional and base in ("int", "float", "bool", "str"):
+            raise ConfigError(f"option {name!r} needs a value, got null; fix the config file.")
+        return
+    if base == "bool":
+        ok, kind = isinstance(value, bool), "true or false"
+    elif base == "int":
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif base == "float":
+        ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif base == "str":
+        ok, kind = isinstance(value, str), "a string"
+    elif base.startswith("dict"):
+        ok, kind = isinstance(value, dict), "a mapping of settings"
+    elif base.startswith("tuple"):
+        ok = isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value)
+        kind = "a list of numbers"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"option {name!r} must be {kind}, got {value!r:.100}; fix the config file.")
+
+
+def _check_network_fields(fields: dict[str, Any]) -> None:
+    def whole(key: str, minimum: int) -> None:
+        value = fields.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise ConfigError(f"{key} must be a whole number of at least {minimum}, got {value!r:.100}.")
+
+    whole("model_channels", 1)
+    whole("num_groups", 1)
+    whole("num_res_blocks", 1)
+    dropout = fields.get("dropout")
+    if dropout is not None and (not isinstance(dropout, int | float) or not 0 <= dropout < 1):
+        raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r:.100}.")

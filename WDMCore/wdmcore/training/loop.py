@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,11 +45,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..devices import resolve_device
 from ..diffusion import Diffusion, DiffusionConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..events import ProgressCallback, emit
 from ..networks import NetworkConfig, build_network
-from .checkpoints import atomic_write_text, latest_state, list_checkpoints, prune, save_checkpoint, set_rng_state
+from .checkpoints import (
+    atomic_write_text,
+    clear_stop_request,
+    latest_state,
+    list_checkpoints,
+    prune,
+    save_checkpoint,
+    set_rng_state,
+    stop_requested,
+)
+from .checkpoints import model_path as checkpoint_path
 from .config import TrainConfig, TrainingError, check_same_data
 from .ema import EMA
 from .previews import write_preview
@@ -90,13 +102,13 @@ def _setup_distributed(device_request: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device_request == "auto" else device_request.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"device {device_request!r} was requested but CUDA is not available; use --device cpu.")
-    if world > 1:
+    if world > 1:  # torchrun: one CUDA GPU per process, or CPU processes (gloo)
+        use_cuda = torch.cuda.is_available() if device_request == "auto" else device_request.startswith("cuda")
+        if use_cuda and not torch.cuda.is_available():
+            raise ConfigError(f"device {device_request!r} was requested but CUDA is not available; use --device cpu.")
         device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     else:
-        device = torch.device(("cuda" if use_cuda else "cpu") if device_request == "auto" else device_request)
+        device = resolve_device(device_request)  # auto: CUDA, then Apple's MPS, then the CPU
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist = _Dist(rank, world, local_rank)
@@ -291,17 +303,57 @@ def train(
     ``config.data`` fields that choose and prepare the volumes) unless ``allow_new_data`` (fine-tuning on other
     volumes; the checkpoints' card then describes the new data). ``on_event`` receives progress events (task "train":
     loss, it/s, ETA, lr, GPU memory), "checkpoint", "preview", "nonfinite" and a final "result" event.
-    ``stop()`` is polled every step: when it returns True a checkpoint is written and the run returns.
+    ``stop()`` is polled every step, and so is the stop file ``out_dir/STOP``: when either asks, a checkpoint is
+    written and the run returns (the stop file is removed then).
     Under ``torchrun`` (WORLD_SIZE > 1) the global batch is split over the processes and rank 0 writes files.
     """
     config = config.resolved()
     out_dir = Path(out_dir)
     dist, device = _setup_distributed(config.device)
     try:
-        return _train(config, dataset, out_dir, resume, on_event, stop, dist, device, allow_new_data)
+        with _run_folder_lock(out_dir, dist.main):
+            return _train(config, dataset, out_dir, resume, on_event, stop, dist, device, allow_new_data)
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
+
+
+RUN_LOCK = ".wdm-train.lock"
+
+
+@contextlib.contextmanager
+def _run_folder_lock(out_dir: Path, main: bool):
+    """One training run per folder: a second one would mix its checkpoints and events with the first's."""
+    if not main:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    from ..volumes.writing import describe_os_error, ensure_output_folder
+
+    ensure_output_folder(out_dir)  # DataError for a file, a read-only folder, a full disk
+    lock = FileLock(out_dir / RUN_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(
+            f"another training run holds {out_dir} (lock file {out_dir / RUN_LOCK}); wait for it to finish, "
+            "or choose another output folder."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot lock the output folder {out_dir}: {describe_os_error(exc)}.") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # DataLoader workers share the process group: on SIGTERM/SIGINT to the group (docker stop, SLURM, Ctrl-C)
+    # only the main process acts (final checkpoint, then it shuts the workers down); a worker that died of the
+    # signal would instead abort the run with "DataLoader worker exited unexpectedly".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device, allow_new_data) -> TrainResult:
@@ -312,6 +364,9 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
         for stale in [*out_dir.glob(".model_*.tmp"), *out_dir.glob(".state_*.tmp")]:
             log.info("removing %s, left by an interrupted checkpoint write", stale)
             stale.unlink(missing_ok=True)
+        if stop_requested(out_dir):  # left by a stop the previous session never read: it is not for this one
+            log.info("removing a stop request left in %s by an earlier session", out_dir)
+            clear_stop_request(out_dir)
     network_config = config.network_config()
     diffusion = Diffusion(DiffusionConfig.from_dict(config.diffusion))
 
@@ -375,6 +430,7 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals if config.num_workers > 0 else None,
     )
     image_shape = (1, config.image_size, config.image_size, config.image_size)
 
@@ -388,18 +444,33 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
     def save(at_step: int) -> Path | None:
         path = None
         if dist.main:
-            path = save_checkpoint(out_dir, at_step, network, ema, optimizer, config, card_base)
+            try:
+                path = save_checkpoint(out_dir, at_step, network, ema, optimizer, config, card_base)
+            except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+                from ..volumes.writing import describe_os_error
+
+                # Its state was not written, so it is not a checkpoint: remove the half.
+                checkpoint_path(out_dir, at_step).unlink(missing_ok=True)
+                previous = [c for c in list_checkpoints(out_dir) if c[2] is not None]
+                kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no checkpoint exists"
+                raise DataError(
+                    f"cannot write the checkpoint of step {at_step} into {out_dir}: {describe_os_error(exc, out_dir)}; "
+                    f"{kept}. Free space (or fix the folder) and continue with --resume."
+                ) from exc
             prune(out_dir, config.keep_last)
             logger.event("checkpoint", step=at_step, path=str(path))
         if dist.active:
             torch.distributed.barrier()
         return path
 
+    def stop_now() -> bool:
+        return stop_requested(out_dir) or (stop is not None and bool(stop()))
+
     model.train()
     model_path = None
     try:
         for item in loader:
-            if stop is not None and _should_stop(stop, dist, device):
+            if _should_stop(stop_now, dist, device):
                 stopped = True
                 break
             image = _check_item(item, config.image_size).to(device, non_blocking=True)
@@ -466,8 +537,10 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             if step % config.checkpoint_interval == 0 and step != config.max_steps:
                 save(step)
                 last_saved = step
-        model_path = save(step) if step != last_saved else model_path(out_dir, step)
+        model_path = save(step) if step != last_saved else checkpoint_path(out_dir, step)
         if dist.main:
+            if stopped:
+                clear_stop_request(out_dir)  # answered: a later resume must not stop at once
             logger.event("result", path=str(model_path), step=step, stopped=stopped, loss=last_loss)
     finally:
         logger.close()

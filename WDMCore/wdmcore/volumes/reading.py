@@ -135,6 +135,55 @@ def check_3d(shape: tuple[int, ...], path: str | Path) -> tuple[int, int, int]:
     return int(dims[0]), int(dims[1]), int(dims[2])
 
 
+MIN_AXIS_VOXELS = 8  # fewer voxels along an axis than this is not a volume a 3-D model can learn from
+MAX_VOXELS = 1 << 30  # a header claiming more (e.g. 10000^3) is damaged or not a single medical volume
+
+
+def check_usable_header(header: VolumeHeader, path: str | Path) -> tuple[int, int, int]:
+    """The 3-D shape of a volume whose header can be trained on; :class:`DataError` saying why not otherwise.
+
+    The one header check shared by training (files that fail it never count, not even for the ``fit`` spacing)
+    and ``wdm summarize``: a single 3-D volume, at least 8 voxels per axis, at most 2^30 voxels, and an affine
+    that is finite with non-zero spacing and an invertible orientation."""
+    shape = check_3d(header.shape, path)
+    if min(shape) < MIN_AXIS_VOXELS:
+        raise InputShapeError(
+            f"{path}: is only {'x'.join(map(str, shape))} voxels; a volume needs at least {MIN_AXIS_VOXELS} "
+            "voxels along every axis. Remove it from the folder or list"
+        )
+    if int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
+        raise DataError(
+            f"{path}: its header claims {'x'.join(map(str, shape))} voxels, more than the {MAX_VOXELS} a volume "
+            "may have; the file is damaged or not a single medical volume. Remove it"
+        )
+    affine = np.asarray(header.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise DataError(f"{path}: its affine (voxel-to-world matrix) holds NaN or infinite values; fix the header")
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(spacing < 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-12 * float(np.prod(spacing)):
+        raise DataError(
+            f"{path}: its voxel spacing {tuple(round(float(s), 6) for s in spacing)} mm has a zero, or its "
+            "orientation is singular; fix the header (pixdim / spacing) or remove it"
+        )
+    return shape
+
+
+def check_usable_voxels(data: np.ndarray) -> None:
+    """Content that can be trained on: finite numbers, not one constant value (e.g. all zeros)."""
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise DataError(f"{int((~finite).sum())} voxel(s) are NaN or infinite; fix the file or remove it")
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise DataError(f"every voxel has the value {lo:g}: the volume is constant and carries no image; remove it")
+
+
+def reason_without_path(reason: str, path: str | Path) -> str:
+    """A message without a leading "PATH: ", for listings that already show the path."""
+    prefix = f"{path}: "
+    return reason[len(prefix) :] if reason.startswith(prefix) else reason
+
+
 def load_volume(path: str | Path, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3-D volume file: (array in (i, j, k) order as ``dtype``, 4x4 voxel-to-RAS affine).
 

@@ -22,8 +22,13 @@ NRRD files (through SimpleITK) are in LPS, NIfTI in RAS; :func:`ras_to_lps` does
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
+import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, NonFiniteError
 
 FORMATS = ("nii.gz", "nii", "nrrd")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -226,38 +231,119 @@ def save_volume(
     *,
     dtype: str = "float32",
     sidecar: bool = True,
+    overwrite: bool = True,
 ) -> Path:
     """Write a volume as NIfTI or NRRD (from the file name) and, unless ``sidecar`` is False, a JSON file
-    with ``meta``, the affine and the spacing next to it. Returns the volume's path."""
+    with ``meta``, the affine and the spacing next to it. Returns the volume's path.
+
+    Both files are written under temporary names in the same folder and renamed into place only when complete,
+    so a full disk, an error or a signal never leaves a truncated file under the final name. With
+    ``overwrite=False`` an existing volume or sidecar is an error (:class:`DataError` naming it)."""
     path, fmt = split_format(path)
     meta = dict(meta or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not np.all(np.isfinite(array)):
+        raise NonFiniteError(
+            f"refusing to write {path}: the volume holds NaN or infinite values (stored as int16 they would "
+            "silently become zeros). The model or its settings produced them; nothing was written."
+        )
+    if fmt == "nrrd" and dtype != "float32":
+        raise ConfigError("NRRD output is written as float32 only; use --format nii.gz for int16 files.")
+    json_path = sidecar_path(path) if sidecar else None
+    if not overwrite:
+        for existing in (path, json_path):
+            if existing is not None and (existing.exists() or existing.is_symlink()):
+                raise DataError(
+                    f"{existing} already exists and was left untouched; choose another output folder or prefix, "
+                    "or pass --overwrite (overwrite=True) to replace it."
+                )
+    ensure_output_folder(path.parent)
+    tag = f"{os.getpid()}-{threading.get_ident()}"
+    tmp_volume = path.with_name(f".{path.name[: -len(fmt) - 1]}.part{tag}.{fmt}")
+    tmp_json = path.with_name(f".{path.name[: -len(fmt) - 1]}.part{tag}.json")
     try:
         if fmt == "nrrd":
-            if dtype != "float32":
-                raise ConfigError("NRRD output is written as float32 only; use --format nii.gz for int16 files.")
             keys = ("model", "sampler", "steps", "seed", "geometry_known", "wdmcore_version")
-            save_nrrd(array, affine, path, metadata={f"wdm_{k}": str(meta[k]) for k in keys if k in meta})
+            save_nrrd(array, affine, tmp_volume, metadata={f"wdm_{k}": str(meta[k]) for k in keys if k in meta})
         else:
             known = "geometry known" if meta.get("geometry_known", True) else "geometry unknown"
             description = f"wdm {meta.get('model', '')} seed {meta.get('seed', '')} {known}"
-            save_nifti(array, affine, path, dtype=dtype, description=description)
-    except OSError as exc:
-        raise DataError(f"cannot write {path} ({exc}); choose another output folder.") from exc
-    if sidecar:
-        spacing, _, _ = decompose_affine(affine)
-        record = {
-            **meta,
-            "file": path.name,
-            "format": fmt,
-            "dtype": dtype,
-            "shape": list(np.shape(array)),
-            "array_axes": "i, j, k (NIfTI index order)",
-            "affine_ras": np.asarray(affine, dtype=np.float64).tolist(),
-            "spacing_mm": spacing.tolist(),
-        }
-        sidecar_path(path).write_text(json.dumps(record, indent=2, default=_json_default) + "\n", encoding="utf-8")
+            save_nifti(array, affine, tmp_volume, dtype=dtype, description=description)
+        if json_path is not None:
+            spacing, _, _ = decompose_affine(affine)
+            record = {
+                **meta,
+                "file": path.name,
+                "format": fmt,
+                "dtype": dtype,
+                "shape": list(np.shape(array)),
+                "array_axes": "i, j, k (NIfTI index order)",
+                "affine_ras": np.asarray(affine, dtype=np.float64).tolist(),
+                "spacing_mm": spacing.tolist(),
+            }
+            text = json.dumps(record, indent=2, default=_json_default) + "\n"
+            with open(tmp_json, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp_volume, path)
+        if json_path is not None:
+            os.replace(tmp_json, json_path)
+    except (OSError, RuntimeError) as exc:  # SimpleITK reports write failures as RuntimeError
+        raise DataError(f"cannot write {path}: {describe_os_error(exc)}. Nothing was left under that name.") from exc
+    finally:
+        tmp_volume.unlink(missing_ok=True)
+        tmp_json.unlink(missing_ok=True)
     return path
+
+
+def ensure_output_folder(folder: str | os.PathLike, *, create: bool = True) -> Path:
+    """Check that files can be created in ``folder`` (creating it unless ``create`` is False); DataError if not.
+
+    Called before any long computation, so that an unusable output location is reported at once. Without
+    ``create`` a missing folder is fine when its nearest existing parent is a writable folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"the output location {folder} is a file, not a folder; choose a folder.")
+    if not create and not folder.exists():
+        parent = folder.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise DataError(f"the output folder {folder} cannot be created: {parent} is a file. Choose a folder.")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DataError(
+                f"the output folder {folder} cannot be created: {parent} is not writable. Choose another folder."
+            )
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".wdm-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write into the output folder {folder}: {describe_os_error(exc)}. Choose another folder."
+        ) from exc
+    return folder
+
+
+def describe_os_error(exc: BaseException, folder: str | os.PathLike | None = None) -> str:
+    """A short reason for a failed write, naming the common causes plainly. Libraries that wrap the OSError
+    (torch.save raises RuntimeError) are looked through; with ``folder``, an almost full disk is named too."""
+    errno_ = getattr(exc, "errno", None)
+    cause = exc.__cause__ or exc.__context__
+    if errno_ is None and isinstance(cause, OSError):
+        errno_ = cause.errno
+    text = str(exc)
+    full = errno_ in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text.lower()
+    if not full and errno_ is None and folder is not None:
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(folder).free < (16 << 20)
+    if full:
+        return "the disk is full (no space left on the device); free some space or write elsewhere"
+    if errno_ in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied (the folder is read-only or belongs to someone else)"
+    return text or type(exc).__name__
 
 
 def _json_default(value: Any) -> Any:

@@ -1,0 +1,102 @@
+"""Bad files in a training folder: with --skip-bad-files they are skipped with a reason and never shape the
+others (not even the `fit` spacing); `wdm summarize` calls usable exactly what training accepts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wdmcore.cli.main import build_parser
+from wdmcore.cli.train import build_dataset, resolve
+from wdmcore.data.summary import summarize
+from wdmcore.errors import DataError
+
+nib = pytest.importorskip("nibabel")
+
+GOOD = ("good_a.nii.gz", "good_b.nii.gz")
+BAD = {
+    "huge.nii": "claims 10000x10000x10000 voxels",
+    "zero_spacing.nii.gz": "has a zero",
+    "nan_affine.nii.gz": "NaN or infinite values",
+    "constant.nii.gz": "constant",
+    "tiny.nii.gz": "at least 8 voxels",
+    "series.nii.gz": "4-D image",
+}
+
+
+def _save(path, data, affine):
+    image = nib.Nifti1Image(np.asarray(data, np.float32), affine)
+    image.set_sform(affine, code=1)
+    nib.save(image, str(path))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    two_mm = np.diag([2.0, 2.0, 2.0, 1.0])
+    for name in GOOD:  # 16^3 at 2 mm: 32 mm, so the fit spacing of a 16^3 run is 2 mm
+        _save(root / name, rng.random((16, 16, 16)), two_mm)
+    header = nib.Nifti1Header()  # a header alone, claiming 10000^3 voxels
+    header.set_data_shape((10000, 10000, 10000))
+    header.set_data_dtype(np.float32)
+    (root / "huge.nii").write_bytes(header.binaryblock + b"\0" * 4)
+    zero = nib.Nifti1Image(rng.random((16, 16, 16)).astype(np.float32), None)
+    zero.header.set_sform(np.diag([0.0, 2.0, 2.0, 1.0]), code=1)  # an sform with a zero column
+    nib.save(zero, str(root / "zero_spacing.nii.gz"))
+    nan_affine = two_mm.copy()
+    nan_affine[0, 3] = np.nan
+    image = nib.Nifti1Image(rng.random((16, 16, 16)).astype(np.float32), None)
+    image.header.set_sform(nan_affine, code=1)
+    nib.save(image, str(root / "nan_affine.nii.gz"))
+    _save(root / "constant.nii.gz", np.zeros((32, 32, 32)), two_mm)  # the largest extent of all: 64 mm
+    _save(root / "tiny.nii.gz", rng.random((4, 5, 7)), np.diag([20.0, 20.0, 20.0, 1.0]))
+    _save(root / "series.nii.gz", rng.random((16, 16, 16, 3)), two_mm)
+    return root
+
+
+def _dataset(folder, tmp_path, *extra):
+    args = build_parser().parse_args(
+        ["train", "--data", str(folder), "--format", "folder", "--image-size", "16", "--channel-mult", "1,2",
+         "--out", str(tmp_path / "run"),
+         *extra]
+    )  # fmt: skip
+    config, data = resolve(args)
+    return build_dataset(config, data, tmp_path / "run")
+
+
+def test_skipped_files_never_set_the_fit_spacing(folder, tmp_path):
+    dataset = _dataset(folder, tmp_path, "--skip-bad-files")
+    assert sorted(c.path.name for c in dataset.cases) == sorted(GOOD)
+    assert dataset.config.spacing == pytest.approx((2.0, 2.0, 2.0))
+    reasons = {s.path.rsplit("/", 1)[1]: s.reason for s in dataset.skipped}
+    assert sorted(reasons) == sorted(BAD)
+    for name, words in BAD.items():
+        assert words in reasons[name] and not reasons[name].startswith(str(folder)), (name, reasons[name])
+    array = dataset[0][0].numpy()
+    assert array.shape == (1, 16, 16, 16) and (array > -1).mean() > 0.9  # the good volume fills the cube
+
+
+def test_without_skip_every_bad_file_is_listed_once(folder, tmp_path):
+    with pytest.raises(DataError) as info:
+        _dataset(folder, tmp_path)
+    text = str(info.value)
+    assert f"{len(BAD)} of {len(BAD) + 2} files cannot be used" in text and "--skip-bad-files" in text
+    for name in BAD:
+        assert text.count(name) == 1, name
+
+
+def test_summarize_calls_usable_what_training_accepts(folder, tmp_path):
+    summary = summarize(folder)
+    assert summary.count == 2 and sorted(s.path.rsplit("/", 1)[1] for s in summary.skipped) == sorted(BAD)
+    headers_only = summarize(folder, read_voxels=False)  # all but the constant volume show in the header
+    assert sorted(s.path.rsplit("/", 1)[1] for s in headers_only.skipped) == sorted(set(BAD) - {"constant.nii.gz"})
+    assert all(not s.reason.startswith(str(folder)) for s in summary.skipped)
+
+
+def test_spacing_advice_names_the_command_line_option(tmp_path):
+    rng = np.random.default_rng(1)
+    _save(tmp_path / "a.nii.gz", rng.random((16, 16, 16)), np.diag([1.0, 1.0, 1.0, 1.0]))
+    _save(tmp_path / "b.nii.gz", rng.random((16, 16, 16)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    (warning,) = summarize(tmp_path).warnings
+    assert "--spacing MM" in warning
