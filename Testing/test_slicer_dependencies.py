@@ -9,7 +9,7 @@ from WaveletDiffusionLib import dependencies as deps
 tomllib = pytest.importorskip("tomllib")
 
 ALL_PRESENT = {"torch": "2.5.1+cu121", "numpy": "1.26.4", "safetensors": "0.4.5", "tqdm": "4.66.0",
-               "pooch": "1.8.2", "platformdirs": "4.2.0", "psutil": "6.0.0"}  # fmt: skip
+               "pooch": "1.8.2", "platformdirs": "4.2.0", "filelock": "3.16.1", "psutil": "6.0.0"}  # fmt: skip
 
 
 class FakeSlicer:
@@ -120,8 +120,9 @@ def test_other_packages_go_through_pip_ensure_which_asks_itself():
     fake = FakeSlicer({"torch": "2.3.0", "numpy": "1.26.0", "tqdm": "4.66.0"})
     outcome = deps.ensure_dependencies(fake.installers())
     assert fake.questions == []  # pip_ensure shows its own prompt
-    assert fake.calls == [("pip_ensure", ["safetensors>=0.4", "pooch>=1.8", "platformdirs>=3", "psutil>=5.9"])]
-    assert [s.split()[0] for s in outcome.installed] == ["safetensors", "pooch", "platformdirs", "psutil"]
+    wanted = ["safetensors>=0.4", "pooch>=1.8", "platformdirs>=3", "filelock>=3.12", "psutil>=5.9"]
+    assert fake.calls == [("pip_ensure", wanted)]
+    assert [s.split()[0] for s in outcome.installed] == ["safetensors", "pooch", "platformdirs", "filelock", "psutil"]
 
 
 def test_diffusers_only_when_a_diffusers_sampler_is_chosen():
