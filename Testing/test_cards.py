@@ -21,7 +21,7 @@ def _good_card(**updates):
         "name": "tiny",
         "task": "generate",
         "network": TINY.to_dict(),
-        "diffusion": {"steps": 10},
+        "diffusion": {"steps": 100},
         "image_size": 16,
         "geometry": {"spacing_mm": [1.0, 2.0, 3.0], "known": True},
         "intensity": {"range": [0.0, 1.0], "meaning": "relative"},

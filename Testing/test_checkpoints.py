@@ -188,3 +188,28 @@ def test_bad_safetensors_files(tmp_path, tiny_model):
     save_file({"x": torch.zeros(2)}, tmp_path / "future.safetensors", metadata={"wdm_card": json.dumps({"format": 99})})
     with pytest.raises(CheckpointError, match="newer"):
         wdmcore.load_model(tmp_path / "future.safetensors")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_files_written_through_a_temporary_name_follow_the_umask(tmp_path, umask, mode):
+    """Checkpoints, training states and config.json are as readable as any new file (mkstemp makes 0600)."""
+    import stat
+
+    from wdmcore.models.checkpoints import save_model_file
+    from wdmcore.networks import NetworkConfig
+    from wdmcore.training.checkpoints import atomic_torch_save, atomic_write_text
+
+    network = build_network(NetworkConfig("unet", model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                                          num_groups=4))  # fmt: skip
+    previous = os.umask(umask)
+    try:
+        paths = [
+            save_model_file(tmp_path / "model.safetensors", network, {"image_size": 16}),
+            tmp_path / "state.pt",
+            tmp_path / "config.json",
+        ]
+        atomic_torch_save({"step": 1}, paths[1])
+        atomic_write_text(paths[2], "{}\n")
+    finally:
+        os.umask(previous)
+    assert [oct(stat.S_IMODE(p.stat().st_mode)) for p in paths] == [oct(mode)] * 3

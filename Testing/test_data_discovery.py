@@ -1,4 +1,4 @@
-"""Discovery of BraTS, LIDC, general folders and list files."""
+"""Discovery of BraTS, LIDC, any folder of volumes and list files."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_lidc_layout(tmp_path):
     assert {c.format for c in cases} == {"lidc"}
 
 
-def test_general_folder_recursive_all_formats_hidden_ignored(tmp_path):
+def test_folder_layout_recursive_all_formats_hidden_ignored(tmp_path):
     _nifti(tmp_path / "a.nii")
     _nifti(tmp_path / "sub" / "b.nii.gz")
     img = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32))
@@ -71,9 +71,12 @@ def test_general_folder_recursive_all_formats_hidden_ignored(tmp_path):
     _nifti(tmp_path / ".hidden" / "x.nii.gz")
     _nifti(tmp_path / ".y.nii.gz")
     (tmp_path / "notes.txt").write_text("not a volume")
-    assert detect_format(tmp_path) == "general"
+    assert detect_format(tmp_path) == "folder"
     cases = discover(tmp_path)
     assert sorted(c.id for c in cases) == ["a", "c", "e", "sub/b", "sub/deeper/d"]
+    assert {c.format for c in cases} == {"folder"}
+    # "general", the layout's name in configurations of older versions, still reads the same cases.
+    assert discover(tmp_path, format="general") == cases
     assert not any(c.path.suffix == ".raw" for c in cases)  # .mhd data files are not cases
 
 

@@ -189,7 +189,9 @@ def test_cli_subcommand(tmp_path, capsys):
     assert (tmp_path / "r.json").is_file()
     args = parser.parse_args(["preprocess-lidc", str(tmp_path / "in"), str(tmp_path / "out2")])  # 256 mm needed
     assert args.handler(args) == 2
-    assert "smaller than 256 mm" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "smaller than 256 mm" in captured.out
+    assert captured.err.splitlines()[-1].startswith("wdm: error: no series could be used")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no DICOM series"):
         preprocess_lidc_dicom(tmp_path / "empty", tmp_path / "out3")

@@ -28,6 +28,7 @@ from wdmcore.evaluation import (
     fid_from_features,
     frechet_distance,
     kernel_inception_distance,
+    list_volumes,
     load_medicalnet_state_dict,
     ms_ssim,
     ms_ssim_diversity,
@@ -563,3 +564,40 @@ def test_brats_real_volumes_use_the_training_preprocessing_in_0_1(tmp_path):
     training = preprocess(discover(tmp_path, format="brats")[0], PreprocessConfig(preset="brats", size=128)).array
     np.testing.assert_allclose(2 * real01 - 1, training, atol=1e-6)
     assert read.config["reader"] == "brats" and read.config["size"] == 128
+
+
+def test_every_format_wdm_sample_writes_is_read_as_the_same_array(tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    from wdmcore.volumes.writing import save_volume
+
+    assert sitk is not None
+    volume = np.random.default_rng(4).random((6, 8, 10)).astype(np.float32)
+    affine = np.diag([2.0, 1.5, 1.0, 1.0])
+    paths = [save_volume(volume, affine, tmp_path / f"v.{fmt}", sidecar=False) for fmt in ("nii.gz", "nii", "nrrd")]
+    reader = NiftiReader()
+    for path in paths:
+        np.testing.assert_allclose(reader(path), volume, atol=1e-6)
+    assert sorted(p.name for p in list_volumes(tmp_path)) == ["v.nii", "v.nii.gz", "v.nrrd"]
+
+
+def test_command_without_medicalnet_computes_ms_ssim_only_on_a_mixed_folder(tiny_sets, tmp_path, capsys):
+    pytest.importorskip("SimpleITK")
+    from wdmcore.volumes.writing import save_volume
+
+    _, fake = tiny_sets
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i, path in enumerate(sorted(fake.iterdir())):
+        fmt = "nrrd" if i % 2 else "nii.gz"  # wdm sample --format nrrd next to NIfTI files
+        save_volume(NiftiReader()(path), np.eye(4), mixed / f"s{i}.{fmt}", sidecar=False)
+    out = tmp_path / "offline.json"
+    argv = ["evaluate", "--fake", str(mixed), "--ms-ssim-reduced", "--device", "cpu", "--out", str(out)]
+    assert eval_command.run(_parse([*argv, "--progress", "none"])) == 0
+    table = capsys.readouterr().out
+    assert "MS-SSIM (generated)" in table and "FID (MedicalNet)" not in table
+    assert "not computed: FID: needs the MedicalNet weights" in table and "not computed: KID" in table
+    report = json.loads(out.read_text())
+    assert report["fid"] is None and report["kid"] is None and set(report["not_computed"]) == {"FID", "KID"}
+    assert report["fake"]["count"] == 3 and report["ms_ssim"]["pairs"] == 3  # all three files, both formats
+    direct = ms_ssim_diversity(sorted(fake.iterdir()), read=NiftiReader(), pairs="all", reduced=True)
+    assert report["ms_ssim"]["mean"] == pytest.approx(direct.mean, abs=1e-6)

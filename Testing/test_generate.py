@@ -9,7 +9,7 @@ import torch
 
 import wdmcore
 from wdmcore.diffusion import Diffusion, DiffusionConfig
-from wdmcore.errors import ConfigError, OutOfMemoryError
+from wdmcore.errors import CheckpointError, ConfigError, OutOfMemoryError
 from wdmcore.hub import load_catalogue
 from wdmcore.models.model import WDMModel
 from wdmcore.networks import NetworkConfig, build_network
@@ -172,7 +172,7 @@ def test_generate_from_a_file_path(tmp_path, model):
     from_file = generate(str(path), 1, seed=4, steps=3)[0]
     np.testing.assert_array_equal(from_file.array, generate(model, 1, seed=4, steps=3)[0].array)
     assert from_file.meta["model"] == "tiny"
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found.*or a model name from `wdm models`"):
         generate(tmp_path / "missing.safetensors")
     with pytest.raises(ConfigError, match="unknown model"):
         generate("no_such_model")
@@ -273,3 +273,30 @@ def test_solver_timesteps_are_distinct_and_reach_t0(spacing):
     # logSNR spacing: equal steps in lambda, up to the rounding to integer timesteps near t = 0.
     lam = log_snr(diffusion)[solver_timesteps(diffusion, 25, "logsnr")]
     np.testing.assert_allclose(np.diff(lam)[:15], (lam[-1] - lam[0]) / 24, rtol=0.05)
+
+
+def test_python_api_progress_bar_is_opt_in(model, capsys):
+    events = []
+    model.sample(2, seed=0, steps=3, on_progress=events.append)
+    assert capsys.readouterr().err == ""  # silent unless asked
+    model.sample(2, seed=0, steps=3, on_progress=events.append, progress=True)
+    err = capsys.readouterr().err
+    assert "sample" in err and "6/6" in err
+    assert [e["done"] for e in events] == [1, 2, 3, 4, 5, 6] * 2  # the caller's callback still gets every event
+    generate(model, 1, steps=2, progress=True)
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_model_sample_values_are_exactly_within_0_and_1():
+    from wdmcore.wavelets import from_coefficients
+
+    model = tiny_model(seed=3)
+    with torch.no_grad():
+        for p in model.network.parameters():
+            p.mul_(3.0)  # a network whose x0 estimates saturate, so samples reach both ends of the range
+    coefficients = model.sample_coefficients([0, 1], sampler="ddim", steps=2)
+    raw = (from_coefficients(coefficients, model.diffusion_config.lll_scale) + 1) / 2
+    assert float(raw.min()) < 0.0 and float(raw.max()) > 1.0  # the inverse transform overshoots by rounding
+    volumes = model.sample(2, seed=0, sampler="ddim", steps=2)
+    assert float(volumes.min()) == 0.0 and float(volumes.max()) == 1.0
+    torch.testing.assert_close(volumes, raw.clamp(0, 1), atol=1e-5, rtol=0)

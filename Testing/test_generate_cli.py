@@ -87,3 +87,15 @@ def test_sample_without_arguments_writes_one_demo_volume(tmp_path, monkeypatch, 
     assert sidecar["device"] == "cpu" or sidecar["device"].startswith("cuda")  # --device auto
     image = nib.load(tmp_path / "wdm_samples" / "sample_seed0000.nii.gz")
     assert image.shape == (64, 64, 64) and not np.allclose(image.affine, np.eye(4))
+
+
+def test_the_default_output_folder_is_ignored_by_git():
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    # `wdm sample` without --out (and scripts/demo.sh) writes into ./wdm_samples.
+    result = subprocess.run(["git", "check-ignore", "-q", "wdm_samples/sample_seed0000.nii.gz"], cwd=root)
+    assert result.returncode == 0

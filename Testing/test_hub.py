@@ -151,9 +151,11 @@ def _catalogue(tmp_path: Path, sha256: str | None) -> hub.Catalogue:
 
 
 def _cache_files() -> list[str]:
-    """The cache's files, without the lock file that guards records.json (it stays, empty, by design)."""
+    """The cache's files, less the lock file that guards records.json (it stays, empty, by design)."""
+    from wdmcore.hub.cache import RECORDS_LOCK
+
     cache = hub.cache_dir()
-    return sorted(p.name for p in cache.iterdir() if p.name != hub.cache.RECORDS_LOCK) if cache.exists() else []
+    return sorted(p.name for p in cache.iterdir() if p.name != RECORDS_LOCK) if cache.exists() else []
 
 
 def _records() -> dict:
@@ -533,6 +535,26 @@ def test_import_of_a_real_checkpoint_loads_it(tmp_path):
     torch.save(build_network(preset_config("unet-128")).state_dict(), src)
     dest = hub.import_model(src, name="mine", preset="unet-128", catalogue=_catalogue(tmp_path, None))
     assert dest.is_file() and dest.read_bytes() == src.read_bytes()
+    # The preset is detected from the file when not given, and a preset the file contradicts is refused.
+    hub.import_model(src, name="detected", catalogue=_catalogue(tmp_path, None))
+    assert _records()["detected"]["preset"] == "unet-128"
+    with pytest.raises(ConfigError, match=r"holds a unet-128 network, not wavunet-128; pass --preset unet-128"):
+        hub.import_model(src, name="wrong", preset="wavunet-128", catalogue=_catalogue(tmp_path, None))
+    assert "wrong" not in _records()
+
+
+def test_import_of_our_safetensors_needs_no_preset_and_refuses_a_wrong_one(tmp_path, capsys):
+    from wdmcore.cli.main import main
+
+    demo = hub.get_model_info("demo_phantom_64").path  # the bundled file: a custom network with a full card
+    assert main(["import-model", str(demo), "--name", "demo-copy"]) == 0
+    dest = Path(capsys.readouterr().out.strip())
+    assert dest == hub.cache_dir() / "demo-copy.safetensors"
+    assert _records()["demo-copy"]["preset"] is None and hub.fetch("demo-copy") == dest
+    assert main(["import-model", str(demo), "--name", "other", "--preset", "unet-128"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wdm: error: ") and "none of the presets, not unet-128; leave --preset out" in err
+    assert "other" not in _records()
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -587,10 +609,10 @@ def test_download_command_reports_errors(tmp_path, monkeypatch, capsys):
             f"http://127.0.0.1:{port}",
         ]
     )
-    assert not hasattr(args, "progress")  # the main parser may define it; the default is a bar
-    assert args.handler(args) == 2
+    assert args.progress == "bar"
+    assert args.handler(args) == 2  # an input error: the one format and exit status of every command
     err = capsys.readouterr().err
-    assert "error: no network: cannot reach" in err and "wdm import-model" in err
+    assert err.startswith("wdm: error: no network: cannot reach") and "wdm import-model" in err
 
     args = _parse(
         [
@@ -656,4 +678,5 @@ def test_import_model_command(tmp_path, capsys, load_calls):
         ]
     )
     assert args.handler(args) == 2
-    assert "--card" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("wdm: error:") and "--card" in err

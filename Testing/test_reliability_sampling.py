@@ -56,7 +56,7 @@ def test_non_finite_weights_are_refused_at_load_and_import(tmp_path, monkeypatch
     code = main(["import-model", str(path), "--preset", "unet-128", "--name", "broken"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "NaN or infinite weights" in err and "weights_only" not in err
+    assert "wdm: error: " in err and "NaN or infinite weights" in err and "weights_only" not in err
     assert _files(tmp_path / "cache" / "models") == []  # nothing imported, no record written
 
 
@@ -79,7 +79,8 @@ def test_non_finite_volumes_are_never_written(tmp_path, model_file, capsys):
     bad = tiny_model(card={"diffusion": {"lll_scale": 0}}).save(tmp_path / "bad.safetensors")
     out = tmp_path / "out"
     code = main(["sample", "--model", str(bad), "--steps", "2", "--out", str(out), "--progress", "none"])
-    assert code == 2 and "NaN or infinite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "wdm: error: " in err and "NaN or infinite" in err
     assert _files(out) == []
 
 
@@ -113,12 +114,13 @@ def test_one_step_diffusion_has_finite_arrays():
 
 def test_output_location_is_checked_before_sampling(tmp_path, model_file, capsys, monkeypatch):
     calls = []
-    monkeypatch.setattr("wdmcore.cli.sample.generate", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("wdmcore.tasks.generate.generate", lambda *a, **k: calls.append(1))  # imported when run
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
     for out in (not_a_folder, not_a_folder / "sub"):
         code = main(["sample", "--model", str(model_file), "--out", str(out), "--progress", "none"])
-        assert code == 2 and "file" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("wdm: error: ") and "file" in err
     assert calls == []
 
 
@@ -127,7 +129,8 @@ def test_existing_outputs_need_overwrite(tmp_path, model_file, capsys):
     (tmp_path / "sample_seed0000.nii.gz").write_bytes(b"precious")
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "already exist" in err and "sample_seed0000.nii.gz" in err and "--overwrite" in err
+    assert err.startswith("wdm: error: ") and "already exist" in err and "--overwrite" in err
+    assert "sample_seed0000.nii.gz" in err
     assert (tmp_path / "sample_seed0000.nii.gz").read_bytes() == b"precious"
     assert main([*args, "--overwrite"]) == 0
     assert (tmp_path / "sample_seed0000.nii.gz").read_bytes() != b"precious"
@@ -165,7 +168,8 @@ def test_sample_on_a_really_full_disk(small_tmpfs, model_file, capsys):
     (small_tmpfs / "filler").write_bytes(b"\0" * (300 * 1024 - 8 * 1024))  # leaves less than one volume
     code = main(["sample", "--model", str(model_file), "--steps", "1", "--num", "2", "--out", str(small_tmpfs)]
                 + ["--progress", "none"])  # fmt: skip
-    assert code == 2 and "the disk is full" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "wdm: error: " in err and "the disk is full" in err
     assert _files(small_tmpfs) == ["filler"]
 
 
@@ -189,7 +193,7 @@ def test_sigterm_keeps_the_finished_volumes(tmp_path, model_file):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
-    assert "SIGTERM" in stderr
+    assert "wdm: error: stopped by SIGTERM" in stderr
     names = _files(out)
     finished = [n for n in names if n.endswith(".nii.gz")]
     assert 2 <= len(finished) < 5 and all(not n.startswith(".") for n in names), names

@@ -40,7 +40,8 @@ def test_a_second_run_in_the_same_folder_is_refused(tmp_path, capsys):
     out.mkdir()
     with FileLock(out / ".wdm-train.lock"):  # what a running `wdm train --out run` holds
         code = main(["train", *TINY, "--max-steps", "1", "--out", str(out)])
-    assert code == 2 and "another training run holds" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "wdm: error: another training run holds" in err
     assert list_checkpoints(out) == []
     assert main(["train", *TINY, "--max-steps", "1", "--out", str(out)]) == 0  # free again
 
@@ -140,7 +141,7 @@ def test_bad_options_exit_2_with_a_message(tmp_path, capsys, monkeypatch, args, 
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2, err
-    assert message in err and "Traceback" not in err
+    assert "wdm: error: " in err and message in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a read-only file system")
@@ -155,4 +156,4 @@ def test_read_only_out_for_train(tmp_path, capsys):
     finally:
         subprocess.run(["umount", str(folder)], check=False)
     err = capsys.readouterr().err
-    assert code == 2 and "read-only" in err, err
+    assert code == 2 and "wdm: error: " in err and "read-only" in err, err

@@ -69,7 +69,7 @@ def wait_until(logic, condition, timeout=TIMEOUT):
 
 def test_scan_describes_the_folder_and_its_unusable_files(logic, phantom_folder, tmp_path):
     job = logic.scan(str(phantom_folder), timeout=TIMEOUT)
-    assert job.state == "done" and job.layout == "general"
+    assert job.state == "done" and job.layout == "folder"
     assert job.summary["count"] == 4 and job.summary["shapes"] == {"20x20x20": 4}
     low, high = job.summary["intensity_range"]
     assert low == 0.0 and 0.8 <= high <= 1.0

@@ -219,7 +219,7 @@ def test_previews_are_nifti_with_the_card_affine_and_a_valid_png(tmp_path):
     np.testing.assert_allclose(nii.affine, phantom_affine(16))
     png = (tmp_path / "previews" / "preview_0000002.png").read_bytes()
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert (width, height) == (3 * 16 + 6, 16)
+    assert (width, height) == ((3 * 16 + 6) * 16, 256)  # each 16-voxel slice enlarged 16x to 256 pixels
 
 
 def test_previews_are_nifti_without_nibabel_too(tmp_path, monkeypatch):

@@ -127,7 +127,7 @@ def test_data_errors_are_clear(tmp_path, capsys, make, extra, expected):
     make(data)
     code, _, err = _wdm([*TINY, "--data", str(data), "--out", str(tmp_path / "run"), *extra], capsys)
     assert code == 2
-    assert err.startswith("wdm: error: ")
+    assert any(line.startswith("wdm: error: ") for line in err.splitlines())  # below the progress bars
     for text in expected:
         assert text.lower() in err.lower(), err
     assert not list_checkpoints(tmp_path / "run")
@@ -269,3 +269,59 @@ def test_yaml_config(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("lr: [1, 2\n")
     code, _, err = _wdm([*TINY, "--config", str(tmp_path / "bad.yaml"), "--out", str(out)], capsys)
     assert code == 2 and "not valid YAML" in err
+
+
+def test_progress_from_the_first_second_and_the_first_step(tmp_path, capsys):
+    """Bars while headers are read and volumes preprocessed, and a training event after step 1 (not only at the
+    log interval)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _volume(data / "a.nii.gz", (16, 16, 16))
+    _volume(data / "b.nii.gz", (16, 16, 16), seed=1)
+    common = [*TINY, "--data", str(data), "--max-steps", "2", "--log-interval", "50"]
+    code, _, err = _wdm([*common, "--out", str(tmp_path / "bar")], capsys)  # --progress bar is the default
+    assert code == 0, err
+    assert "reading headers" in err and "preprocessing" in err and "2/2" in err
+    assert "1/2 [" in err.split("preprocessing")[-1]  # the training bar moved after the first step
+    code, stdout, err = _wdm([*common, "--out", str(tmp_path / "jsonl"), "--progress", "jsonl"], capsys)
+    assert code == 0, err
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert [e["done"] for e in events if e["event"] == "progress" and e["task"] == "prepare"] == [1, 2]
+    assert [e["done"] for e in events if e["event"] == "progress" and e["task"] == "train"] == [1, 2]
+
+
+def test_progress_tqdm_is_an_alias_of_bar(tmp_path, capsys):
+    from wdmcore.cli.main import build_parser
+
+    args = build_parser().parse_args(["train", "--out", str(tmp_path), "--progress", "tqdm"])
+    assert args.progress == "bar"
+    assert "--progress tqdm is deprecated; use --progress bar" in capsys.readouterr().err
+
+
+def test_resume_on_other_data_is_refused_unless_allowed(tmp_path, capsys):
+    first, other = tmp_path / "first", tmp_path / "other"
+    for folder, seed in ((first, 0), (other, 5)):
+        folder.mkdir()
+        _volume(folder / "a.nii.gz", (16, 16, 16), seed=seed)
+    out = tmp_path / "run"
+    quiet = [*TINY, "--out", str(out), "--progress", "none"]
+    assert _wdm([*quiet, "--data", str(first), "--max-steps", "1"], capsys)[0] == 0
+    code, _, err = _wdm([*quiet, "--resume", "--data", str(other), "--max-steps", "2"], capsys)
+    assert code == 2 and err.startswith("wdm: error: ")
+    assert f"path {str(first)!r} -> {str(other)!r}" in err and "--allow-new-data" in err
+    assert [step for step, _, _ in list_checkpoints(out)] == [1]  # nothing trained, nothing rewritten
+    assert json.loads((out / "config.json").read_text())["data"]["path"] == str(first)
+    # Resuming without --data uses the run's own data; --allow-new-data continues on the other folder.
+    assert _wdm([*quiet, "--resume", "--max-steps", "2"], capsys)[0] == 0
+    code, _, err = _wdm([*quiet, "--resume", "--data", str(other), "--max-steps", "3", "--allow-new-data"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["data"]["path"] == str(other)
+
+
+def test_resume_reads_runs_whose_config_says_general():
+    from wdmcore.training.config import data_changes
+
+    old = {"path": "/data/a", "format": "general", "spacing": None, "cache": "/tmp/x", "volumes": 4}
+    assert data_changes(old, {"path": "/data/a", "format": "folder", "spacing": None, "cache": "/elsewhere"}) == []
+    assert data_changes(old, {"path": "/data/a", "format": "brats"}) == ["format 'folder' -> 'brats'"]
+    assert data_changes(old, {"path": "/data/a", "spacing": 2.0}) == ["spacing None -> 2.0"]

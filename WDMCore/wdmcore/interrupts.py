@@ -13,7 +13,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+from .vocabulary import EXIT_TERMINATED
+
+EXIT_CODE = EXIT_TERMINATED  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
 
 class Terminated(BaseException):  # noqa: N818 - named after the signal's meaning, like KeyboardInterrupt

@@ -46,7 +46,7 @@ PACKAGES: tuple[Requirement, ...] = (
     Requirement("tqdm", "4.60"),
     Requirement("pooch", "1.8"),
     Requirement("platformdirs", "3"),
-    Requirement("filelock", "3.12"),
+    Requirement("filelock", "3.12"),  # the model cache's records and one training run per folder
 )
 # Only the fast ODE samplers use it: it is installed when one of them is chosen, not on first use (the default
 # sampler, ancestral, does not need it).

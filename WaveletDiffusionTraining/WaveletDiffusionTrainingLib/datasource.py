@@ -22,7 +22,8 @@ EXPORT_SUFFIX = ".nrrd"
 LAYOUT_NAMES = {
     "brats": "BraTS (one case folder per subject)",
     "lidc": "LIDC-IDRI (processed.nii.gz per case)",
-    "general": "a folder of volume files",
+    "folder": "a folder of volume files",
+    "general": "a folder of volume files",  # the same layout, as older engines name it
     "list": "a list file of volume paths",
 }
 

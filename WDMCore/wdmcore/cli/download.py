@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import hub
 from ..errors import WDMError
 from ..events import emit, jsonl_writer
 from .progress import add_progress_option, fail, progress_mode
@@ -26,6 +25,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run_download(args: argparse.Namespace) -> int:
     """`wdm download NAME`: fetch into the cache with a progress bar (or JSON lines); print the path."""
+    from .. import hub  # pooch and requests: only when the command runs
+
     mode = progress_mode(args)
     callback = jsonl_writer() if mode == "jsonl" else None
     try:

@@ -6,29 +6,32 @@ Example::
         --format nifti --out report.json
 
 prints a table (FID, KID, MS-SSIM with N and the protocol's caveats) and writes the full report as JSON.
-With ``--progress jsonl`` stdout carries only JSON lines (progress events, then one ``result`` event) and the
-table goes to stderr.
+Without ``--medicalnet`` (offline, no 300 MB weight file) only the MS-SSIM diversity of the generated set is
+computed, and the table says that FID and KID were not. With ``--progress jsonl`` stdout carries only JSON
+lines (progress events, then one ``result`` event) and the table goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import WDMError
-from ..evaluation.fid import SmallSampleWarning
-from ..evaluation.volumes import FORMATS
-from ..events import Event, ProgressCallback, emit, jsonl_writer
+from ..errors import ConfigError, WDMError
+from ..events import emit
+from ..paths import cache_subdir
+from ..vocabulary import EXIT_USAGE
+from .progress import add_progress_option, progress_display
+
+FORMATS = ("nifti", "brats", "lidc")  # wdmcore.evaluation.volumes.FORMATS
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "wdm" / "evaluation-stats"
+    """The real-set statistics cache: ``evaluation-stats`` in the cache root (``WDM_CACHE_DIR`` moves it)."""
+    return cache_subdir("evaluation-stats")
 
 
 def _pairs(value: str) -> int | str | None:
@@ -51,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Compare generated volumes with real ones: FID and KID on MedicalNet ResNet-50 features, and the "
             "MS-SSIM diversity of the generated set, following the WDM paper's protocol "
-            "(see docs/evaluation.md)."
+            "(see docs/evaluation.md). Without --medicalnet only MS-SSIM is computed (no download needed)."
         ),
     )
     parser.add_argument(
@@ -63,7 +66,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--real", type=Path, help="folder of real volumes (paired tasks: the references)")
     parser.add_argument("--fake", type=Path, help="folder of generated volumes (paired tasks: the results)")
-    parser.add_argument("--medicalnet", type=Path, help="MedicalNet weights file resnet_50_23dataset.pth (generate)")
+    parser.add_argument(
+        "--medicalnet",
+        type=Path,
+        help="MedicalNet weights file resnet_50_23dataset.pth (generate; without it FID and KID are not computed)",
+    )
     parser.add_argument(
         "--masks", type=Path, default=None, help="paired tasks: folder of masks (inpaint: the filled region)"
     )
@@ -115,47 +122,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="KID: volumes per subset, capped at N (default 1000)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random MS-SSIM pairs and KID subsets")
-    parser.add_argument(
-        "--progress",
-        choices=("bar", "jsonl", "none"),
-        default="bar",
-        help="progress display: bars on stderr, JSON lines on stdout, or nothing (default: bar)",
-    )
+    add_progress_option(parser)
     parser.set_defaults(handler=run)
     return parser
 
 
-def _bar_reader() -> tuple[ProgressCallback, Any]:
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-
-    def on_event(event: Event) -> None:
-        if event.get("event") != "progress":
-            return
-        task = str(event.get("task", ""))
-        bar = bars.get(task)
-        if bar is None:
-            bar = bars[task] = tqdm(
-                total=event.get("total"),
-                desc=task,
-                unit="pair" if task == "ms-ssim" else "vol",
-                file=sys.stderr,
-                leave=True,
-            )
-        bar.update(int(event["done"]) - bar.n)
-
-    def close() -> None:
-        for bar in bars.values():
-            bar.close()
-
-    return on_event, close
-
-
 def run_paired(args: argparse.Namespace) -> int:
     """`wdm evaluate --task synthesize|inpaint`: per-case and mean SSIM, PSNR, MSE; JSON report."""
-    from ..errors import ConfigError
     from ..evaluation.paired import evaluate_folders
+    from ..events import jsonl_writer
 
     if args.real is None or args.fake is None:
         raise ConfigError("give --fake (the results) and --real (the references), each a folder of volumes.")
@@ -179,37 +154,34 @@ def run_paired(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run an evaluation from parsed arguments; returns the process exit code (0 ok, 2 on a wdmcore error)."""
     if getattr(args, "task", "generate") != "generate":
         return run_paired(args)
-    if args.real is None or args.fake is None or args.medicalnet is None:
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            "give --real, --fake and --medicalnet (the MedicalNet weights) to evaluate generated volumes."
-        )
-    """Run an evaluation from parsed arguments; returns the process exit code (0 ok, 2 on a wdmcore error)."""
-    close = None
-    progress: ProgressCallback | None = None
-    if args.progress == "jsonl":
-        progress = jsonl_writer(sys.stdout)
-    elif args.progress == "bar":
-        progress, close = _bar_reader()
+    if args.fake is None:
+        raise ConfigError("give --fake, the folder of generated volumes (and --real with --medicalnet for FID/KID).")
+    progress, close = progress_display(args.progress)
     table_stream = sys.stderr if args.progress == "jsonl" else sys.stdout
     try:
         from ..evaluation.evaluate import evaluate
-        from ..evaluation.medicalnet import MedicalNetFeatureExtractor
+        from ..evaluation.fid import SmallSampleWarning
         from ..evaluation.volumes import NiftiReader, list_volumes, reader_for_format, real_volume_files
 
-        real_reader = reader_for_format(args.format, args.size)
-        real_files = real_volume_files(args.real, args.format)
         fake_files = list_volumes(args.fake)
-        extractor = MedicalNetFeatureExtractor(args.medicalnet, device=args.device)
-        cache_dir = None if args.no_stats_cache else (args.stats_cache or default_cache_dir())
+        extractor = real_files = real_reader = cache_dir = None
+        if args.medicalnet is not None:
+            from ..evaluation.medicalnet import MedicalNetFeatureExtractor
+
+            if args.real is None:
+                raise ConfigError("FID and KID compare with real volumes: give --real DIR with --medicalnet.")
+            real_reader = reader_for_format(args.format, args.size)
+            real_files = real_volume_files(args.real, args.format)
+            extractor = MedicalNetFeatureExtractor(args.medicalnet, device=args.device)
+            cache_dir = None if args.no_stats_cache else (args.stats_cache or default_cache_dir())
         with warnings.catch_warnings():
             # The table and the JSON report carry this warning; it is not printed a second time.
             warnings.simplefilter("ignore", SmallSampleWarning)
             report = evaluate(
-                real_files,
+                real_files or [],
                 fake_files,
                 extractor,
                 real_reader=real_reader,
@@ -221,16 +193,18 @@ def run(args: argparse.Namespace) -> int:
                 kid_subsets=args.kid_subsets,
                 kid_subset_size=args.kid_subset_size,
                 progress=progress,
+                device=args.device,
             )
-        report.real.source = str(args.real)
+        if report.real is not None:
+            report.real.source = str(args.real)
         report.fake.source = str(args.fake)
         data = report.to_dict()
         data["command"] = {
-            "real": str(args.real),
+            "real": None if args.real is None else str(args.real),
             "fake": str(args.fake),
-            "medicalnet": str(args.medicalnet),
+            "medicalnet": None if args.medicalnet is None else str(args.medicalnet),
             "format": args.format,
-            "device": str(extractor.device),
+            "device": str(extractor.device) if extractor is not None else args.device,
             "ms_ssim_pairs": args.ms_ssim_pairs,
             "seed": args.seed,
             "stats_cache": None if cache_dir is None else str(cache_dir),
@@ -239,15 +213,13 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(data, indent=2) + "\n")
     except WDMError as exc:
-        if close:
-            close()
+        close()
         if args.progress == "jsonl":
             emit(progress, "error", kind=type(exc).__name__, message=str(exc))
         else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if close:
-        close()
+            print(f"wdm: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    close()
     print(report.format_table(), file=table_stream)
     print(f"report: {out}", file=table_stream)
     emit(
@@ -255,8 +227,9 @@ def run(args: argparse.Namespace) -> int:
         "result",
         path=str(out),
         fid=report.fid,
-        kid=report.kid.mean,
+        kid=None if report.kid is None else report.kid.mean,
         ms_ssim=None if report.ms_ssim is None else report.ms_ssim.mean,
+        not_computed=report.not_computed,
         n_real=report.n_real,
         n_fake=report.n_fake,
     )

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .. import hub
 from ..errors import ConfigError, WDMError
 from ..models.cards import parse_card_json, validate_card
+from ..vocabulary import PRESET_NAMES
 from .progress import fail
 
 
@@ -26,7 +26,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--preset",
         default=None,
-        help="network preset (default: the catalogue's, else detected from the file): " + ", ".join(hub.KNOWN_PRESETS),
+        help="network preset: " + ", ".join(PRESET_NAMES) + " (default: the catalogue's, else read from the "
+        "file; needed only for a .pt file whose preset cannot be detected)",
     )
     p.add_argument("--name", default=None, help="model name (default: the file name without extension)")
     p.add_argument("--card", default=None, help="model card: a JSON object, or the path of a JSON file")
@@ -34,7 +35,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_import_model(args: argparse.Namespace) -> int:
-    """`wdm import-model FILE --preset P [--name N] [--card JSON]`: copy into the cache; print the path."""
+    """`wdm import-model FILE [--preset P] [--name N] [--card JSON]`: copy into the cache; print the path."""
+    from .. import hub
+
     try:
         card = _parse_card(args.card)
         path = hub.import_model(args.file, name=args.name, preset=args.preset, card=card)

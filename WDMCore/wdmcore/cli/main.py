@@ -1,18 +1,23 @@
 """The `wdm` command. Each sub-command lives in its own module of this package, which provides
-``add_parser(subparsers)`` (registering ``handler=run`` as a default) and ``run(args) -> int``."""
+``add_parser(subparsers)`` (registering ``handler=run`` as a default) and ``run(args) -> int``.
+
+Building the parser imports no PyTorch or numpy (``add_parser`` uses only :mod:`wdmcore.vocabulary`; heavy
+modules are imported inside ``run``), so that ``wdm --help`` and ``wdm --version`` answer at once.
+Exit status: :mod:`wdmcore.vocabulary`'s ``EXIT_*`` codes, listed in docs/cli.md."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
 import traceback
 
 from .. import __version__, hugepages
 from ..errors import WDMError
-from ..interrupts import EXIT_CODE, Terminated
+from ..interrupts import Terminated
+from ..vocabulary import EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_TERMINATED, EXIT_UNEXPECTED, EXIT_USAGE
+from .progress import report_error
 
 # Modules that contribute sub-commands, in the order `wdm --help` lists them.
 COMMAND_MODULES = (
@@ -53,29 +58,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except WDMError as exc:
-        _report(jsonl, type(exc).__name__, str(exc))
-        return 2
+        report_error(jsonl, type(exc).__name__, str(exc))
+        return EXIT_OUT_OF_MEMORY if isinstance(exc, MemoryError) else EXIT_USAGE
     except KeyboardInterrupt:
-        _report(jsonl, "Interrupted", "stopped by the user")
-        return 130
+        report_error(jsonl, "Interrupted", "stopped by the user")
+        return EXIT_INTERRUPTED
     except Terminated:
-        _report(jsonl, "Terminated", "stopped by SIGTERM; finished files were kept, temporary files removed")
-        return EXIT_CODE
+        report_error(jsonl, "Terminated", "stopped by SIGTERM; finished files were kept, temporary files removed")
+        return EXIT_TERMINATED
     except MemoryError:
-        _report(jsonl, "OutOfMemory", OUT_OF_MEMORY)
-        return 3
+        report_error(jsonl, "OutOfMemory", OUT_OF_MEMORY)
+        return EXIT_OUT_OF_MEMORY
     except Exception as exc:
         # PyTorch's device out-of-memory errors are RuntimeErrors (torch.OutOfMemoryError), not MemoryError.
         if type(exc).__name__ == "OutOfMemoryError":
-            _report(jsonl, "OutOfMemory", f"{OUT_OF_MEMORY} ({_first_line(exc)})")
-            return 3
+            report_error(jsonl, "OutOfMemory", f"{OUT_OF_MEMORY} ({_first_line(exc)})")
+            return EXIT_OUT_OF_MEMORY
         if not jsonl:
             raise  # a bug: the traceback is the most useful report on a terminal
         # A program reading the events (the Slicer modules) gets one structured error, the traceback as detail.
         detail = traceback.format_exc()
         print(detail, file=sys.stderr, flush=True)
-        _report(jsonl, type(exc).__name__, f"unexpected error: {_first_line(exc)}", detail=detail)
-        return 1
+        report_error(jsonl, type(exc).__name__, f"unexpected error: {_first_line(exc)}", detail=detail)
+        return EXIT_UNEXPECTED
 
 
 OUT_OF_MEMORY = (
@@ -87,16 +92,6 @@ OUT_OF_MEMORY = (
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _report(jsonl: bool, kind: str, message: str, detail: str = "") -> None:
-    if jsonl:
-        event = {"event": "error", "kind": kind, "message": message}
-        if detail:
-            event["detail"] = detail
-        print(json.dumps(event), flush=True)
-    else:
-        print(f"wdm: error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import hub
 from ..errors import WDMError
 from .progress import fail
+
+if TYPE_CHECKING:
+    from .. import hub
 
 
 def add_parser(subparsers: Any) -> None:
@@ -23,6 +25,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run_models(args: argparse.Namespace) -> int:
     """`wdm models`: a table (or JSON) of every model, its preset, size, license and cache state."""
+    from .. import hub
+
     try:
         infos = hub.list_models()
     except WDMError as exc:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ..data.lidc_dicom import CROP_SIZE, preprocess_lidc_dicom
-from ..errors import DataError
+from ..vocabulary import EXIT_OK, EXIT_USAGE
+from .progress import add_progress_option, progress_display, report_error
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,30 +28,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pad", action="store_true", help="pad scans smaller than 256 mm with air instead of skipping")
     p.add_argument("--overwrite", action="store_true", help="redo series whose output already exists")
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON to this file")
-    p.add_argument("--crop-size", type=int, default=CROP_SIZE, help=argparse.SUPPRESS)
+    p.add_argument("--crop-size", type=int, default=None, help=argparse.SUPPRESS)
+    add_progress_option(p)
     p.set_defaults(handler=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the sub-command; prints the report. Exit status 0 if every series was written (or existed),
-    1 if some were skipped, 2 if none could be used."""
-    callback = getattr(args, "progress_callback", None)
+    """Run the sub-command; prints the report. Exit status 0 when at least one series was written (or existed;
+    skipped series are listed in the report and counted in a warning), 2 when none could be used."""
+    from ..data.lidc_dicom import CROP_SIZE, preprocess_lidc_dicom
+
+    jsonl = getattr(args, "progress", "bar") == "jsonl"
+    callback, close = progress_display(getattr(args, "progress", "bar"))
     try:
-        report = preprocess_lidc_dicom(
+        report = preprocess_lidc_dicom(  # a DataError is reported by the `wdm` command (exit status 2)
             args.input_dir,
             args.output_dir,
             pad=args.pad,
             overwrite=args.overwrite,
-            crop_size=args.crop_size,
+            crop_size=args.crop_size or CROP_SIZE,
             progress=callback,
         )
-    except DataError as exc:
-        print(f"error: {exc}")
-        return 2
-    print(report.to_text())
+    finally:
+        close()
+    print(report.to_text(), file=sys.stderr if jsonl else sys.stdout)  # stdout carries only events with jsonl
     if args.report is not None:
         report.save_json(args.report)
     if not report.done:
-        return 2
-    return 1 if report.skipped else 0
+        report_error(jsonl, "DataError", "no series could be used; the report above says why for each")
+        return EXIT_USAGE
+    if report.skipped:
+        print(f"wdm: warning: {len(report.skipped)} series skipped (see the report above)", file=sys.stderr)
+    return EXIT_OK

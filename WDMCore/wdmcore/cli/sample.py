@@ -11,20 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError, OutOfMemoryError
-from ..events import emit, jsonl_writer
-from ..interrupts import EXIT_CODE, Terminated, sigterm_unwinds
-from ..samplers import SAMPLERS
-from ..tasks.generate import (
+from ..events import emit
+from ..interrupts import Terminated, sigterm_unwinds
+from ..vocabulary import (
     DEFAULT_MODEL,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_TERMINATED,
     MAX_SEED,
-    PRECISIONS,
-    generate,
-    resolve_device,
-    resolve_model,
+    OUTPUT_FORMATS,
+    PRECISION_NAMES,
+    SAMPLER_NAMES,
 )
-from ..volumes.writing import FORMATS, card_geometry, ensure_output_folder, save_volume, sidecar_path
+from .progress import add_progress_option, progress_display
 
 
 def add_parser(subparsers: Any) -> None:
@@ -43,7 +44,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--preset", default=None, help="network preset of a .pt file that cannot be detected")
     parser.add_argument("--num", type=int, default=1, help="number of volumes [1]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed + i [0]")
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
     parser.add_argument(
         "--steps",
         type=int,
@@ -53,10 +54,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled at once (memory vs speed) [1]")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:N or mps [auto: CUDA, then MPS, then CPU]")  # fmt: skip
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="network precision [fp32]")
+    parser.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="network precision [fp32]")
     parser.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
     parser.add_argument("--out", type=Path, default=Path("wdm_samples"), help="output folder [./wdm_samples]")
-    parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="file format [nii.gz]")
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="nii.gz", help="file format [nii.gz]")
     parser.add_argument("--dtype", choices=("float32", "int16"), default="float32", help="voxel type [float32]")
     parser.add_argument("--prefix", default="sample", help="file name prefix: PREFIX_seedNNNN.FORMAT [sample]")
     parser.add_argument(
@@ -71,35 +72,8 @@ def add_parser(subparsers: Any) -> None:
         help="with --progress jsonl: write the current x0 estimate every N steps to OUT/previews and "
         "report it as a 'preview' event [0: off]",
     )
-    parser.add_argument(
-        "--progress",
-        choices=("bar", "jsonl", "none"),
-        default="bar",
-        help="progress display: a tqdm bar on stderr, JSON lines on stdout, or nothing [bar]",
-    )
+    add_progress_option(parser)
     parser.set_defaults(handler=run)
-
-
-def _bar_callback():
-    from tqdm.auto import tqdm
-
-    state: dict[str, Any] = {}
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") != "progress":
-            return
-        bar = state.get(event.get("task"))
-        if bar is None:
-            unit = "B" if event.get("task") == "download" else "step"
-            bar = tqdm(total=event.get("total"), unit=unit, unit_scale=unit == "B", desc=event.get("task"))
-            state[event.get("task")] = bar
-        bar.update(event["done"] - bar.n)
-
-    def close() -> None:
-        for bar in state.values():
-            bar.close()
-
-    return on_event, close
 
 
 def output_paths(args: argparse.Namespace) -> list[Path]:
@@ -108,6 +82,8 @@ def output_paths(args: argparse.Namespace) -> list[Path]:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Before sampling: the output folder must be writable and, without --overwrite, no output may exist."""
+    from ..volumes.writing import ensure_output_folder, sidecar_path
+
     ensure_output_folder(args.out, create=False)
     if args.overwrite:
         return
@@ -121,17 +97,13 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    close = None
-    if args.progress == "jsonl":
-        callback = jsonl_writer(sys.stdout)
-    elif args.progress == "bar":
-        callback, close = _bar_callback()
-    else:
-        callback = None
+    from ..tasks.generate import generate, resolve_device, resolve_model
+    from ..volumes.writing import card_geometry, save_volume
 
     if not 0 <= args.seed <= MAX_SEED - max(0, args.num - 1):
         raise ConfigError(f"--seed must lie between 0 and {MAX_SEED - max(0, args.num - 1)}, got {args.seed}.")
     check_outputs(args)  # an unusable --out is reported before any sampling, not after it
+    callback, close = progress_display(args.progress)
 
     def write(volume) -> None:
         # Each volume is written as soon as it is done, so an interruption keeps the finished ones.
@@ -142,13 +114,12 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.progress == "jsonl":
             emit(callback, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
-        else:
-            if close is not None:
-                from tqdm.auto import tqdm
+        elif args.progress == "bar":
+            from tqdm.auto import tqdm
 
-                tqdm.write(str(path))
-            else:
-                print(path, flush=True)
+            tqdm.write(str(path))  # above the bar, not through it
+        else:
+            print(path, flush=True)
 
     try:
         with sigterm_unwinds():
@@ -186,15 +157,14 @@ def run(args: argparse.Namespace) -> int:
             emit(callback, "error", kind="OutOfMemory", message=str(exc))
         else:
             print(f"wdm: error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_OUT_OF_MEMORY
     except Terminated:
         message = "stopped by SIGTERM; the volumes finished before it are kept"
         if args.progress == "jsonl":
             emit(callback, "error", kind="Terminated", message=message)
         else:
             print(f"wdm: error: {message}", file=sys.stderr)
-        return EXIT_CODE
+        return EXIT_TERMINATED
     finally:
-        if close is not None:
-            close()
-    return 0
+        close()
+    return EXIT_OK

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from ..data.summary import summarize_path
+from ..vocabulary import DATA_LAYOUTS
+from .progress import add_progress_option, progress_display
 
-COMMAND_FORMATS = ("auto", "brats", "lidc", "folder")
+COMMAND_FORMATS = DATA_LAYOUTS
 
 
 def add_parser(subparsers) -> None:
@@ -23,19 +24,22 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--headers-only", action="store_true", help="read only the file headers (fast; no intensity ranges)"
     )
-    parser.add_argument("--progress", choices=("jsonl", "none"), default="none", help="how to report progress")
+    add_progress_option(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
     parser.set_defaults(handler=run_command)
 
 
 def run_command(args) -> int:
-    from ..events import jsonl_writer
+    from ..data.summary import summarize_path
 
-    progress = jsonl_writer() if args.progress == "jsonl" else None
-    layout, summary = summarize_path(
-        args.data, args.format, args.sequence, read_voxels=not args.headers_only, progress=progress
-    )
-    if progress is not None:
+    progress, close = progress_display(args.progress)
+    try:
+        layout, summary = summarize_path(
+            args.data, args.format, args.sequence, read_voxels=not args.headers_only, progress=progress
+        )
+    finally:
+        close()
+    if args.progress == "jsonl":
         progress({"event": "result", "format": layout, "summary": summary.to_dict(), "text": summary.to_text()})
     elif args.json:
         print(json.dumps({"format": layout, **summary.to_dict()}, indent=2))

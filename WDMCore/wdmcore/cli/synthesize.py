@@ -11,17 +11,16 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from ..models.families import BRATS_SEQUENCES
-from ..samplers import SAMPLERS
+from ..vocabulary import BRATS_SEQUENCES, SAMPLER_NAMES
 from .task_options import add_common_options, callbacks, write_result
 
 
 def _catalogue_input_names() -> list[str]:
     try:
-        from .. import hub
+        from ..hub.catalogue import load_catalogue
 
         names = []
-        for entry in hub.load_catalogue().models:
+        for entry in load_catalogue().models:
             if entry.card.get("task") != "synthesize":
                 continue
             for item in entry.card.get("inputs") or []:
@@ -42,7 +41,7 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_common_options(p, model_help="a synthesis model: catalogue name or checkpoint file")
-    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ancestral", help="[ancestral]")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ancestral", help="[ancestral]")
     p.add_argument("--steps", type=int, default=None, help="network evaluations [50; 1000 = the released sampler]")
     p.add_argument("--input", action="append", default=[], metavar="NAME=PATH", help="an input of any name")
     names = list(dict.fromkeys([*BRATS_SEQUENCES, *_catalogue_input_names()]))

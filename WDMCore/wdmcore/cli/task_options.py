@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..events import emit, jsonl_writer
-from ..volumes.writing import save_volume
+from ..events import emit
+from .progress import progress_display
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> None:
@@ -33,20 +32,14 @@ def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> N
 
 def callbacks(args: argparse.Namespace, affine_of_input) -> tuple[Any, Any, Any]:
     """(on_progress, on_preview, close) for the chosen --progress mode."""
-    close = None
-    if args.progress == "jsonl":
-        on_progress = jsonl_writer(sys.stdout)
-    elif args.progress == "bar":
-        from .sample import _bar_callback
-
-        on_progress, close = _bar_callback()
-    else:
-        on_progress = None
+    on_progress, close = progress_display(args.progress)
     on_preview = None
     if args.progress == "jsonl" and args.preview_every > 0:
         preview = args.out.parent / f"{args.out.name.split('.')[0]}_preview.nii"
 
         def on_preview(index: int, image) -> None:
+            from ..volumes.writing import save_volume
+
             path = save_volume(image, affine_of_input(), preview, sidecar=False)
             emit(on_progress, "preview", index=index, path=str(path.resolve()))
 

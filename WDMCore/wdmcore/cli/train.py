@@ -1,11 +1,12 @@
-"""``wdm train``: train a WDM model from a folder of volumes (or synthetic phantoms).
+"""wdm train: train a WDM model from a folder of volumes (or synthetic phantoms).
 
     wdm train --preset unet-128 --data /data/brats --out runs/brats
-    wdm train --preset unet-128 --data runs/brats --resume --out runs/brats
+    wdm train --resume --out runs/brats
     wdm train --format phantoms --preset unet-128 --image-size 32 --batch-size 2 --max-steps 200 --out runs/try
 
-Precedence: built-in defaults < ``--config`` file (YAML or JSON) < options on the command line. The resolved
-configuration (training and data) is written into the run folder as ``config.json``.
+Precedence: built-in defaults < --config file (YAML or JSON) < options on the command line. The resolved
+configuration (training and data) is written into the run folder as config.json. --resume continues with the
+run's own settings and data; other data needs --allow-new-data.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError, WDMError
-from ..events import jsonl_writer
-from ..networks import PRESETS
-from ..training import TrainConfig, train
+from ..vocabulary import DATA_LAYOUTS, PRESET_NAMES
+from .progress import add_progress_option, progress_display
+
+if TYPE_CHECKING:
+    from ..training import TrainConfig
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "brats", "lidc", "folder", "phantoms")
+FORMATS = (*DATA_LAYOUTS, "phantoms")
 DATA_DEFAULTS: dict[str, Any] = {
     "path": None,
     "format": "auto",
@@ -87,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="network preset (default unet-128)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, help="network preset (default unet-128)")
     parser.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="run folder: checkpoints, previews, logs"
     )
@@ -95,7 +97,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--config", type=Path, metavar="FILE", help="YAML or JSON file of options (training fields, 'data')"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--progress", choices=("tqdm", "jsonl", "none"), default="tqdm", help="how to report progress")
+    parser.add_argument(
+        "--allow-new-data",
+        action="store_true",
+        help="with --resume: continue on data other than the run's (fine-tuning; the card describes the new data)",
+    )
+    add_progress_option(parser)
 
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -180,6 +187,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     """(training config, data options) from defaults, the --config file and the command line."""
+    from ..training import TrainConfig
+
     file_options = read_config_file(args.config) if hasattr(args, "config") else {}
     if getattr(args, "resume", False) and not file_options and (args.out / "config.json").is_file():
         try:  # resume with the run's own settings
@@ -258,7 +267,7 @@ def build_dataset(config: TrainConfig, data: dict[str, Any], out_dir: Path, on_e
     if data["path"] is None:
         raise ConfigError("give the training data with --data DIR (or --format phantoms to try the tool).")
     path = Path(data["path"])
-    layout = {"folder": "general"}.get(fmt, fmt)
+    layout = {"general": "folder"}.get(fmt, fmt)  # configs of older versions say "general"
     if layout == "auto":
         layout = detect_format(path)
     cases = discover(path, format=layout, sequence=data["sequence"])
@@ -266,14 +275,14 @@ def build_dataset(config: TrainConfig, data: dict[str, Any], out_dir: Path, on_e
         raise DataError(f"no volumes found in {path}; it must hold .nii/.nii.gz/.nrrd/.mha files (searched below).")
     fit = layout not in ("brats", "lidc") and data["spacing"] is None and data["resample"] == "fit"
 
-    def make(use_cases) -> Any:
+    def make(use_cases, on_headers=None) -> Any:
         if layout in ("brats", "lidc"):
             preprocess = PreprocessConfig(preset=layout, size=size)
         else:
             spacing = data["spacing"]
             grid_size: int | None = None if data["resample"] == "none" else size
             if fit:
-                spacing = _fit_spacing(use_cases, size, read_header)
+                spacing = _fit_spacing(use_cases, size, read_header, on_headers)
             preprocess = PreprocessConfig(
                 preset="general", size=grid_size, spacing=spacing, crop=data["crop"], intensity=data["intensity"]
             )
@@ -288,7 +297,7 @@ def build_dataset(config: TrainConfig, data: dict[str, Any], out_dir: Path, on_e
                 ) from None
             raise
 
-    dataset = make(cases)
+    dataset = make(cases, on_event)  # the headers read for the fit spacing are reported once, here
     if fit and dataset.skipped:
         # A file skipped only when its voxels were read (constant, unreadable data) may have set the fit
         # spacing: compute it again from the volumes actually used, so skipped files never shape the others.
@@ -314,60 +323,47 @@ def build_dataset(config: TrainConfig, data: dict[str, Any], out_dir: Path, on_e
     return dataset
 
 
-def _fit_spacing(cases, size: int, read_header) -> float:
+def _fit_spacing(cases, size: int, read_header, on_event=None) -> float:
     """The isotropic spacing (mm) at which the largest physical extent among the volumes spans ``size`` voxels."""
     import numpy as np
 
+    from ..events import ProgressTracker
     from ..volumes.reading import check_usable_header
 
+    tracker = ProgressTracker(on_event, "headers", total=len(cases))
     extent = 0.0
     for case in cases:
         try:
             header = read_header(case.path)
             shape = check_usable_header(header, case.path)
         except WDMError:
+            tracker.advance()
             continue  # skipped by the dataset with its reason: it must not set the spacing of the others
         spacing = np.sqrt((np.asarray(header.affine)[:3, :3] ** 2).sum(axis=0))
         extent = max(extent, float(np.max(np.asarray(shape) * spacing)))
+        tracker.advance()
     return round(extent / size, 6) if extent > 0 else 1.0
 
 
-class _TqdmReader:
-    def __init__(self):
-        self.bar = None
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        from tqdm import tqdm
-
-        kind = event.get("event")
-        if kind == "progress" and event.get("task") == "train":
-            if self.bar is None:
-                self.bar = tqdm(total=event["total"], initial=event["done"], unit="step", file=sys.stderr)
-            self.bar.n = event["done"]
-            self.bar.set_postfix(loss=f"{event['loss']:.4g}", it_s=event["it_s"], refresh=False)
-            self.bar.refresh()
-        elif kind in ("checkpoint", "preview", "nonfinite") and self.bar is not None:
-            self.bar.write(f"{kind}: " + ", ".join(f"{k}={v}" for k, v in event.items() if k != "event"))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..training import train
     from ..volumes.writing import ensure_output_folder
 
     config, data = resolve(args)
     out_dir = Path(args.out)
     ensure_output_folder(out_dir)  # a file or a read-only folder is reported before any data is read
-    reader = None
-    if args.progress == "jsonl":
-        on_event = jsonl_writer(sys.stdout)
-    elif args.progress == "tqdm":
-        reader = on_event = _TqdmReader()
-    else:
-        on_event = None
-    dataset = build_dataset(config, data, out_dir, on_event if args.progress == "jsonl" else None)
+    saved_config = out_dir / "config.json"
+    if getattr(args, "resume", False) and not getattr(args, "allow_new_data", False) and saved_config.is_file():
+        from ..training.config import check_same_data
+
+        # Before the (possibly long) preprocessing; train() checks against the training state again.
+        check_same_data(read_config_file(saved_config).get("data") or {}, config.data, out_dir)
+    on_event, close = progress_display(args.progress)
+    try:
+        dataset = build_dataset(config, data, out_dir, on_event)
+    except BaseException:
+        close()
+        raise
     config.data["volumes"] = len(dataset)
 
     requested: list[int] = []
@@ -381,12 +377,12 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in stop_signals}
     try:
         result = train(config, dataset, out_dir, resume=getattr(args, "resume", False), on_event=on_event,
-                       stop=lambda: bool(requested))  # fmt: skip
+                       stop=lambda: bool(requested),
+                       allow_new_data=getattr(args, "allow_new_data", False))  # fmt: skip
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if reader is not None:
-            reader.close()
+        close()
     if result.model_path is not None and args.progress != "jsonl":
         state = "stopped at" if result.stopped else "finished at"
         print(f"{state} step {result.step}: {result.model_path}")

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..vocabulary import BRATS_SEQUENCES
 from ..volumes.reading import VOLUME_SUFFIXES, strip_volume_suffix, volume_suffix
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "brats", "lidc", "general", "list")
-BRATS_SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
+FORMATS = ("auto", "brats", "lidc", "folder", "list")
+# The name older versions gave the "folder" layout; run configurations written then still say it.
+OLD_LAYOUT_NAMES = {"general": "folder"}
 LIDC_FILENAMES = ("processed.nii.gz", "processed.nii")
 
 
@@ -20,13 +22,13 @@ LIDC_FILENAMES = ("processed.nii.gz", "processed.nii")
 class Case:
     """One training volume: an identifier, its file and the layout it was found in.
 
-    ``format`` is "brats", "lidc" or "general" (the preset that suits it); ``sequence`` is the BraTS
+    ``format`` is "brats", "lidc" or "folder" (any folder of volumes); ``sequence`` is the BraTS
     sequence (t1n, t1c, t2w, t2f) for BraTS cases and None otherwise.
     """
 
     id: str
     path: Path
-    format: str = "general"
+    format: str = "folder"
     sequence: str | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -99,19 +101,19 @@ def _discover_lidc(root: Path, files: list[Path]) -> list[Case]:
     if not cases:
         raise DataError(
             f"{root}: no processed.nii.gz files found (LIDC layout); run `wdm preprocess-lidc` on the "
-            "DICOM folder first, or use format='general'"
+            "DICOM folder first, or use format='folder'"
         )
     return cases
 
 
-def _discover_general(root: Path, files: list[Path]) -> list[Case]:
+def _discover_folder(root: Path, files: list[Path]) -> list[Case]:
     cases = []
     for f in files:
         if volume_suffix(f) is None:
             continue
         rel = f.relative_to(root)
         case_id = "/".join(rel.parts[:-1] + (strip_volume_suffix(rel.name),))
-        cases.append(Case(id=case_id, path=f, format="general"))
+        cases.append(Case(id=case_id, path=f, format="folder"))
     return cases
 
 
@@ -139,7 +141,7 @@ def _read_list_file(list_file: Path) -> list[Case]:
                 f"{list_file}: line {lineno} ({entry}) is not a volume file; "
                 f"list only files ending in {', '.join(VOLUME_SUFFIXES)}"
             )
-        fmt = "brats" if _brats_sequence(path) else "lidc" if path.name.lower() in LIDC_FILENAMES else "general"
+        fmt = "brats" if _brats_sequence(path) else "lidc" if path.name.lower() in LIDC_FILENAMES else "folder"
         cases.append(Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path)))
     if missing:
         raise DataError(
@@ -157,10 +159,10 @@ def _read_list_file(list_file: Path) -> list[Case]:
 
 
 def detect_format(path: str | Path) -> str:
-    """The layout of ``path``: "list" for a list file, "brats", "lidc" or "general" for a folder."""
+    """The layout of ``path``: "list" for a list file, "brats", "lidc" or "folder" for a folder."""
     path = Path(path)
     if path.is_file():
-        return "general" if volume_suffix(path) else "list"
+        return "folder" if volume_suffix(path) else "list"
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder; check the dataset path")
     files = list(_visible_files(path))
@@ -168,7 +170,7 @@ def detect_format(path: str | Path) -> str:
         return "brats"
     if _looks_like_lidc(files):
         return "lidc"
-    return "general"
+    return "folder"
 
 
 def discover(path: str | Path, format: str = "auto", sequence: str = "t1n") -> list[Case]:
@@ -182,13 +184,16 @@ def discover(path: str | Path, format: str = "auto", sequence: str = "t1n") -> l
       the file of ``sequence`` (t1n by default); folders without it are skipped with a logged warning.
     * ``"lidc"``: LIDC-IDRI case folders holding one ``processed.nii.gz`` (written by ``wdm preprocess-lidc``
       or the released script); the case id is the folder path relative to ``path``.
-    * ``"general"``: every .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file below ``path``.
+    * ``"folder"``: every .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file below ``path``.
     * ``"list"``: ``path`` is a list file.
     * ``"auto"``: a list file if ``path`` is a file that is not a volume; otherwise BraTS if any file is named
-      like a BraTS sequence, LIDC if any file is named processed.nii(.gz), else general.
+      like a BraTS sequence, LIDC if any file is named processed.nii(.gz), else folder.
+
+    ``"general"``, the old name of ``"folder"``, is still accepted.
 
     Cases are sorted by path. Raises :class:`DataError` when nothing is found.
     """
+    format = OLD_LAYOUT_NAMES.get(format, format)
     if format not in FORMATS:
         raise ConfigError(f"unknown dataset format {format!r}; choose one of {', '.join(FORMATS)}")
     path = Path(path).expanduser()
@@ -196,7 +201,7 @@ def discover(path: str | Path, format: str = "auto", sequence: str = "t1n") -> l
         raise DataError(f"{path}: no such file or folder; check the dataset path")
     if path.is_file():
         if volume_suffix(path) is not None and format != "list":
-            fmt = "brats" if _brats_sequence(path) else "general"
+            fmt = "brats" if _brats_sequence(path) else "folder"
             return [Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path))]
         if format not in ("auto", "list"):
             raise ConfigError(f"{path} is a file; format={format!r} needs a folder (use format='list')")
@@ -210,13 +215,13 @@ def discover(path: str | Path, format: str = "auto", sequence: str = "t1n") -> l
     files = list(_visible_files(path))
     fmt = format
     if fmt == "auto":
-        fmt = "brats" if _looks_like_brats(files) else "lidc" if _looks_like_lidc(files) else "general"
+        fmt = "brats" if _looks_like_brats(files) else "lidc" if _looks_like_lidc(files) else "folder"
     if fmt == "brats":
         cases = _discover_brats(path, files, sequence)
     elif fmt == "lidc":
         cases = _discover_lidc(path, files)
     else:
-        cases = _discover_general(path, files)
+        cases = _discover_folder(path, files)
     if not cases:
         raise DataError(
             f"{path}: no volumes found (looked recursively for files ending in "

@@ -215,8 +215,6 @@ def summarize(
 
 # -- `wdm summarize` -------------------------------------------------------------------------------------------
 
-# The layouts `wdm train --format` accepts for a path ("folder" is discovery's "general").
-
 
 def summarize_path(
     path: str | Path,
@@ -229,7 +227,7 @@ def summarize_path(
     """(detected layout, summary) of a dataset path, found the way ``wdm train`` finds it."""
     from .discovery import detect_format
 
-    layout = {"folder": "general"}.get(format, format)
+    layout = format
     if layout == "auto":
         layout = detect_format(path)
     cases = discover(path, format=layout, sequence=sequence)

@@ -1,5 +1,8 @@
 """Evaluation of a generated set against a real set: FID and KID on MedicalNet features, MS-SSIM diversity.
 
+Without the MedicalNet weights (``extractor=None``) only what needs no features is computed: the MS-SSIM
+diversity of the generated set; the report lists FID and KID under ``not_computed`` with the reason.
+
 Protocol (WDM, Friedrich et al. 2024): real volumes go through the training preprocessing without its final
 ``2x - 1`` (values in [0, 1]); generated volumes are used as saved; every volume passes one at a time, without
 resizing or z-scoring, through MedicalNet's ResNet-50; FID compares the float64 mean and covariance of the
@@ -97,6 +100,22 @@ def embed_volumes(
     return features, SetSummary(count=len(rows), shapes=shapes, value_min=lo, value_max=hi)
 
 
+def summarize_volumes(
+    paths: Sequence[Path], read: VolumeReader, progress: ProgressCallback | None = None, task: str = "read"
+) -> SetSummary:
+    """Shapes and value range of the volumes, read one at a time (what is checked when nothing is embedded)."""
+    tracker = ProgressTracker(progress, task, total=len(paths))
+    shapes: list[list[int]] = []
+    lo, hi = math.inf, -math.inf
+    for path in paths:
+        volume = read(Path(path))
+        if list(volume.shape) not in shapes:
+            shapes.append(list(volume.shape))
+        lo, hi = min(lo, float(np.min(volume))), max(hi, float(np.max(volume)))
+        tracker.advance()
+    return SetSummary(count=len(paths), shapes=shapes, value_min=lo, value_max=hi)
+
+
 def real_statistics_key(paths: Sequence[Path], extractor: MedicalNetFeatureExtractor, read: VolumeReader) -> dict:
     """The configuration that determines the real-set statistics (hashed into the cache key)."""
     files = []
@@ -148,31 +167,35 @@ def real_statistics(
 class EvaluationReport:
     """Everything one evaluation measured, with the protocol it followed and its caveats."""
 
-    fid: float
-    kid: KIDResult
+    fid: float | None
+    kid: KIDResult | None
     n_real: int
     n_fake: int
-    real: SetSummary
+    real: SetSummary | None
     fake: SetSummary
     ms_ssim: MSSSIMResult | None
-    feature_config: dict
+    feature_config: dict | None
     cache_status: str
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    not_computed: dict[str, str] = field(default_factory=dict)  # metric -> why
 
     def to_dict(self) -> dict:
         return {
             "wdmcore_version": __version__,
-            "fid": {
+            "fid": None
+            if self.fid is None
+            else {
                 "value": self.fid,
                 "n_real": self.n_real,
                 "n_fake": self.n_fake,
                 "protocol": (f"{NETWORK_NAME}; float64 mean/covariance (N-1); paper: {FID_RECOMMENDED_N} per set"),
                 "comparable_with_paper": min(self.n_real, self.n_fake) >= FID_RECOMMENDED_N,
             },
-            "kid": {**self.kid.to_dict(), "kernel": "(x.y/2048 + 1)^3, unbiased MMD^2"},
+            "kid": None if self.kid is None else {**self.kid.to_dict(), "kernel": "(x.y/2048 + 1)^3, unbiased MMD^2"},
             "ms_ssim": None if self.ms_ssim is None else self.ms_ssim.to_dict(),
-            "real": self.real.to_dict(),
+            "not_computed": dict(self.not_computed),
+            "real": None if self.real is None else self.real.to_dict(),
             "fake": self.fake.to_dict(),
             "features": self.feature_config,
             "real_statistics_cache": self.cache_status,
@@ -181,14 +204,12 @@ class EvaluationReport:
         }
 
     def format_table(self) -> str:
-        rows = [
-            ("FID (MedicalNet)", f"{self.fid:.4f}", f"N real {self.n_real}, N generated {self.n_fake}"),
-            (
-                "KID (MedicalNet)",
-                f"{self.kid.mean:.6f}",
-                f"std {self.kid.std:.6f}, {self.kid.subsets} subsets of {self.kid.subset_size}",
-            ),
-        ]
+        rows = []
+        if self.fid is not None:
+            rows.append(("FID (MedicalNet)", f"{self.fid:.4f}", f"N real {self.n_real}, N generated {self.n_fake}"))
+        if self.kid is not None:
+            detail = f"std {self.kid.std:.6f}, {self.kid.subsets} subsets of {self.kid.subset_size}"
+            rows.append(("KID (MedicalNet)", f"{self.kid.mean:.6f}", detail))
         if self.ms_ssim is not None:
             m = self.ms_ssim
             detail = f"{m.pairs} pairs ({m.mode}), setting {m.settings.name}"
@@ -197,6 +218,7 @@ class EvaluationReport:
         lines = ["  ".join(h.ljust(w) for h, w in zip(("metric", "value", "details"), width, strict=True))]
         lines.append("  ".join("-" * w for w in width))
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows]
+        lines += [f"not computed: {metric}: {why}" for metric, why in self.not_computed.items()]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -214,7 +236,7 @@ def _range_warning(summary: SetSummary, what: str) -> str | None:
 def evaluate(
     real: Sequence[Path],
     fake: Sequence[Path],
-    extractor: MedicalNetFeatureExtractor,
+    extractor: MedicalNetFeatureExtractor | None,
     real_reader: VolumeReader | None = None,
     fake_reader: VolumeReader | None = None,
     cache_dir: str | Path | None = None,
@@ -224,11 +246,13 @@ def evaluate(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     progress: ProgressCallback | None = None,
+    device: str | None = None,
 ) -> EvaluationReport:
     """Evaluate generated volumes ``fake`` against real volumes ``real`` (lists of files).
 
     Args:
-        extractor: the MedicalNet feature network (its device is used for MS-SSIM as well).
+        extractor: the MedicalNet feature network (its device is used for MS-SSIM as well), or None: then
+            FID and KID are not computed (the report's ``not_computed`` says so) and ``real`` is not read.
         real_reader: path -> volume in [0, 1] for the real files (training preprocessing without 2x - 1);
             default :class:`NiftiReader` (files already preprocessed).
         fake_reader: the same for generated files; default :class:`NiftiReader` (as saved, as released).
@@ -236,7 +260,9 @@ def evaluate(
         ms_ssim_pairs: ``"all"``, a number of random pairs, or ``None`` to skip MS-SSIM.
         ms_ssim_reduced: allow the reduced MS-SSIM setting for volumes smaller than 112 voxels per side.
         seed: seeds the random MS-SSIM pairs and the KID subsets.
-        progress: callback receiving the progress events (tasks ``embed-real``, ``embed-fake``, ``ms-ssim``).
+        progress: callback receiving the progress events (tasks ``embed-real``, ``embed-fake``, ``ms-ssim``;
+            ``read-fake`` without an extractor).
+        device: where MS-SSIM runs without an extractor (default CPU).
     """
     real_reader = real_reader or NiftiReader()
     fake_reader = fake_reader or NiftiReader()
@@ -252,6 +278,10 @@ def evaluate(
             )
     timings: dict[str, float] = {}
     notes: list[str] = []
+    if extractor is None:
+        return _without_features(
+            fake, fake_reader, ms_ssim_pairs, ms_ssim_reduced, seed, progress, device or "cpu", timings, notes
+        )
 
     start = time.perf_counter()
     real_stats, real_summary, cache_status = real_statistics(real, extractor, real_reader, cache_dir, progress)
@@ -282,24 +312,7 @@ def evaluate(
         real_stats.features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
     )
 
-    ms = None
-    if ms_ssim_pairs is not None:
-        start = time.perf_counter()
-        ms = ms_ssim_diversity(
-            list(fake),
-            read=fake_reader,
-            pairs=ms_ssim_pairs,
-            seed=seed,
-            reduced=ms_ssim_reduced,
-            device=extractor.device,
-            progress=progress,
-        )
-        timings["ms_ssim"] = time.perf_counter() - start
-        if ms.settings.name != "released":
-            notes.append(
-                f"MS-SSIM used the {ms.settings.name} setting because the volumes are smaller than "
-                f"{MSSSIMSettings().min_size} voxels per side; it is not comparable with the paper's."
-            )
+    ms = _ms_ssim(fake, fake_reader, ms_ssim_pairs, ms_ssim_reduced, seed, extractor.device, progress, timings, notes)
 
     if small_sample:
         warnings.warn(small_sample, SmallSampleWarning, stacklevel=2)
@@ -316,4 +329,48 @@ def evaluate(
         cache_status=cache_status,
         warnings=notes,
         timings_s={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+NO_FEATURES = "needs the MedicalNet weights (--medicalnet resnet_50_23dataset.pth; see docs/evaluation.md)"
+
+
+def _ms_ssim(fake, read, pairs, reduced, seed, device, progress, timings, notes) -> MSSSIMResult | None:
+    if pairs is None:
+        return None
+    start = time.perf_counter()
+    ms = ms_ssim_diversity(
+        list(fake), read=read, pairs=pairs, seed=seed, reduced=reduced, device=device, progress=progress
+    )
+    timings["ms_ssim"] = time.perf_counter() - start
+    if ms.settings.name != "released":
+        notes.append(
+            f"MS-SSIM used the {ms.settings.name} setting because the volumes are smaller than "
+            f"{MSSSIMSettings().min_size} voxels per side; it is not comparable with the paper's."
+        )
+    return ms
+
+
+def _without_features(fake, read, pairs, reduced, seed, progress, device, timings, notes) -> EvaluationReport:
+    """The report of an evaluation without the feature network: MS-SSIM and what the files hold."""
+    start = time.perf_counter()
+    fake_summary = summarize_volumes(fake, read, progress, task="read-fake")
+    timings["read_fake"] = time.perf_counter() - start
+    if message := _range_warning(fake_summary, "Generated"):
+        notes.append(message)
+        logger.warning(message)
+    ms = _ms_ssim(fake, read, pairs, reduced, seed, device, progress, timings, notes)
+    return EvaluationReport(
+        fid=None,
+        kid=None,
+        n_real=0,
+        n_fake=fake_summary.count,
+        real=None,
+        fake=fake_summary,
+        ms_ssim=ms,
+        feature_config=None,
+        cache_status="not used",
+        warnings=notes,
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        not_computed={"FID": NO_FEATURES, "KID": NO_FEATURES},
     )

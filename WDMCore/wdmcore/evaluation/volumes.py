@@ -6,7 +6,8 @@ cache, so that statistics computed with one preprocessing are never reused for a
 
 :class:`NiftiReader` reads a NIfTI file as it is (``get_fdata`` in the file's index order, no reorientation,
 no resampling, no intensity change), which is how WDM's evaluation reads generated samples and what fits real
-volumes already preprocessed to [0, 1].
+volumes already preprocessed to [0, 1]. It reads the NRRD files ``wdm sample --format nrrd`` writes (and
+MetaImage files) into the same (i, j, k) order, so a folder may mix the formats.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from ..errors import ConfigError, InputShapeError
 
 VolumeReader = Callable[[Path], np.ndarray]
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES  # every format `wdm sample` writes, and MetaImage
 FORMATS = ("nifti", "brats", "lidc")
 
 
-def list_volumes(directory: str | Path, suffixes: tuple[str, ...] = NIFTI_SUFFIXES) -> list[Path]:
+def list_volumes(directory: str | Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> list[Path]:
     """The volume files directly inside ``directory`` (not recursive), sorted by name."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -39,11 +42,17 @@ def list_volumes(directory: str | Path, suffixes: tuple[str, ...] = NIFTI_SUFFIX
 
 
 class NiftiReader:
-    """Read a NIfTI volume as stored, as float32 [i, j, k]; trailing singleton axes are dropped."""
+    """Read a volume as stored, as float32 [i, j, k]; trailing singleton axes are dropped. NIfTI files are read
+    with nibabel, NRRD and MetaImage files through :func:`wdmcore.volumes.reading.load_volume`."""
 
     config: dict[str, Any] = {"reader": "nifti", "preprocessing": "none (values as stored)"}
 
     def __call__(self, path: Path) -> np.ndarray:
+        if any(Path(path).name.lower().endswith(s) for s in ITK_SUFFIXES):
+            from ..volumes.reading import load_volume
+
+            array, _ = load_volume(path, dtype=np.float32)
+            return self._check(path, np.asarray(array, dtype=np.float32))
         try:
             import nibabel as nib
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -53,6 +62,10 @@ class NiftiReader:
             volume = np.asarray(image.get_fdata(dtype=np.float32))
         except Exception as exc:
             raise ConfigError(f"Could not read {path} as NIfTI ({exc}). Check that the file is complete.") from exc
+        return self._check(path, volume)
+
+    @staticmethod
+    def _check(path: Path, volume: np.ndarray) -> np.ndarray:
         while volume.ndim > 3 and volume.shape[-1] == 1:
             volume = volume[..., 0]
         if volume.ndim != 3:

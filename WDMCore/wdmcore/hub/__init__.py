@@ -6,7 +6,8 @@
 * :mod:`.importing`: :func:`import_model` for files fetched by hand.
 """
 
-from .cache import CACHE_ENV, RECORDS_FILE, ModelInfo, cache_dir, get_model_info, list_models
+from ..paths import CACHE_ENV
+from .cache import RECORDS_FILE, ModelInfo, cache_dir, get_model_info, list_models
 from .catalogue import CATALOGUE_PATH, HUB_URL_ENV, KNOWN_PRESETS, Catalogue, CatalogueEntry, load_catalogue
 from .download import ResumableHTTPDownloader, fetch
 from .importing import import_model

@@ -11,15 +11,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 import pooch
 
 from ..errors import ConfigError, DownloadError
+from ..filemodes import set_default_mode
+from ..paths import cache_subdir
 from .catalogue import Catalogue, CatalogueEntry, base_url_of, load_catalogue
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "WDM_CACHE_DIR"
 RECORDS_FILE = "records.json"
 RECORDS_LOCK = ".records.json.lock"
 
@@ -33,12 +33,7 @@ def cache_dir() -> Path:
     (``~/.cache/wdmcore/models`` on Linux, ``~/Library/Caches/wdmcore/models`` on macOS,
     ``%LOCALAPPDATA%\\wdmcore\\Cache\\models`` on Windows).
     """
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        root = Path(override).expanduser()
-    else:
-        root = platformdirs.user_cache_path("wdmcore", appauthor=False)
-    return root / "models"
+    return cache_subdir("models")
 
 
 def read_records(cache: Path) -> dict[str, dict[str, Any]]:
@@ -65,6 +60,7 @@ def write_records(cache: Path, records: dict[str, dict[str, Any]]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
+        set_default_mode(tmp)
         os.replace(tmp, cache / RECORDS_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -208,6 +204,6 @@ def unknown_model(name: str, cat: Catalogue, records: dict) -> ConfigError:
     known = cat.names() + sorted(set(records) - set(cat.names()))
     return ConfigError(
         f"unknown model {name!r}. Known models: {', '.join(known)}. "
-        "To use a checkpoint file of your own, import it with "
-        "`wdm import-model FILE --preset PRESET --name NAME`."
+        "To use a checkpoint file, give its path, or import it with `wdm import-model FILE --name NAME` "
+        "(see docs/models.md)."
     )

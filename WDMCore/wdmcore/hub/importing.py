@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
+from ..filemodes import set_default_mode
 from ..models.cards import validate_card
 from .cache import RECORDS_FILE, cache_dir, now, read_records, set_record, sha256_of
 from .catalogue import KNOWN_PRESETS, NAME_RE, Catalogue, load_catalogue
@@ -32,12 +33,14 @@ def import_model(
         path: the file (a released ``.pt`` state dict or a ``.safetensors`` checkpoint).
         name: the model's name (default: the file name without extension). A catalogue name, or the file name
             of a released model, makes the file that model: :func:`fetch` then finds it without downloading.
-        preset: the network preset (``unet-128``, ...); for a catalogue model it must be the catalogue's.
-            Default: the catalogue's, else detected from a released file's keys and shapes.
+        preset: the network preset (``unet-128``, ...). Optional when it is known: a catalogue model takes the
+            catalogue's, a ``.safetensors`` file carries its network in its card, and a released ``.pt`` file's
+            preset is detected from its keys and shapes. A preset that contradicts the file, or the catalogue,
+            is refused.
         card: the model card (spacing, intensities, ...) stored with the record.
 
     Returns the path of the copy in the cache. When the catalogue knows the model's SHA-256 the file must
-    match it; when :mod:`wdmcore.models.checkpoints` is available the file must load under ``preset``.
+    match it; the file must load (under ``preset`` when one is given).
     """
     src = Path(path).expanduser()
     if not src.is_file():
@@ -53,9 +56,11 @@ def import_model(
         raise ConfigError(f"{name!r} is a bundled model and cannot be replaced; choose another --name.")
     if card is not None:
         validate_card(card, source="the card to import")
+    if preset is not None:
+        _check_preset(preset)
     if preset is None and entry is not None and entry.preset:
         preset = entry.preset
-    if entry is not None and entry.preset and preset != entry.preset:
+    if entry is not None and entry.preset and preset is not None and preset != entry.preset:
         raise ConfigError(
             f"model {name!r} is a {entry.preset} checkpoint according to the catalogue, not {preset}; "
             f"pass --preset {entry.preset}."
@@ -69,6 +74,8 @@ def import_model(
             f"Download it again from {entry.url(cat.hub_url)}, or import it under another --name."
         )
     preset = _check_loadable(src, preset) or preset
+    if entry is not None and entry.preset and preset is not None and preset != entry.preset:
+        raise ConfigError(f"{src} holds a {preset} network, but the catalogue's {name!r} is a {entry.preset} one.")
 
     cache = cache_dir()
     records = read_records(cache)
@@ -106,14 +113,31 @@ def _check_preset(preset: str) -> None:
 
 
 def _check_loadable(path: Path, preset: str | None) -> str | None:
-    """Load the file (under ``preset`` when given) with the checkpoint reader: a file that does not fit is not
-    imported. Returns the preset (detected when not given; None for our own files, which carry their card)."""
-    from ..models.model import load_model
+    """The preset of the network in ``path``, checked against ``preset`` when one is given.
 
-    if preset is not None:
-        _check_preset(preset)
-    model = load_model(path, preset=preset)
-    return preset or model.card.get("preset")
+    The file must load: a ``.safetensors`` file with its own card, a ``.pt`` file under its detected preset
+    (or ``preset`` when the keys do not tell it). ``None`` for a network that matches no preset (a custom
+    ``.safetensors`` model, which needs none)."""
+    from ..errors import WDMError
+    from ..models.model import load_model
+    from ..networks import preset_of
+
+    try:
+        model = load_model(path)
+    except WDMError:
+        if preset is None or path.suffix == ".safetensors":
+            raise
+        model = load_model(path, preset=preset)  # the preset could not be detected from the keys
+    found = preset_of(model.network.config)
+    if preset is not None and found is not None and found != preset:
+        raise ConfigError(
+            f"{path} holds a {found} network, not {preset}; pass --preset {found} (or leave --preset out)."
+        )
+    if preset is not None and found is None:
+        raise ConfigError(f"{path} holds a network that is none of the presets, not {preset}; leave --preset out.")
+    if found is None and path.suffix != ".safetensors":
+        raise ConfigError(f"the network preset of {path} cannot be detected; pass --preset.")
+    return found
 
 
 def _copy_with_digest(src: Path, dest: Path) -> str:
@@ -126,6 +150,7 @@ def _copy_with_digest(src: Path, dest: Path) -> str:
             while chunk := inp.read(CHUNK_SIZE):
                 digest.update(chunk)
                 out.write(chunk)
+        set_default_mode(tmp)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, NonFiniteError
+from ..filemodes import set_default_mode
 from ..networks import PRESETS, DiffusionNetwork, NetworkConfig, build_network, config_from_official_args
 from .cards import card_error_for_file, parse_card_json, validate_card
 
@@ -216,6 +217,7 @@ def save_model_file(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={CARD_KEY: json.dumps(card)})
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 from ..diffusion import DiffusionConfig
 from ..errors import ConfigError
 from ..networks import NetworkConfig
+from ..vocabulary import BRATS_SEQUENCES
 
 FAMILIES = ("wdm", "cwdm", "fastwdm3d")
 PRESET_FAMILY = {"cwdm-224": "cwdm", "fastwdm3d-128": "fastwdm3d"}
@@ -28,7 +29,6 @@ SQRT8 = math.sqrt(8.0)
 
 # cWDM: the conditioning sequences of each target, in the network's channel order (the three others, in the
 # fixed order t1n, t1c, t2w, t2f).
-BRATS_SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
 SEQUENCE_MEANINGS = {
     "t1n": "native T1-weighted MRI",
     "t1c": "contrast-enhanced T1-weighted MRI",

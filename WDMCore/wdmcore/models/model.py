@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..diffusion import Diffusion, DiffusionConfig
-from ..errors import ConfigError, InputShapeError, NonFiniteError
+from ..errors import CheckpointError, ConfigError, InputShapeError, NonFiniteError
 from ..events import ProgressCallback, ProgressTracker
 from ..networks import DiffusionNetwork, NetworkConfig, build_network
 from ..samplers import CancelCheck, NoiseSource, StepCallback, run_sampler
@@ -154,11 +154,12 @@ class WDMModel:
         eta: float = 0.0,
         on_progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        progress: bool = False,
     ) -> torch.Tensor:
         """``num`` volumes [num, 1, S, S, S] in [0, 1] (on the CPU), as the released sampler outputs them.
 
         Sample i uses seed ``seed + i`` whatever the batch size. The defaults are the paper's sampler:
-        1000 ancestral steps.
+        1000 ancestral steps. ``progress=True`` shows a progress bar on stderr.
         """
         if num < 1 or batch_size < 1:
             raise ConfigError("num and batch_size must be at least 1.")
@@ -167,6 +168,13 @@ class WDMModel:
                 f"this is a {self.task} model: it needs inputs ({', '.join(self.input_names)}); use "
                 f"wdmcore.{self.task}() or `wdm {self.task}` instead of sampling it unconditionally."
             )
+        if progress:
+            from ..progressbar import ProgressBars, combine
+
+            with ProgressBars() as bars:
+                callback = combine(on_progress, bars)
+                return self.sample(num, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, eta=eta,
+                                   on_progress=callback, cancel=cancel)  # fmt: skip
         tracker = ProgressTracker(on_progress, "sample", total=num * steps)
         outputs = []
         for start in range(0, num, batch_size):
@@ -186,7 +194,8 @@ class WDMModel:
                     f"sampling seeds {seeds} produced NaN or infinite values: the weights or the card's diffusion "
                     f"settings ({self.diffusion_config.to_dict()}) do not make a working sampler."
                 )
-            outputs.append(((image + 1) / 2).cpu())
+            # Clamped: the inverse wavelet transform can overshoot [-1, 1] by rounding (about 1e-7).
+            outputs.append(((image + 1) / 2).clamp(0, 1).cpu())
         return torch.cat(outputs)
 
     def save(self, path: str | os.PathLike, **card_updates: Any) -> Path:
@@ -237,8 +246,11 @@ def load_model(
     family: str | None = None,
     device: torch.device | str = "cpu",
     card: dict[str, Any] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> WDMModel:
-    """Load a released ``.pt`` state dict or one of our ``.safetensors`` files (card included).
+    """Load a released ``.pt`` state dict or one of our ``.safetensors`` files (card included), or a model by
+    its name in the catalogue or among the imported models (``wdm models``; downloaded and verified on first
+    use, with ``on_progress`` receiving the download's events).
 
     For a released file the network is the preset detected from the keys and shapes (or the one given), or
     the one the released code builds from ``official_args`` (its ``create_model_and_diffusion`` arguments);
@@ -248,7 +260,14 @@ def load_model(
         raise ConfigError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}.")
     if card is not None:
         validate_card(card, source="the card given to load_model")
-    path = Path(source)
+    path = Path(source).expanduser()
+    if not path.exists() and is_model_name(os.fspath(source)):
+        return _load_named(os.fspath(source), preset=preset, device=device, card=card, on_progress=on_progress)
+    if not path.is_file():
+        raise CheckpointError(
+            f"model file not found: {path}. Give the path of an existing .pt or .safetensors checkpoint, or a "
+            "model name from `wdm models`."
+        )
     if path.suffix == ".safetensors":
         tensors, file_card = read_model_file(path)
         config = NetworkConfig.from_dict(file_card["network"])
@@ -278,3 +297,33 @@ def load_model(
         full_card["official_args"] = copy.deepcopy(official_args)
     full_card.update(card or {})
     return WDMModel(network, full_card)
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def is_model_name(text: str) -> bool:
+    """Whether ``text`` reads as a model name rather than a file path (no folder, no checkpoint ending)."""
+    return bool(text) and "/" not in text and os.sep not in text and Path(text).suffix not in CHECKPOINT_SUFFIXES
+
+
+def _load_named(
+    name: str,
+    *,
+    preset: str | None,
+    device: torch.device | str,
+    card: dict[str, Any] | None,
+    on_progress: ProgressCallback | None,
+) -> WDMModel:
+    from .. import hub
+
+    info = hub.get_model_info(name)  # ConfigError listing the known names and how to import a file
+    file = hub.fetch(name, on_progress=on_progress)
+    catalogue_card = {k: v for k, v in info.card.items() if k not in ("image_size", "note")}
+    if file.suffix == ".safetensors":
+        loaded = load_model(file, device=device)
+        # The file's own card is authoritative; the catalogue only fills gaps.
+        loaded.card = {**catalogue_card, **loaded.card, "name": loaded.card.get("name") or info.name, **(card or {})}
+        return loaded
+    named = {**catalogue_card, "name": info.name, "description": info.description, **(card or {})}
+    return load_model(file, preset=preset or info.preset, card=named, device=device)

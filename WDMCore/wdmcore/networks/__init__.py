@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import PRESETS, NetworkConfig, config_from_official_args, preset_config, preset_image_size
+from .config import PRESETS, NetworkConfig, config_from_official_args, preset_config, preset_image_size, preset_of
 from .unet import DiffusionNetwork, UNet
 from .wavunet import WavUNet
 
@@ -31,4 +31,5 @@ __all__ = [
     "from_official_args",
     "preset_config",
     "preset_image_size",
+    "preset_of",
 ]

@@ -83,6 +83,12 @@ def preset_config(name: str) -> NetworkConfig:
         raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(PRESETS)}.") from None
 
 
+def preset_of(config: NetworkConfig) -> str | None:
+    """The name of the preset whose network is ``config``, or None for a custom network."""
+    wanted = config.to_dict()
+    return next((name for name, (preset, _) in PRESETS.items() if preset.to_dict() == wanted), None)
+
+
 def preset_image_size(name: str) -> int:
     preset_config(name)
     return PRESETS[name][1]

@@ -31,21 +31,19 @@ from ..errors import ConfigError, NonFiniteError, OutOfMemoryError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel, load_model
 from ..samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
+from ..vocabulary import (  # noqa: F401 - defaults kept with the names `wdm` shares (no torch); re-exported
+    DEFAULT_MODEL,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    MAX_SEED,
+    PREVIEW_SAMPLER,
+    PREVIEW_STEPS,
+)
 from ..volumes.writing import Geometry, card_geometry, save_volume
 from ..wavelets import from_coefficients
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "demo_phantom_64"
-DEFAULT_SAMPLER = "unipc"
-# Steps used when a sampler is chosen without a step count: the fewest that reach the texture of the exact
-# denoiser's distribution (ratio 0.9-1.1) in the exact-denoiser table of docs/generation.md, with a margin for a
-# learned network. UniPC reaches it with the fewest calls. The ancestral sampler's default is the paper's 1000
-# steps: respaced to fewer, it leaves noise the network was not trained to remove.
-DEFAULT_STEPS = {"unipc": 25, "dpm++2m": 25, "dpm++2m-sde": 25, "ddim": 50, "ancestral": 1000}
-# The quick look (the Slicer module's *Preview*): UniPC with 10 calls, still within the texture band.
-PREVIEW_SAMPLER, PREVIEW_STEPS = "unipc", 10
-MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator takes
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 PreviewCallback = Callable[[int, np.ndarray], None]
@@ -83,27 +81,7 @@ def resolve_model(
     """A :class:`WDMModel` from a model object, a checkpoint path or a catalogue name (fetched if needed)."""
     if isinstance(model, WDMModel):
         return model.to(device)
-    text = os.fspath(model)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return load_model(path, preset=preset, device=device)
-    if path.suffix in (".pt", ".pth", ".safetensors") or os.sep in text or "/" in text:
-        raise ConfigError(
-            f"model file {path} not found; give the path of an existing .pt or .safetensors checkpoint, "
-            "or a model name from `wdm models`."
-        )
-    from .. import hub
-
-    info = hub.get_model_info(text)  # ConfigError listing the known names if unknown
-    file = hub.fetch(text, on_progress=on_progress)
-    catalogue_card = {k: v for k, v in info.card.items() if k not in ("image_size", "note")}
-    if file.suffix == ".safetensors":
-        loaded = load_model(file, device=device)
-        # The file's own card is authoritative; the catalogue only fills gaps.
-        loaded.card = {**catalogue_card, **loaded.card, "name": loaded.card.get("name") or info.name}
-        return loaded
-    card = {**catalogue_card, "name": info.name, "description": info.description}
-    return load_model(file, preset=preset or info.preset, card=card, device=device)
+    return load_model(model, preset=preset, device=device, on_progress=on_progress)
 
 
 def _cancel_check(cancel: Cancel | None) -> Callable[[], bool] | None:
@@ -200,6 +178,7 @@ def generate(
     preset: str | None = None,
     reference_affine: np.ndarray | None = None,
     on_volume: Callable[[GeneratedVolume], None] | None = None,
+    progress: bool = False,
 ) -> list[GeneratedVolume]:
     """Generate ``num`` volumes.
 
@@ -227,6 +206,7 @@ def generate(
             volume to place the outputs in its frame (see :func:`wdmcore.volumes.writing.card_geometry`).
         on_volume: called with each :class:`GeneratedVolume` as soon as its batch is done (to write it at
             once: volumes finished before an error, a cancel or a signal are then kept).
+        progress: show a progress bar on stderr (of the download too, if the model is fetched first).
 
     Returns one :class:`GeneratedVolume` per seed, in order. Raises :class:`OutOfMemoryError` when the device
     runs out of memory, :class:`Cancelled` when cancelled, :class:`ConfigError` for invalid settings.
@@ -244,6 +224,14 @@ def generate(
             f"seed must lie between 0 and {MAX_SEED - (num - 1)} (seed + i for {num} volumes), got {seed}."
         )
     steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    if progress:
+        from ..progressbar import ProgressBars, combine
+
+        with ProgressBars() as bars:
+            return generate(model, num, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
+                            device=device, precision=precision, cancel=cancel, on_progress=combine(on_progress, bars),
+                            on_preview=on_preview, preview_every=preview_every, compile=compile, preset=preset,
+                            reference_affine=reference_affine, on_volume=on_volume)  # fmt: skip
     torch_device = resolve_device(device)
     wdm = resolve_model(model, preset=preset, device=torch_device, on_progress=on_progress)
     if wdm.task != "generate":

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..filemodes import set_default_mode
 from ..models.checkpoints import save_model_file, torch_load_reason
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,6 +45,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+    set_default_mode(tmp)
     os.replace(tmp, path)
 
 

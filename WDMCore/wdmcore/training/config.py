@@ -141,6 +141,44 @@ class TrainConfig:
         return cls(**data)
 
 
+# The data options that choose and prepare the volumes; the cache folder, skip_bad_files and the recorded
+# volume count may differ on resume.
+_DATA_IDENTITY = ("path", "format", "sequence", "resample", "spacing", "crop", "intensity", "phantoms",
+                  "phantom_seed")  # fmt: skip
+_LAYOUT_ALIASES = {"general": "folder"}  # configs of older versions
+
+
+def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between the data options a run was started with and those of a resume, as text."""
+
+    def value(data: dict[str, Any], key: str) -> Any:
+        item = data.get(key)
+        return _LAYOUT_ALIASES.get(item, item) if key == "format" else item
+
+    changed = []
+    for key in _DATA_IDENTITY:
+        if key not in saved or key not in now:  # runs of older versions did not record every option
+            continue
+        before, after = value(saved, key), value(now, key)
+        if key == "format" and "auto" in (before, after):
+            continue  # the layout is checked through the path and the volumes it gives
+        if before != after:
+            changed.append(f"{key} {before!r} -> {after!r}")
+    return changed
+
+
+def check_same_data(saved: dict[str, Any], now: dict[str, Any], out_dir: Any) -> None:
+    """Refuse to resume the run in ``out_dir`` on other data than it was trained on."""
+    changes = data_changes(saved, now)
+    if changes:
+        raise ConfigError(
+            f"the run in {out_dir} was trained on other data ({'; '.join(changes)}); resume with the same data "
+            "(leave --data out to use the run's), or pass --allow-new-data (allow_new_data=True) to continue "
+            "training on this data (the model card then describes the new data), or start a new run in "
+            "another folder."
+        )
+
+
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

@@ -62,7 +62,7 @@ from .checkpoints import (
     stop_requested,
 )
 from .checkpoints import model_path as checkpoint_path
-from .config import TrainConfig, TrainingError
+from .config import TrainConfig, TrainingError, check_same_data
 from .ema import EMA
 from .previews import write_preview
 
@@ -297,11 +297,14 @@ def train(
     resume: bool = False,
     on_event: ProgressCallback | None = None,
     stop: Callable[[], bool] | None = None,
+    allow_new_data: bool = False,
 ) -> TrainResult:
     """Train a WDM network on ``dataset`` (items ``(image [1, S, S, S] in [-1, 1], index)``).
 
     Writes checkpoints into ``out_dir`` every ``checkpoint_interval`` steps and at the end; ``resume=True``
-    continues from the newest training state there. ``on_event`` receives progress events (task "train":
+    continues from the newest training state there, with the same settings and the same data (the
+    ``config.data`` fields that choose and prepare the volumes) unless ``allow_new_data`` (fine-tuning on other
+    volumes; the checkpoints' card then describes the new data). ``on_event`` receives progress events (task "train":
     loss, it/s, ETA, lr, GPU memory), "checkpoint", "preview", "nonfinite" and a final "result" event.
     ``stop()`` is polled every step, and so is the stop file ``out_dir/STOP``: when either asks, a checkpoint is
     written and the run returns (the stop file is removed then).
@@ -312,7 +315,7 @@ def train(
     dist, device = _setup_distributed(config.device)
     try:
         with _run_folder_lock(out_dir, dist.main):
-            return _train(config, dataset, out_dir, resume, on_event, stop, dist, device)
+            return _train(config, dataset, out_dir, resume, on_event, stop, dist, device, allow_new_data)
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
@@ -356,7 +359,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device) -> TrainResult:
+def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device, allow_new_data) -> TrainResult:
     if len(dataset) < 1:
         raise ConfigError("the dataset is empty.")
     if dist.main:
@@ -382,6 +385,8 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
                 "checkpointing may change), "
                 "or start a new run in another folder."
             )
+        if not allow_new_data:
+            check_same_data(saved.get("data") or {}, config.data or {}, out_dir)
         start_step = int(state["step"])
         log.info("resuming from %s (step %d)", state_path, start_step)
     elif dist.main and list_checkpoints(out_dir):
@@ -506,7 +511,8 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
             session_steps += 1
             window_loss.append(loss_value)
 
-            if step % config.log_interval == 0 or step == config.max_steps:
+            # The first step of a session is reported too, so that a bar moves long before the first interval.
+            if step % config.log_interval == 0 or step == config.max_steps or session_steps == 1:
                 now = time.perf_counter()
                 it_s = window_steps / max(now - window_start, 1e-9)
                 session_rate = session_steps / max(now - session_start, 1e-9)

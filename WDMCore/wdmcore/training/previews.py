@@ -1,4 +1,5 @@
-"""Preview samples written during training: a NIfTI volume and a PNG of its three mid-slices."""
+"""Preview samples written during training: a NIfTI volume and a PNG of its three mid-slices, enlarged
+(nearest neighbour) so that each slice is at least 256 pixels tall."""
 
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ def mid_slices(volume: np.ndarray) -> np.ndarray:
     return np.concatenate(padded, axis=1)
 
 
+PREVIEW_MIN_PIXELS = 256  # each slice of the preview PNG is at least this tall, so a 32^3 preview is readable
+
+
+def upscale_nearest(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` with every pixel repeated ``factor`` times along both axes (nearest neighbour: no new values)."""
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def preview_scale(shape: tuple[int, ...], min_pixels: int = PREVIEW_MIN_PIXELS) -> int:
+    """The integer factor that makes the largest edge of a volume at least ``min_pixels`` on screen."""
+    return max(1, -(-min_pixels // max(shape)))
+
+
 def card_affine(card: dict[str, Any], size: int) -> np.ndarray:
     affine = card.get("geometry", {}).get("affine")
     if affine is not None:
@@ -61,7 +75,7 @@ def write_preview(ema_network: DiffusionNetwork, card: dict[str, Any], path_stem
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     png = path_stem.with_suffix(".png")
-    write_png_gray(png, mid_slices(volume))
+    write_png_gray(png, upscale_nearest(mid_slices(volume), preview_scale(volume.shape)))
     written.append(png)
     nii = path_stem.parent / (path_stem.name + ".nii.gz")
     try:

@@ -1,0 +1,45 @@
+"""The names the engine and the ``wdm`` command share, importable without PyTorch or numpy.
+
+The command line builds its parsers from these (so that ``wdm --help`` starts at once); the tests check that
+the modules implementing them offer exactly these names.
+"""
+
+from __future__ import annotations
+
+# Generation (wdmcore.tasks.generate, wdmcore.samplers).
+DEFAULT_MODEL = "demo_phantom_64"
+SAMPLER_NAMES = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde", "unipc")  # the order of samplers.SAMPLERS
+DEFAULT_SAMPLER = "unipc"
+# Steps used when a sampler is chosen without a step count: the fewest that reach the texture of the exact
+# denoiser's distribution (ratio 0.9-1.1) in the exact-denoiser table of docs/generation.md, with a margin for a
+# learned network. UniPC reaches it with the fewest calls. The ancestral sampler's default is the paper's 1000
+# steps: respaced to fewer, it leaves noise the network was not trained to remove.
+DEFAULT_STEPS = {"unipc": 25, "dpm++2m": 25, "dpm++2m-sde": 25, "ddim": 50, "ancestral": 1000}
+# The quick look (the Slicer module's *Preview*): UniPC with 10 calls, still within the texture band.
+PREVIEW_SAMPLER, PREVIEW_STEPS = "unipc", 10
+MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator takes
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+
+# The BraTS 2023 sequence names (dataset discovery; the cWDM synthesis models' inputs and outputs).
+BRATS_SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
+
+# Networks (wdmcore.networks.PRESETS).
+PRESET_NAMES = ("unet-128", "unet-256", "wavunet-128", "wavunet-256", "cwdm-224", "fastwdm3d-128")
+
+# Files (wdmcore.volumes.writing.FORMATS; what `wdm evaluate` reads back).
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd")
+
+# Dataset layouts on the command line. "folder" is any folder of volumes ("general" in configs written by
+# older versions, still read).
+DATA_LAYOUTS = ("auto", "brats", "lidc", "folder")
+
+# --progress of every long command: a tqdm bar on stderr, JSON lines on stdout, or nothing.
+PROGRESS_MODES = ("bar", "jsonl", "none")
+
+# Exit status of `wdm` (docs/cli.md).
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1  # a bug or an unforeseen failure (traceback shown)
+EXIT_USAGE = 2  # invalid options or inputs: the message says what to change
+EXIT_OUT_OF_MEMORY = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15, what a shell reports): finished files kept, temporary files removed
