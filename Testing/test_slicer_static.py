@@ -339,11 +339,11 @@ def test_an_older_slicer_gets_the_message_before_anything_else(name):
     assert first.startswith("if showUnsupportedPython(self.layout,") and "return" in first
 
 
-def test_generation_asks_for_diffusers_only_for_its_samplers():
+def test_generation_checks_dependencies_and_memory_before_a_run():
     ensure = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionLogic", "ensureDependencies"))
-    assert "dependencies.needed_for_sampler(sampler)" in ensure
+    assert "dependencies.ensure_dependencies(slicerInstallers())" in ensure
     generate = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onGenerate"))
-    assert "self.logic.ensureDependencies(params.sampler)" in generate
+    assert "self.logic.ensureDependencies()" in generate
     assert "self.logic.memory_warning(params" in generate
 
 

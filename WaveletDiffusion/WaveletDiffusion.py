@@ -175,7 +175,7 @@ class WaveletDiffusionLogic(ScriptedLoadableModuleLogic, _GenerationLogic):
             base_env=slicer.util.startupEnvironment,
             provided_root=slicer.app.extensionsInstallPath,
         )
-        self._dependenciesChecked = set()
+        self._dependenciesChecked = False
 
     def getParameterNode(self):
         """The scene's parameter node; a new one starts from the user's last choices (QSettings), one that came
@@ -189,23 +189,21 @@ class WaveletDiffusionLogic(ScriptedLoadableModuleLogic, _GenerationLogic):
             )
         return wrapped
 
-    def ensureDependencies(self, sampler=None) -> None:
-        """Install what the worker needs, after asking (once per session); diffusers only for its samplers."""
-        extra = dependencies.needed_for_sampler(sampler)
-        key = tuple(r.distribution for r in extra)
-        if key in self._dependenciesChecked:
+    def ensureDependencies(self) -> None:
+        """Install what the worker needs, after asking (once per session)."""
+        if self._dependenciesChecked:
             return
-        dependencies.ensure_dependencies(slicerInstallers(), extra=extra)
-        self._dependenciesChecked.add(key)
+        dependencies.ensure_dependencies(slicerInstallers())
+        self._dependenciesChecked = True
 
     def generate(self, *args, **kwargs):
         """Blocking: returns the volume nodes (see the Lib's ``WaveletDiffusionLogic.generate``)."""
-        self.ensureDependencies(kwargs.get("sampler"))
+        self.ensureDependencies()
         return super().generate(*args, **kwargs)
 
     def start_generation(self, params=None, **kwargs):
         """Non-blocking: returns a job at once; callbacks run on the GUI thread from a QTimer."""
-        self.ensureDependencies(kwargs.get("sampler", params.sampler if params is not None else None))
+        self.ensureDependencies()
         return super().start_generation(params, **kwargs)
 
 
@@ -501,7 +499,7 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Cannot start generating."), waitCursor=True):
             params = self._parameterNode.toGenerationParameters().validate()
             parameters.save_settings(self.settings, params)
-            self.logic.ensureDependencies(params.sampler)
+            self.logic.ensureDependencies()
             warning = self.logic.memory_warning(params, self._lastDevices)
             if warning and not slicer.util.confirmOkCancelDisplay(warning + "\n\n" + _("Generate anyway?"),
                                                                   windowTitle=_("Wavelet Diffusion")):  # fmt: skip

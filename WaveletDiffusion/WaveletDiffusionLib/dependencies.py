@@ -48,18 +48,9 @@ PACKAGES: tuple[Requirement, ...] = (
     Requirement("platformdirs", "3"),
     Requirement("filelock", "3.12"),  # the model cache's records and one training run per folder
 )
-# Only the fast ODE samplers use it: it is installed when one of them is chosen, not on first use (the default
-# sampler, ancestral, does not need it).
-DIFFUSERS = Requirement("diffusers", "0.30")
-DIFFUSERS_SAMPLERS = ("dpm++2m", "unipc")
 # What the modules themselves need in Slicer's process: psutil finds and ends every process of a child's tree
 # (PythonSlicer is a launcher whose child is the real interpreter).
 MODULE_PACKAGES: tuple[Requirement, ...] = (Requirement("psutil", "5.9"),)
-
-
-def needed_for_sampler(sampler: str | None) -> tuple[Requirement, ...]:
-    """What generating with ``sampler`` needs beyond :data:`PACKAGES`."""
-    return (DIFFUSERS,) if sampler in DIFFUSERS_SAMPLERS else ()
 
 
 @dataclass(frozen=True)
@@ -148,8 +139,8 @@ TRAINING_PACKAGES: tuple[Requirement, ...] = (Requirement("nibabel", "5"),)
 def ensure_dependencies(
     installers: Installers, *, requester: str = "Wavelet Diffusion", extra: Sequence[Requirement] = ()
 ) -> Outcome:
-    """Make sure PyTorch, the engine's packages, the modules' own (psutil) and ``extra`` ones (e.g.
-    :func:`needed_for_sampler`) are importable; install them if the user agrees. Raises
+    """Make sure PyTorch, the engine's packages, the modules' own (psutil) and ``extra`` ones (e.g. nibabel for
+    training) are importable; install them if the user agrees. Raises
     :class:`DependencyError` when something stays missing."""
     outcome = Outcome()
     version_of = installers.version_of
