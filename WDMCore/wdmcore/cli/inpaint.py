@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .task_options import add_common_options, callbacks, write_result
+from .task_options import add_common_options, run_task
 
 
 def add_parser(subparsers: Any) -> None:
@@ -32,23 +32,5 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..tasks.inpaint import inpaint
-    from ..tasks.inputs import read_input
 
-    on_progress, on_preview, close = callbacks(args, lambda: read_input(args.image, "image").affine)
-    try:
-        volume = inpaint(
-            args.model,
-            args.image,
-            args.mask,
-            seed=args.seed,
-            steps=args.steps,
-            resample=args.resample,
-            device=args.device,
-            on_progress=on_progress,
-            on_preview=on_preview,
-            preview_every=max(1, args.preview_every),
-        )
-    finally:
-        if close is not None:
-            close()
-    return write_result(args, volume, on_progress)
+    return run_task(args, inpaint, args.image, args.image, args.mask, steps=args.steps, resample=args.resample)

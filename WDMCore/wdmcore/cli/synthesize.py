@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..vocabulary import BRATS_SEQUENCES, SAMPLER_NAMES
-from .task_options import add_common_options, callbacks, write_result
+from .task_options import add_common_options, run_task
 
 
 def _catalogue_input_names() -> list[str]:
@@ -61,27 +61,10 @@ def gather_inputs(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.inputs import read_input
     from ..tasks.synthesize import synthesize
 
     inputs = gather_inputs(args)
     if not inputs:
         raise ConfigError("give the model's inputs, e.g. --t1c A.nii.gz --t2w B.nii.gz --t2f C.nii.gz.")
     first = next(iter(inputs.values()))
-    on_progress, on_preview, close = callbacks(args, lambda: read_input(first, "first input").affine)
-    try:
-        volume = synthesize(
-            args.model,
-            inputs,
-            seed=args.seed,
-            sampler=args.sampler,
-            steps=args.steps,
-            device=args.device,
-            on_progress=on_progress,
-            on_preview=on_preview,
-            preview_every=max(1, args.preview_every),
-        )
-    finally:
-        if close is not None:
-            close()
-    return write_result(args, volume, on_progress)
+    return run_task(args, synthesize, first, inputs, sampler=args.sampler, steps=args.steps)

@@ -53,3 +53,26 @@ def write_result(args: argparse.Namespace, volume, on_progress) -> int:
     else:
         print(path)
     return 0
+
+
+def run_task(args: argparse.Namespace, task, inputs_path, *positional, **settings) -> int:
+    """Run ``task(args.model, *positional, seed=..., device=..., **settings)`` with the chosen progress display and
+    write its result: the part every task command shares. ``inputs_path``: the input whose grid previews use."""
+    from ..tasks.inputs import read_input
+
+    on_progress, on_preview, close = callbacks(args, lambda: read_input(inputs_path, "input").affine)
+    try:
+        volume = task(
+            args.model,
+            *positional,
+            seed=args.seed,
+            device=args.device,
+            on_progress=on_progress,
+            on_preview=on_preview,
+            preview_every=max(1, args.preview_every),
+            **settings,
+        )
+    finally:
+        if close is not None:
+            close()
+    return write_result(args, volume, on_progress)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .task_options import add_common_options, callbacks, write_result
+from .task_options import add_common_options, run_task
 
 
 def add_parser(subparsers: Any) -> None:
@@ -26,23 +26,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.inputs import read_input
     from ..tasks.vary import vary
 
-    on_progress, on_preview, close = callbacks(args, lambda: read_input(args.image, "image").affine)
-    try:
-        volume = vary(
-            args.model,
-            args.image,
-            strength=args.strength,
-            seed=args.seed,
-            steps=args.steps,
-            device=args.device,
-            on_progress=on_progress,
-            on_preview=on_preview,
-            preview_every=max(1, args.preview_every),
-        )
-    finally:
-        if close is not None:
-            close()
-    return write_result(args, volume, on_progress)
+    return run_task(args, vary, args.image, args.image, strength=args.strength, steps=args.steps)

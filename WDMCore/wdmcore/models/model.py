@@ -22,6 +22,7 @@ from ..samplers import CancelCheck, NoiseSource, StepCallback, run_sampler
 from ..wavelets import from_coefficients
 from .cards import validate_card
 from .checkpoints import (
+    check_finite_weights,
     check_network_weights,
     network_for_released,
     read_model_file,
@@ -218,6 +219,7 @@ def _build_checked(
     with torch.device("meta"):
         network = build_network(config)
     check_network_weights(network, state_dict, source)
+    check_finite_weights(state_dict, source)
     network = network.to_empty(device=device)
     network.load_state_dict(state_dict, strict=False)
     return network
