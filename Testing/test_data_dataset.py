@@ -93,7 +93,7 @@ def test_cache_memmap_hits_and_invalidation(folder, tmp_path):
     st = cases[0].path.stat()
     os.utime(cases[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert cache_key(cases[0].path, CFG) != key
-    meta = json.loads(next(cache.glob("*.json")).read_text())
+    meta = json.loads(next(cache.glob("*.json")).read_text(encoding="utf-8"))
     assert set(meta) >= {"affine", "source", "config"}
 
 
@@ -151,7 +151,7 @@ def test_summary_numbers_text_and_json(folder, tmp_path):
     path = s.save_json(tmp_path / "summary.json")
     loaded = DatasetSummary.load_json(path)
     assert loaded.shapes == s.shapes and loaded.count == 4 and loaded.intensity_range == s.intensity_range
-    assert json.loads(path.read_text())["spacings"] == {"1x1x1": 2, "1x1x2": 2}
+    assert json.loads(path.read_text(encoding="utf-8"))["spacings"] == {"1x1x1": 2, "1x1x2": 2}
     assert "source shapes: " in s.to_text() and "intensity range" in s.to_text()
     cached = VolumeDataset(discover(folder), CFG, cache_dir=tmp_path / "c").summary()
     assert cached.intensity_range == pytest.approx(s.intensity_range)

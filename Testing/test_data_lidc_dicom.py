@@ -162,7 +162,7 @@ def test_small_scan_reported_or_padded_and_series_kept_apart(tmp_path):
     outs = sorted(p.parent.name for p in (tmp_path / "out" / "P2").rglob("processed.nii.gz"))
     assert outs == ["1.2.3.1", "1.2.3.2"]  # one folder per series, nothing overwritten
     json_path = padded.save_json(tmp_path / "report.json")
-    assert '"done": 2' in json_path.read_text()
+    assert '"done": 2' in json_path.read_text(encoding="utf-8")
 
     # The 128 LIDC preset needs 256^3 volumes: a 32^3 output is rejected with a clear message.
     with pytest.raises(Exception, match="256"):

@@ -67,7 +67,7 @@ def regenerate_fixture_weight(key: str, shape: list[int], dtype: str) -> torch.T
 
 def regenerate_fixture_state_dict() -> dict[str, torch.Tensor]:
     """``{'module.' + key: tensor}`` in the real file's entry order."""
-    layout = json.loads((REFERENCE_DIR / LAYOUT).read_text())
+    layout = json.loads((REFERENCE_DIR / LAYOUT).read_text(encoding="utf-8"))
     assert layout["container"] == {
         "top_level_key": "state_dict",
         "key_prefix": "module.",
@@ -503,7 +503,7 @@ def test_command_writes_report_uses_cache_and_streams_jsonl(tiny_sets, weights_f
         "embed-fake",
         "ms-ssim",
     }
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     assert report["fid"]["n_real"] == 3 and report["fid"]["n_fake"] == 3
     assert report["real_statistics_cache"] == "miss"
     assert report["ms_ssim"]["mode"] == "random" and report["ms_ssim"]["seed"] == 3
@@ -512,7 +512,7 @@ def test_command_writes_report_uses_cache_and_streams_jsonl(tiny_sets, weights_f
 
     assert eval_command.run(_parse(argv)) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    again = json.loads(out.read_text())
+    again = json.loads(out.read_text(encoding="utf-8"))
     assert again["real_statistics_cache"] == "hit"
     assert "embed-real" not in {e.get("task") for e in lines}
     assert again["fid"]["value"] == pytest.approx(report["fid"]["value"], rel=1e-12)
@@ -596,7 +596,7 @@ def test_command_without_medicalnet_computes_ms_ssim_only_on_a_mixed_folder(tiny
     table = capsys.readouterr().out
     assert "MS-SSIM (generated)" in table and "FID (MedicalNet)" not in table
     assert "not computed: FID: needs the MedicalNet weights" in table and "not computed: KID" in table
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     assert report["fid"] is None and report["kid"] is None and set(report["not_computed"]) == {"FID", "KID"}
     assert report["fake"]["count"] == 3 and report["ms_ssim"]["pairs"] == 3  # all three files, both formats
     direct = ms_ssim_diversity(sorted(fake.iterdir()), read=NiftiReader(), pairs="all", reduced=True)

@@ -27,7 +27,7 @@ TINY = ["cwdm/cwdm_unet_tiny.pt", "cwdm/cwdm_unet_tiny_gn32.pt", "fastwdm3d/fast
 @pytest.mark.parametrize("preset", list(FAMILY_MANIFESTS))
 def test_family_presets_reproduce_released_manifests(reference_dir, preset):
     file, name = FAMILY_MANIFESTS[preset]
-    entry = json.loads((reference_dir / file).read_text())["configs"][name]
+    entry = json.loads((reference_dir / file).read_text(encoding="utf-8"))["configs"][name]
     with torch.device("meta"):
         network = build_network(preset_config(preset))
         from_args = from_official_args(entry["create_model_and_diffusion_kwargs"])

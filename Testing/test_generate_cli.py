@@ -47,7 +47,7 @@ def test_sample_writes_nifti_with_geometry_and_jsonl_events(tmp_path, model_file
         image = nib.load(path)
         np.testing.assert_allclose(image.affine, AFFINE)
         assert image.shape == (16, 16, 16) and image.get_fdata().min() >= 0 and image.get_fdata().max() <= 1
-        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
         assert sidecar["sampler"] == DEFAULT_SAMPLER and sidecar["steps"] == 3 and sidecar["seed"] == result["seed"]
         assert sidecar["geometry_known"] is True and sidecar["model"] == "tiny"
     # The files hold exactly what the Python API returns for the same seeds.
@@ -66,7 +66,7 @@ def test_sample_nrrd_and_errors(tmp_path, model_file, capsys):
     image = sitk.ReadImage(str(path))
     np.testing.assert_allclose(image.GetOrigin(), [118.125, 118.125, -118.125])  # LPS
     np.testing.assert_allclose(image.GetSpacing(), [3.75] * 3)
-    assert json.loads((tmp_path / "sample_seed0003.json").read_text())["sampler"] == "unipc"
+    assert json.loads((tmp_path / "sample_seed0003.json").read_text(encoding="utf-8"))["sampler"] == "unipc"
 
     code = main(["sample", "--model", str(tmp_path / "nope.safetensors"), "--progress", "jsonl"])
     error = _events(capsys.readouterr().out)[-1]
@@ -81,7 +81,7 @@ def test_sample_without_arguments_writes_one_demo_volume(tmp_path, monkeypatch, 
     assert main(["sample"]) == 0
     files = sorted(p.name for p in (tmp_path / "wdm_samples").iterdir())
     assert files == ["sample_seed0000.json", "sample_seed0000.nii.gz"]
-    sidecar = json.loads((tmp_path / "wdm_samples" / "sample_seed0000.json").read_text())
+    sidecar = json.loads((tmp_path / "wdm_samples" / "sample_seed0000.json").read_text(encoding="utf-8"))
     assert sidecar["model"] and sidecar["sampler"] == DEFAULT_SAMPLER
     assert sidecar["steps"] == DEFAULT_STEPS[DEFAULT_SAMPLER]
     assert sidecar["device"] == "cpu" or sidecar["device"].startswith("cuda")  # --device auto

@@ -60,7 +60,7 @@ def test_write_and_read_back_with_both_libraries(tmp_path, name):
     else:
         header = path.read_bytes()[:2000].decode("latin-1")
         assert "space: left-posterior-superior" in header and "wdm_seed:=7" in header
-    record = json.loads(sidecar_path(path).read_text())
+    record = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
     assert record["file"] == name and record["seed"] == 7 and record["model"] == "tiny"
     assert record["geometry_known"] is True and record["shape"] == [6, 7, 8]
     np.testing.assert_allclose(record["affine_ras"], OBLIQUE)

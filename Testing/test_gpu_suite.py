@@ -46,7 +46,7 @@ def test_cpu_dry_run_records_every_part(tmp_path: Path):
 
     (json_path,) = tmp_path.glob("gpu_suite_*.json")
     (md_path,) = tmp_path.glob("gpu_suite_*.md")
-    data = json.loads(json_path.read_text())
+    data = json.loads(json_path.read_text(encoding="utf-8"))
     assert "--tiny" in data["command"] and data["tiny"] is True
     assert data["environment"]["torch"]
     assert list(data["parts"]) == PARTS
@@ -97,7 +97,7 @@ def test_cpu_dry_run_records_every_part(tmp_path: Path):
     assert conditional["cwdm"]["in_channels"] == 32 and conditional["fastwdm3d"]["in_channels"] == 24
     assert all(r["pass_1e-4"] for r in conditional.values())
 
-    markdown = md_path.read_text()
+    markdown = md_path.read_text(encoding="utf-8")
     assert "## gen128" in markdown and "| network | image | batch |" in markdown and data["command"] in markdown
 
 

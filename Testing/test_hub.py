@@ -159,7 +159,7 @@ def _cache_files() -> list[str]:
 
 
 def _records() -> dict:
-    return json.loads((hub.cache_dir() / hub.RECORDS_FILE).read_text())["models"]
+    return json.loads((hub.cache_dir() / hub.RECORDS_FILE).read_text(encoding="utf-8"))["models"]
 
 
 # ------------------------------------------------------------------------------------------ catalogue

@@ -39,7 +39,8 @@ def test_wdm_asks_for_huge_pages_unless_the_user_chose(monkeypatch):
 
 
 @pytest.mark.skipif(
-    not THP_SETTING.exists() or "[never]" in THP_SETTING.read_text(), reason="this kernel has no transparent huge pages"
+    not THP_SETTING.exists() or "[never]" in THP_SETTING.read_text(encoding="utf-8"),
+    reason="this kernel has no transparent huge pages",
 )
 def test_the_hook_cuts_page_faults_even_after_torch_is_imported(monkeypatch):
     monkeypatch.delenv(hugepages.VARIABLE, raising=False)

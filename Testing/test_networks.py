@@ -86,7 +86,7 @@ def test_wavunet_shared_block_is_one_module(reference_dir):
 
 @pytest.mark.parametrize("preset", list(MANIFEST_NAMES))
 def test_presets_reproduce_released_manifest(reference_dir, preset):
-    manifest = json.loads((reference_dir / "official_state_dict_manifest.json").read_text())["configs"]
+    manifest = json.loads((reference_dir / "official_state_dict_manifest.json").read_text(encoding="utf-8"))["configs"]
     entry = manifest[MANIFEST_NAMES[preset]]
     with torch.device("meta"):
         network = build_network(preset_config(preset))

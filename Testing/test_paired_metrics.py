@@ -72,7 +72,7 @@ def test_folders_and_cli(tmp_path):
     out = tmp_path / "report.json"
     argv = ["evaluate", "--task", "inpaint", "--fake", str(tmp_path / "res"), "--real", str(tmp_path / "ref")]
     assert main(argv + ["--masks", str(tmp_path / "masks"), "--out", str(out), "--progress", "none"]) == 0
-    assert json.loads(out.read_text())["mean"] == pytest.approx(report["mean"])
+    assert json.loads(out.read_text(encoding="utf-8"))["mean"] == pytest.approx(report["mean"])
     assert main(argv + ["--out", str(out)]) == 2  # inpainting needs masks
     with pytest.raises(DataError, match="namesake"):
         evaluate_folders(tmp_path / "res", _empty(tmp_path))

@@ -195,7 +195,7 @@ def test_a_redirect_to_another_host_records_where_the_file_came_from(tmp_path, s
     redirect = serve("redirect", target=origin.url("localhost"))
     path = hub.fetch("model_a", catalogue=_catalogue(tmp_path, redirect.url()))
     assert path.read_bytes() == BODY
-    record = json.loads((hub.cache_dir() / hub.RECORDS_FILE).read_text())["models"]["model_a"]
+    record = json.loads((hub.cache_dir() / hub.RECORDS_FILE).read_text(encoding="utf-8"))["models"]["model_a"]
     assert record["url"].startswith(redirect.url())
     assert record["final_url"] == f"{origin.url('localhost')}/o/r/resolve/main/{FILE}"
 

@@ -204,7 +204,7 @@ def test_sigterm_keeps_the_finished_volumes(tmp_path, model_file):
     finished = [n for n in names if n.endswith(".nii.gz")]
     assert 2 <= len(finished) < 5 and all(not n.startswith(".") for n in names), names
     for name in finished:
-        sidecar = json.loads((out / name.replace(".nii.gz", ".json")).read_text())
+        sidecar = json.loads((out / name.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
         assert sidecar["file"] == name
 
 

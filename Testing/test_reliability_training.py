@@ -54,7 +54,7 @@ def test_records_survive_four_processes_writing_at_once(tmp_path):
     )
     procs = [subprocess.Popen([sys.executable, "-c", script, str(cache), str(k)], env=_env()) for k in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
-    records = json.loads((cache / "records.json").read_text())["models"]
+    records = json.loads((cache / "records.json").read_text(encoding="utf-8"))["models"]
     assert len(records) == 120
 
 

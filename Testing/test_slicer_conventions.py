@@ -33,7 +33,7 @@ def test_an_older_slicer_gets_one_clear_message():
 @pytest.mark.parametrize("path", sorted(p for m in MODULES for p in (REPO_ROOT / m).rglob("*.py")),
                          ids=lambda p: p.relative_to(REPO_ROOT).as_posix())  # fmt: skip
 def test_module_files_parse_on_python_3_9_so_that_the_message_can_be_shown(path):
-    ast.parse(path.read_text(), feature_version=(3, 9))
+    ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
 
 
 # ------------------------------------------------------------------------------------------- parameter nodes
@@ -131,7 +131,7 @@ def test_the_lib_logic_runs_once_when_built_through_scripted_loadable_module_log
 
 def test_the_modules_build_their_logic_without_calling_the_lib_init_again():
     for name in MODULES:
-        tree = ast.parse((REPO_ROOT / name / f"{name}.py").read_text())
+        tree = ast.parse((REPO_ROOT / name / f"{name}.py").read_text(encoding="utf-8"))
         cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == f"{name}Logic")
         init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
         calls = [ast.unparse(c.func) for c in ast.walk(init) if isinstance(c, ast.Call)]

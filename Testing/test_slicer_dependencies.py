@@ -61,7 +61,7 @@ class FakeSlicer:
 
 
 def test_requirements_match_the_engine_package():
-    project = tomllib.loads((REPO_ROOT / "WDMCore" / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO_ROOT / "WDMCore" / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = {}
     for line in project["dependencies"]:
         name, _, minimum = line.partition(">=")
@@ -70,7 +70,7 @@ def test_requirements_match_the_engine_package():
     assert ours == declared
     # psutil is the modules' own (Slicer's process), not the engine's; the tests need it too.
     assert any(line.startswith("psutil>=" + deps.MODULE_PACKAGES[0].minimum) for line in
-               tomllib.loads((REPO_ROOT / "WDMCore" / "pyproject.toml").read_text())["project"]
+               tomllib.loads((REPO_ROOT / "WDMCore" / "pyproject.toml").read_text(encoding="utf-8"))["project"]
                ["optional-dependencies"]["test"])  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def test_other_packages_go_through_pip_ensure_which_asks_itself():
 def test_no_sampler_needs_diffusers():
     # Every sampler is the engine's own code; diffusers only cross-checks them in the tests.
     assert all(r.distribution != "diffusers" for r in (*deps.PACKAGES, *deps.MODULE_PACKAGES))
-    project = tomllib.loads((REPO_ROOT / "WDMCore" / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO_ROOT / "WDMCore" / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert not any(line.startswith("diffusers") for line in project["dependencies"])
 
 

@@ -38,7 +38,7 @@ def ui_widgets(name: str = "WaveletDiffusion") -> dict[str, ET.Element]:
 
 
 def cmake_text(path: Path) -> str:
-    return re.sub(r"#.*", "", path.read_text())
+    return re.sub(r"#.*", "", path.read_text(encoding="utf-8"))
 
 
 def listed_files(cmake: str, variable: str) -> set[str]:
@@ -49,14 +49,14 @@ def listed_files(cmake: str, variable: str) -> set[str]:
 
 @pytest.mark.parametrize("name", MODULES)
 def test_every_widget_the_module_uses_exists_in_the_ui(name):
-    used = set(re.findall(r"self\.ui\.(\w+)", module_file(name).read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", module_file(name).read_text(encoding="utf-8")))
     missing = used - set(ui_widgets(name))
     assert used and not missing, f"widgets used in the code but missing from the .ui: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_ui_parameter_names_are_fields_of_the_parameter_node(name):
-    tree = ast.parse(module_file(name).read_text())
+    tree = ast.parse(module_file(name).read_text(encoding="utf-8"))
     cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == f"{name}ParameterNode")
     fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
     named = set()
@@ -70,7 +70,7 @@ def test_ui_parameter_names_are_fields_of_the_parameter_node(name):
 @pytest.mark.parametrize("name", MODULES)
 def test_ui_choices_match_the_parameter_choices(name):
     """A combo box bound to a Choice parameter must offer exactly the allowed values, as its item texts."""
-    source = module_file(name).read_text()
+    source = module_file(name).read_text(encoding="utf-8")
     for widget in ui_widgets(name).values():
         names = [p.find("string").text for p in widget.findall("property") if p.get("name") == "SlicerParameterName"]
         if widget.get("class") != "QComboBox" or not names:
@@ -99,16 +99,18 @@ def test_module_cmake_lists_every_script_and_resource(name):
     resources = {p.relative_to(module).as_posix() for p in (module / "Resources").rglob("*") if p.is_file()}
     assert listed_files(cmake, "MODULE_PYTHON_SCRIPTS") == scripts
     assert listed_files(cmake, "MODULE_PYTHON_RESOURCES") == resources
-    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module.joinpath("CMakeLists.txt").read_text()
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in module.joinpath("CMakeLists.txt").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_training_module_depends_on_the_generation_module():
     """Its Lib imports WaveletDiffusionLib and its "Open in Wavelet Diffusion" selects that module."""
-    tree = ast.parse(module_file("WaveletDiffusionTraining").read_text())
+    tree = ast.parse(module_file("WaveletDiffusionTraining").read_text(encoding="utf-8"))
     assigns = [n for n in ast.walk(tree) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]).endswith(
         "parent.dependencies")]  # fmt: skip
     assert [ast.literal_eval(a.value) for a in assigns] == [["WaveletDiffusion"]]
-    generation = ast.parse(module_file("WaveletDiffusion").read_text())
+    generation = ast.parse(module_file("WaveletDiffusion").read_text(encoding="utf-8"))
     widget = next(n for n in ast.walk(generation) if isinstance(n, ast.ClassDef) and n.name == "WaveletDiffusionWidget")
     assert "useCheckpoint" in {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
 
@@ -119,7 +121,7 @@ def test_engine_cmake_installs_the_whole_package():
     scripts = {p.relative_to(ENGINE).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
     assert listed_files(cmake, "WDMCORE_PYTHON_SCRIPTS") == scripts
     # Data files: pyproject's package-data patterns; assets/* is globbed by CMake itself.
-    pyproject = (ENGINE / "pyproject.toml").read_text()
+    pyproject = (ENGINE / "pyproject.toml").read_text(encoding="utf-8")
     patterns = re.search(r"wdmcore = \[(.*?)\]", pyproject).group(1)
     assert set(re.findall(r'"([^"]+)"', patterns)) == {"hub/*.json", "assets/*"}
     data = {p.relative_to(ENGINE).as_posix() for p in package.rglob("*.json") if "assets" not in p.parts}
@@ -150,7 +152,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_extension_descriptor_follows_the_extensions_index_rules():
-    entry = json.loads((REPO_ROOT / "Resources" / "WaveletDiffusion.json").read_text())
+    entry = json.loads((REPO_ROOT / "Resources" / "WaveletDiffusion.json").read_text(encoding="utf-8"))
     allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type",
                "scm_url", "tier"}  # fmt: skip
     assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
@@ -180,7 +182,7 @@ LIB_FILES = sorted(p for name in MODULES for p in (REPO_ROOT / name / f"{name}Li
 def test_lib_never_imports_gui_parts(path):
     # wdmcore imports torch: Slicer's own process never loads it (the child processes do).
     forbidden = ("qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "wdmcore")
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -196,7 +198,7 @@ def test_lib_never_imports_gui_parts(path):
 
 
 def function(name: str, cls: str, func: str) -> ast.FunctionDef:
-    tree = ast.parse(module_file(name).read_text())
+    tree = ast.parse(module_file(name).read_text(encoding="utf-8"))
     klass = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
     return next(n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == func)
 
@@ -214,7 +216,7 @@ def bound_widgets(name: str) -> set[str]:
 def test_no_handler_listens_to_a_widget_that_connect_gui_binds(name):
     """PythonQt calls slots in connection order: a handler connected in setup() runs before connectGui's slot
     has written the new value, and connectGui's refill of a combo box fires it as if the user had chosen."""
-    connected = re.findall(r"self\.ui\.(\w+)\.\w+\.connect\(", module_file(name).read_text())
+    connected = re.findall(r"self\.ui\.(\w+)\.\w+\.connect\(", module_file(name).read_text(encoding="utf-8"))
     assert connected and not set(connected) & bound_widgets(name)
 
 
@@ -235,7 +237,7 @@ def test_preset_and_device_boxes_follow_the_parameter_node():
 
 
 def test_the_data_folder_is_scanned_only_through_the_debounced_scheduler():
-    source = module_file("WaveletDiffusionTraining").read_text()
+    source = module_file("WaveletDiffusionTraining").read_text(encoding="utf-8")
     scans = re.findall(r"self\.startScan\((.*?)\)", source)
     assert sorted(scans) == ["readVoxels=False", "readVoxels=True"]  # the scheduler, and Check data
     assert "ScanScheduler(" in source
@@ -248,7 +250,7 @@ def test_the_data_folder_is_scanned_only_through_the_debounced_scheduler():
 
 @pytest.mark.parametrize("name", MODULES)
 def test_error_dialogs_never_show_none_as_details(name):
-    source = module_file(name).read_text()
+    source = module_file(name).read_text(encoding="utf-8")
     assert not re.search(r"detailedText\s*=", source.replace('{"detailedText": str(detail)}', ""))
     assert "**errorDetails(detail)" in source
 
@@ -280,7 +282,7 @@ def test_settings_fill_only_a_new_parameter_node(name):
 
 
 def test_the_download_tooltip_says_what_is_checked():
-    catalogue = json.loads((ENGINE / "wdmcore" / "hub" / "models.json").read_text())
+    catalogue = json.loads((ENGINE / "wdmcore" / "hub" / "models.json").read_text(encoding="utf-8"))
     models = catalogue["models"] if isinstance(catalogue, dict) else catalogue
     entries = models.values() if isinstance(models, dict) else models
     assert any(entry.get("sha256") is None for entry in entries)  # so the digest cannot always be checked
@@ -303,7 +305,7 @@ def test_children_start_from_slicers_startup_environment(name):
                                             ("WaveletDiffusionTraining", ("WaveletDiffusionLib",
                                                                           "WaveletDiffusionTrainingLib"))])  # fmt: skip
 def test_reload_reloads_the_libs(name, libs):
-    source = module_file(name).read_text()
+    source = module_file(name).read_text(encoding="utf-8")
     assigned = [ast.literal_eval(n.value) for n in ast.parse(source).body
                 if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "LIB_PACKAGES"]  # fmt: skip
     assert assigned == [libs]
@@ -322,7 +324,7 @@ def test_closing_does_not_block(name):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_status_bar_messages_and_translated_strings(name):
-    source = module_file(name).read_text()
+    source = module_file(name).read_text(encoding="utf-8")
     assert source.count("slicer.util.showStatusMessage(") >= 2  # started, and finished
     assert "from slicer.i18n import tr as _" in source and "from slicer.i18n import translate" in source
     module = function(name, name, "__init__")
@@ -354,7 +356,7 @@ def test_training_warns_about_memory_before_starting():
 
 def test_extension_names_the_slicer_repository_and_its_contributors():
     cmake = cmake_text(REPO_ROOT / "CMakeLists.txt")
-    entry = json.loads((REPO_ROOT / "Resources" / "WaveletDiffusion.json").read_text())
+    entry = json.loads((REPO_ROOT / "Resources" / "WaveletDiffusion.json").read_text(encoding="utf-8"))
     assert entry["scm_url"] == "https://github.com/WaveletDiffusion/SlicerWaveletDiffusion.git"
     for key in ("HOMEPAGE", "ICONURL", "SCREENSHOTURLS"):
         for url in re.search(rf'EXTENSION_{key} "([^"]+)"', cmake).group(1).split():
@@ -362,7 +364,7 @@ def test_extension_names_the_slicer_repository_and_its_contributors():
     contributors = re.search(r'EXTENSION_CONTRIBUTORS "([^"]+)"', cmake).group(1)
     assert "SlicerWaveletDiffusion" in contributors and "github.com" in contributors
     for name in MODULES:
-        assert "/WaveletDiffusion/WaveletDiffusion/" not in module_file(name).read_text()
+        assert "/WaveletDiffusion/WaveletDiffusion/" not in module_file(name).read_text(encoding="utf-8")
 
 
 def test_slicer_5_10_or_later_is_required_and_said_so():
@@ -370,4 +372,4 @@ def test_slicer_5_10_or_later_is_required_and_said_so():
     assert re.search(r'if\(Slicer_VERSION VERSION_LESS "5\.10"\)\s*message\(FATAL_ERROR', cmake)
     assert "Slicer 5.10 or later" in re.search(r'EXTENSION_DESCRIPTION "([^"]+)"', cmake).group(1)
     for doc in ("README.md", "docs/slicer.md"):
-        assert "Slicer 5.10 or later" in (REPO_ROOT / doc).read_text(), doc
+        assert "Slicer 5.10 or later" in (REPO_ROOT / doc).read_text(encoding="utf-8"), doc

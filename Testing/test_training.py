@@ -137,7 +137,7 @@ def test_checkpoints_keep_the_last_k_and_load_as_models(tmp_path):
     assert all(np.isfinite(e["loss"]) and e["it_s"] > 0 and e["eta_s"] >= 0 for e in progress)
     assert events[-1] == {"event": "result", "path": str(result.model_path), "step": 8, "stopped": False,
                           "loss": result.last_loss}  # fmt: skip
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     assert config["max_steps"] == 8 and config["network"]["model_channels"] == 8
     model = load_model(result.model_path)
     volumes = model.sample(1, seed=0, sampler="ddim", steps=3)

@@ -57,7 +57,7 @@ def test_folder_of_any_size_trains_and_reports_jsonl(tmp_path, capsys):
     events = [json.loads(line) for line in stdout.splitlines()]
     assert [e["done"] for e in events if e["event"] == "progress" and e.get("task") == "train"] == [1, 2, 3, 4]
     assert events[-1]["event"] == "result" and events[-1]["path"] == str(out / "model_0000004.safetensors")
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert config["data"]["format"] == "auto" and config["data"]["volumes"] == 2
     assert config["data"]["resample"] == "fit"
     model = load_model(out / "model_0000004.safetensors")
@@ -74,7 +74,7 @@ def test_config_file_and_command_line_precedence(tmp_path, capsys):
     code, _, err = _wdm([*TINY, "--config", str(tmp_path / "c.json"), "--seed", "7", "--out", str(out),
                          "--progress", "none"], capsys)  # fmt: skip
     assert code == 0, err
-    resolved = json.loads((out / "config.json").read_text())
+    resolved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert (resolved["lr"], resolved["max_steps"], resolved["seed"]) == (0.002, 3, 7)
     assert resolved["data"]["phantoms"] == 6 and resolved["network"]["model_channels"] == 8
     # --resume alone takes the run's own settings from its config.json.
@@ -264,7 +264,7 @@ def test_yaml_config(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = _wdm([*TINY, "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--progress", "none"], capsys)
     assert code == 0, err
-    resolved = json.loads((out / "config.json").read_text())
+    resolved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert (resolved["lr"], resolved["max_steps"], resolved["data"]["phantoms"]) == (0.003, 2, 4)
     (tmp_path / "bad.yaml").write_text("lr: [1, 2\n")
     code, _, err = _wdm([*TINY, "--config", str(tmp_path / "bad.yaml"), "--out", str(out)], capsys)
@@ -310,12 +310,12 @@ def test_resume_on_other_data_is_refused_unless_allowed(tmp_path, capsys):
     assert code == 2 and err.startswith("wdm: error: ")
     assert f"path {str(first)!r} -> {str(other)!r}" in err and "--allow-new-data" in err
     assert [step for step, _, _ in list_checkpoints(out)] == [1]  # nothing trained, nothing rewritten
-    assert json.loads((out / "config.json").read_text())["data"]["path"] == str(first)
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["data"]["path"] == str(first)
     # Resuming without --data uses the run's own data; --allow-new-data continues on the other folder.
     assert _wdm([*quiet, "--resume", "--max-steps", "2"], capsys)[0] == 0
     code, _, err = _wdm([*quiet, "--resume", "--data", str(other), "--max-steps", "3", "--allow-new-data"], capsys)
     assert code == 0, err
-    assert json.loads((out / "config.json").read_text())["data"]["path"] == str(other)
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["data"]["path"] == str(other)
 
 
 def test_resume_reads_runs_whose_config_says_general():
