@@ -41,6 +41,7 @@ from ..vocabulary import (  # noqa: F401 - defaults kept with the names `wdm` sh
 )
 from ..volumes.writing import Geometry, card_geometry, save_volume
 from ..wavelets import from_coefficients
+from .inputs import cancel_check
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,6 @@ def resolve_model(
     if isinstance(model, WDMModel):
         return model.to(device)
     return load_model(model, preset=preset, device=device, on_progress=on_progress)
-
-
-def _cancel_check(cancel: Cancel | None) -> Callable[[], bool] | None:
-    if cancel is None:
-        return None
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set
-    if not callable(cancel):
-        raise ConfigError("cancel must be a callable returning True to stop, or a threading.Event.")
-    return cancel
 
 
 def _intensity(card: dict[str, Any]) -> tuple[float, float, str]:
@@ -241,7 +232,7 @@ def generate(
         )
     if not 1 <= steps <= wdm.diffusion.num_timesteps:
         raise ConfigError(f"steps must be between 1 and {wdm.diffusion.num_timesteps}, got {steps}.")
-    check_cancel = _cancel_check(cancel)
+    check_cancel = cancel_check(cancel)
 
     size = wdm.image_size
     geometry: Geometry = card_geometry(wdm.card, (size, size, size), reference_affine)
