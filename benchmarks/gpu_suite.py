@@ -788,9 +788,10 @@ class Suite:
 
             with tempfile.TemporaryDirectory() as folder:
                 result = Path(folder) / "rank0.json"
-                port = 29500 + os.getpid() % 1000
+                # A file store in the temporary folder: no port to collide with another run on the machine.
+                store = Path(folder) / "store"
                 spec = {"backend": backend, "device": dev.type, "tiny": self.tiny, "name": name, "size": size,
-                        "batch": per_rank, "steps": steps, "port": port, "result": str(result)}  # fmt: skip
+                        "batch": per_rank, "steps": steps, "store": str(store), "result": str(result)}  # fmt: skip
                 # Fresh processes: forking a process that already ran threads (OpenMP, TorchDynamo) can deadlock.
                 mp.start_processes(_ddp_worker, args=(spec,), nprocs=2, join=True, start_method="spawn")
                 return json.loads(result.read_text())
@@ -999,16 +1000,32 @@ def _released_model(path: Path, name: str, tiny: bool):
     raise RuntimeError("could not import the released code")
 
 
+def _loopback_interface() -> str | None:
+    """The loopback interface's name ("lo" on Linux, "lo0" on macOS), or None where it cannot be listed."""
+    import socket
+
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (AttributeError, OSError):
+        return None
+    return next((name for name in ("lo", "lo0") if name in names), None)
+
+
 def _ddp_worker(rank: int, spec: dict[str, Any]) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["port"]), RANK=str(rank), WORLD_SIZE="2")
     device = torch.device("cuda", rank) if spec["device"] == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(1)
-    dist.init_process_group(spec["backend"], rank=rank, world_size=2)
+        # gloo connects the two processes over the address the machine's hostname resolves to; on a machine
+        # whose hostname resolves to an address it cannot reach, that fails. Both processes are local: loopback.
+        loopback = _loopback_interface()
+        if loopback:
+            os.environ["GLOO_SOCKET_IFNAME"] = loopback
+    store = dist.FileStore(spec["store"], 2)
+    dist.init_process_group(spec["backend"], store=store, rank=rank, world_size=2)
     try:
         from wdmcore.diffusion import Diffusion
 
@@ -1043,8 +1060,14 @@ def _ddp_worker(rank: int, spec: dict[str, Any]) -> None:
                       "global_batch": 2 * batch, "ranks_in_sync": bool(torch.equal(gathered[0], gathered[1])),
                       **peak_memory(device)}  # fmt: skip
             Path(spec["result"]).write_text(json.dumps(result))
+        dist.barrier()  # neither rank tears down while the other still talks to it
     finally:
         dist.destroy_process_group()
+    # gloo's worker threads can abort the process while the interpreter shuts down (SIGABRT, "terminate called
+    # without an active exception"; pytorch/pytorch#179291); the work is done and written, so skip that shutdown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _git_commit() -> str | None:
