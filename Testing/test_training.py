@@ -149,6 +149,24 @@ def test_checkpoints_keep_the_last_k_and_load_as_models(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_new_run_can_start_from_given_weights(tmp_path):
+    data = PhantomDataset(4, 16)
+    first = train(tiny_config(max_steps=2), data, tmp_path / "first")
+    weights, _ = read_model_file(first.model_path)
+    # A learning rate of 1e-12: the weights stay what they were given, so the new run's model is the first's EMA.
+    second = train(tiny_config(max_steps=1, lr=1e-12), data, tmp_path / "second", initial_weights=weights)
+    continued, _ = read_model_file(second.model_path)
+    assert set(continued) == set(weights)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(continued[name], tensor, rtol=0, atol=1e-6, msg=name)
+    fresh, _ = read_model_file(train(tiny_config(max_steps=1, lr=1e-12), data, tmp_path / "fresh").model_path)
+    assert any(not torch.allclose(fresh[name], weights[name]) for name in weights)
+    # Weights of another network are refused with a message, before anything is trained.
+    other = {name: tensor for name, tensor in weights.items() if not name.startswith("out")}
+    with pytest.raises(ConfigError, match="initial weights do not fit"):
+        train(tiny_config(max_steps=1), data, tmp_path / "other", initial_weights=other)
+
+
 class _NaNAfter(torch.utils.data.Dataset):
     """Phantoms, except that items with index >= first_bad are NaN."""
 

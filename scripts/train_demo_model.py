@@ -2,9 +2,12 @@
 
     PYTHONPATH=WDMCore python scripts/train_demo_model.py --out runs/demo --minutes 50
     PYTHONPATH=WDMCore python scripts/train_demo_model.py --out runs/demo --minutes 20 --resume   # continue
+    PYTHONPATH=WDMCore python scripts/train_demo_model.py --out runs/demo2 --minutes 90 --init-from demo_phantom_64
 
-The run stops by itself after --minutes of wall-clock time (or on SIGTERM/SIGINT) with a checkpoint; the
-last model_<step>.safetensors of the run folder holds the EMA weights and the card of the demo model.
+--init-from starts a new run from the weights of an earlier demo model (a model file or catalogue name); the
+steps it had are added to the published step count. The run stops by itself after --minutes of wall-clock time
+(or on SIGTERM/SIGINT) with a checkpoint; the last model_<step>.safetensors of the run folder holds the EMA
+weights and the card of the demo model.
 Publish it with --publish (copies it to wdmcore/assets/ and records its SHA-256 and size in models.json).
 """
 
@@ -25,11 +28,13 @@ import torch
 
 from wdmcore.data.phantoms import PhantomDataset, phantom_affine
 from wdmcore.events import jsonl_writer
+from wdmcore.models import load_model
 from wdmcore.models.checkpoints import read_model_file
 from wdmcore.training import TrainConfig, list_checkpoints, train
 
 PACKAGE = Path(__file__).resolve().parents[1] / "WDMCore" / "wdmcore"
 SIZE = 64
+INIT_RECORD = "initialised_from.json"  # in the run folder: the model a run started from and its steps
 
 DEMO_CONFIG = TrainConfig(
     preset=None,
@@ -83,17 +88,22 @@ def publish(run_dir: Path) -> Path:
             entry["size_bytes"] = len(data)
             entry["approx_size_bytes"] = len(data)
             tensors, card = read_model_file(target)
+            earlier = json.loads(origin.read_text()) if (origin := run_dir / INIT_RECORD).is_file() else None
+            steps = card["training"]["step"] + (earlier["steps"] if earlier else 0)
             entry["card"].update(
                 {
                     "spacing_mm": card["geometry"]["spacing_mm"],
                     "intensity": card["intensity"],
                     "parameters": sum(t.numel() for t in tensors.values()),
                     "training": {
-                        "steps": card["training"]["step"],
+                        "steps": steps,
                         "batch_size": card["training"]["batch_size"],
                         "optimizer": f"AdamW lr {DEMO_CONFIG.lr:g} ({DEMO_CONFIG.lr_warmup_steps} warm-up steps), "
                         f"gradient clipping {DEMO_CONFIG.grad_clip:g}, EMA {DEMO_CONFIG.ema_rate:g}",
                         "script": "scripts/train_demo_model.py",
+                        **(
+                            {"continued_from": f"{earlier['steps']} steps of the earlier demo model"} if earlier else {}
+                        ),  # fmt: skip
                     },
                 }
             )
@@ -109,6 +119,7 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--publish", action="store_true", help="only publish the run's last checkpoint")
+    parser.add_argument("--init-from", help="start from this demo model's weights (a file or catalogue name)")
     args = parser.parse_args()
     if args.publish:
         publish(args.out)
@@ -119,6 +130,13 @@ def main() -> int:
     requested = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: requested.append(True))
+    initial_weights = None
+    if args.init_from and not args.resume:
+        earlier = load_model(args.init_from)
+        initial_weights = earlier.network.state_dict()
+        args.out.mkdir(parents=True, exist_ok=True)
+        record = {"model": args.init_from, "steps": int(earlier.card["training"]["step"])}
+        (args.out / INIT_RECORD).write_text(json.dumps(record) + "\n")
     result = train(
         DEMO_CONFIG,
         PhantomDataset(10000, SIZE, seed=0),
@@ -126,6 +144,7 @@ def main() -> int:
         resume=args.resume,
         on_event=jsonl_writer(sys.stdout),
         stop=lambda: bool(requested) or time.monotonic() > deadline,
+        initial_weights=initial_weights,
     )
     print(json.dumps({"model": str(result.model_path), "step": result.step}))
     return 0

@@ -11,7 +11,9 @@ cWDM trains). inpaint: the "t1" contrast inside a lesion-like mask from the void
 channels, additive skips, VP schedule with T = 2, every sub-band / sqrt 8, images in [-1, 1] as fastWDM3D),
 trained on the whole phantom (no crop: the phantom is the crop). Both use the paper's per-band MSE on the
 coefficients, AdamW and an EMA of the weights; the result is a .safetensors file with the card the tasks need.
-Each step prints nothing; at the end the script prints the steps per second it measured.
+--minutes ends the run early by wall-clock time; the model file is rewritten every --save-every steps and at
+the end, and a line with the mean loss is printed every --save-every steps, so a long run can be watched and cut.
+At the end the script prints the steps per second it measured.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=None, help="stop after this much wall-clock time")
+    parser.add_argument("--save-every", type=int, default=500)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -118,6 +122,14 @@ def main() -> None:
     optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
+    deadline = None if args.minutes is None else started + 60 * args.minutes
+    losses: list[float] = []
+    done = 0
+
+    def save(steps: int) -> Path:
+        full_card = {**card(args.task, args.size, steps, args.items), "diffusion": diffusion_config.to_dict()}
+        return save_model_file(args.out / f"demo_phantom_{args.task}_{args.size}.safetensors", ema, full_card)
+
     for _ in range(args.steps):
         indices = rng.integers(0, args.items, size=args.batch_size).tolist()
         images, condition = batch(args.task, args.size, args.seed, indices, diffusion_config)
@@ -129,13 +141,21 @@ def main() -> None:
         with torch.no_grad():
             for e, p in zip(ema.parameters(), network.parameters(), strict=True):
                 e.mul_(args.ema).add_(p, alpha=1 - args.ema)
+        done += 1
+        losses.append(loss.item())
+        if done % args.save_every == 0:
+            save(done)
+            elapsed = time.perf_counter() - started
+            print(f"step {done}: mean loss {np.mean(losses):.5f}, {elapsed / done:.3f} s/step", flush=True)
+            losses.clear()
+        if deadline is not None and time.perf_counter() > deadline:
+            break
     elapsed = time.perf_counter() - started
-    full_card = {**card(args.task, args.size, args.steps, args.items), "diffusion": diffusion_config.to_dict()}
-    path = save_model_file(args.out / f"demo_phantom_{args.task}_{args.size}.safetensors", ema, full_card)
+    path = save(done)
     parameters = sum(p.numel() for p in network.parameters())
     print(
-        f"{args.task}: {args.steps} steps of batch {args.batch_size} at {args.size}^3 in {elapsed:.1f} s "
-        f"({elapsed / args.steps:.3f} s/step, {parameters:,} parameters, {path.stat().st_size / 1e6:.1f} MB) -> {path}"
+        f"{args.task}: {done} steps of batch {args.batch_size} at {args.size}^3 in {elapsed:.1f} s "
+        f"({elapsed / done:.3f} s/step, {parameters:,} parameters, {path.stat().st_size / 1e6:.1f} MB) -> {path}"
     )
 
 

@@ -36,7 +36,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,7 @@ def train(
     on_event: ProgressCallback | None = None,
     stop: Callable[[], bool] | None = None,
     allow_new_data: bool = False,
+    initial_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a WDM network on ``dataset`` (items ``(image [1, S, S, S] in [-1, 1], index)``).
 
@@ -309,13 +310,17 @@ def train(
     ``stop()`` is polled every step, and so is the stop file ``out_dir/STOP``: when either asks, a checkpoint is
     written and the run returns (the stop file is removed then).
     Under ``torchrun`` (WORLD_SIZE > 1) the global batch is split over the processes and rank 0 writes files.
+    ``initial_weights`` (a state dict of the same network, e.g. a model file's tensors) starts a new run from
+    those weights instead of a random initialisation, for network and EMA alike; a resumed run ignores it.
     """
     config = config.resolved()
     out_dir = Path(out_dir)
     dist, device = _setup_distributed(config.device)
     try:
         with _run_folder_lock(out_dir, dist.main):
-            return _train(config, dataset, out_dir, resume, on_event, stop, dist, device, allow_new_data)
+            return _train(
+                config, dataset, out_dir, resume, on_event, stop, dist, device, allow_new_data, initial_weights
+            )
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
@@ -359,7 +364,9 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device, allow_new_data) -> TrainResult:
+def _train(
+    config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device, allow_new_data, initial_weights=None
+) -> TrainResult:
     if len(dataset) < 1:
         raise ConfigError("the dataset is empty.")
     if dist.main:
@@ -399,6 +406,11 @@ def _train(config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
     network = build_network(network_config).to(device)
+    if initial_weights is not None and state is None:
+        try:
+            network.load_state_dict(initial_weights, strict=True)
+        except RuntimeError as exc:
+            raise ConfigError(f"the initial weights do not fit this run's network: {exc}") from None
     ema = EMA(network, config.ema_rate, config.ema_warmup)
     optimizer = torch.optim.AdamW(
         network.parameters(),
