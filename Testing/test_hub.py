@@ -171,6 +171,8 @@ def test_shipped_catalogue_lists_released_and_bundled_models():
         "brats_unet_128_1200k",
         "lidc-idri_unet_128_1200k",
         "demo_phantom_64",
+        "demo_phantom_synthesize_32",
+        "demo_phantom_inpaint_32",
         "cwdm_t1n",
         "cwdm_t1c",
         "cwdm_t2w",

@@ -80,7 +80,7 @@ def publish(run_dir: Path) -> Path:
     target.parent.mkdir(exist_ok=True)
     shutil.copyfile(model_file, target)
     data = target.read_bytes()
-    catalogue_path = PACKAGE / "models.json"
+    catalogue_path = PACKAGE / "hub" / "models.json"
     catalogue = json.loads(catalogue_path.read_text())
     for entry in catalogue["models"]:
         if entry["name"] == "demo_phantom_64":
