@@ -24,7 +24,6 @@ and the card's task, inputs and output) into wdmcore/hub/models.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
@@ -40,6 +39,7 @@ from wdmcore.data.phantoms import phantom_affine
 from wdmcore.diffusion import Diffusion, DiffusionConfig
 from wdmcore.models.checkpoints import read_model_file, save_model_file
 from wdmcore.networks import NetworkConfig, build_network
+from wdmcore.training.ema import EMA
 from wdmcore.wavelets import to_coefficients
 
 SQRT8 = math.sqrt(8.0)
@@ -184,7 +184,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     network_config, diffusion_config = task_setup(args.task, args.channels)
     network = build_network(network_config).train()
-    ema = copy.deepcopy(network).eval()
+    ema = EMA(network, args.ema, warmup=True)  # the trainer's EMA, warm-up included
     diffusion = Diffusion(diffusion_config)
     optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
@@ -195,7 +195,7 @@ def main() -> None:
 
     def save(steps: int) -> Path:
         full_card = {**card(args.task, args.size, steps, args.items), "diffusion": diffusion_config.to_dict()}
-        return save_model_file(args.out / f"demo_phantom_{args.task}_{args.size}.safetensors", ema, full_card)
+        return save_model_file(args.out / f"demo_phantom_{args.task}_{args.size}.safetensors", ema.network, full_card)
 
     for _ in range(args.steps):
         indices = rng.integers(0, args.items, size=args.batch_size).tolist()
@@ -205,9 +205,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), network.parameters(), strict=True):
-                e.mul_(args.ema).add_(p, alpha=1 - args.ema)
+        ema.update(network)
         done += 1
         losses.append(loss.item())
         if done % args.save_every == 0:
