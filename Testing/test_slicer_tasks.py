@@ -240,6 +240,7 @@ def test_cancel_in_the_middle_of_a_synthesis(logic, scene, phantom):  # noqa: F8
     logic.cancel(job)
     logic.wait(job, timeout=60)
     assert job.state == "cancelled" and finished == [job] and isinstance(job.error, GenerationCancelled)
+    assert str(job.error) == "synthesize was cancelled"
     assert time.monotonic() - requested < 30  # within a step, not after the remaining ~990
     assert job.nodes == [] and scene.GetFirstNodeByName("WaveletDiffusion preview") is None
     assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 3
@@ -253,11 +254,14 @@ def test_cancel_in_the_middle_of_a_synthesis(logic, scene, phantom):  # noqa: F8
 
 def test_variations_are_named_and_in_the_input_grid(logic, scene, phantom):  # noqa: F811
     volume = add_volume(scene, phantom["t1"], "case t1")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
     before = snapshot(volume)
     nodes = logic.vary(model=GENERATE, volume=volume, strength=0.1, count=2, seed=5, steps=10)
     assert [n.GetName() for n in nodes] == ["case t1 variation 1", "case t1 variation 2"]
     for node, seed in zip(nodes, (5, 6), strict=True):
         np.testing.assert_array_equal(volumes.ijk_to_ras(node), AFFINE)
+        assert node.GetParentTransformNode() is transform  # in the input's grid in the world too
         assert volumes.array_ijk_from_node(node).shape == (SIZE,) * 3
         assert volumes.get_attributes(node)["seed"] == str(seed)
     assert not np.array_equal(volumes.array_ijk_from_node(nodes[0]), volumes.array_ijk_from_node(nodes[1]))

@@ -297,7 +297,8 @@ class WaveletDiffusionLogic(PolledLogic):
         )
 
     def _on_cancelled(self, job: Job, event: dict[str, Any]) -> None:
-        self._finish(job, "cancelled", GenerationCancelled())
+        what = "generation" if job.kind == "generate" else job.kind
+        self._finish(job, "cancelled", GenerationCancelled(f"{what} was cancelled"))
 
     def _on_warning(self, job: Job, event: dict[str, Any]) -> None:
         self._log(f"warning: {event.get('message')}")
@@ -468,6 +469,10 @@ class WaveletDiffusionLogic(PolledLogic):
         else:
             volumes.update_volume_node(node, array, affine)
             volumes.apply_display(node, array)
+        if job.grid_node is not None:
+            tasks.place_like(node, job.grid_node)  # also under the input's transform
+        elif node.GetParentTransformNode() is not None:
+            node.SetAndObserveTransformNodeID(None)
         job.preview_updates += 1
         if job.on_preview is not None:
             job.on_preview(job, node)
