@@ -146,5 +146,6 @@ def test_cancel_stops_a_synthesis_within_a_step(worker, files, tmp_path):  # noq
     while not events or events[-1]["event"] not in ("cancelled", "done", "error"):
         events.append(worker.next())
     assert events[-1] == {"event": "cancelled", "id": "c1"}
-    assert max(e.get("step", 0) for e in of(events, "progress")) < 20  # stopped long before the 1000th step
+    last = max([e["step"] for e in of(events, "progress")], default=event["step"])
+    assert last < event["step"] + 10  # stopped within a step or so, long before the 1000th
     assert not any(tmp_path.glob("*.nii.gz"))
