@@ -303,3 +303,37 @@ def test_fastwdm3d_inpainting_reproduces_the_released_crops(reference_dir, monke
 def test_generate_refuses_a_conditional_model(fast_tiny):
     with pytest.raises(ConfigError, match="inpaint model"):
         wdmcore.generate(fast_tiny, 1, steps=1)
+
+
+def test_previews_are_the_whole_output_in_the_input_grid(fast_tiny, unconditional):
+    rng = np.random.default_rng(5)
+    shape = (20, 18, 12)
+    image = np.round(rng.random(shape) * 1000)
+    mask = np.zeros(shape)
+    mask[6:10, 5:9, 4:8] = 1
+    outside = mask == 0
+    for model, kwargs in ((fast_tiny, {}), (unconditional, {"steps": 3, "resample": 1})):
+        previews = []
+        out = wdmcore.inpaint(model, (image, OBLIQUE), (mask, OBLIQUE), seed=1, preview_every=1,
+                              on_preview=lambda i, a, seen=previews: seen.append(a), **kwargs)  # fmt: skip
+        assert len(previews) == out.meta["steps"]
+        for preview in previews:  # the input outside the mask, an estimate inside
+            assert preview.shape == shape and np.isfinite(preview).all()
+            np.testing.assert_array_equal(preview[outside], image[outside].astype(np.float32))
+    previews = []
+    out = wdmcore.vary(unconditional, (image, OBLIQUE), strength=0.5, steps=4, preview_every=1,
+                       on_preview=lambda i, a: previews.append(a))  # fmt: skip
+    assert len(previews) == 2 and all(p.shape == shape for p in previews)
+    assert abs(previews[0].mean() - image.mean()) < 0.5 * image.std()  # in the input's intensities, not [0, 1]
+
+
+def test_synthesize_defaults_to_50_ancestral_steps(cwdm_tiny):
+    from wdmcore.samplers import Cancelled
+
+    inputs = {name: (np.random.default_rng(i).random((16, 16, 16)), OBLIQUE) for i, name in
+              enumerate(cwdm_tiny.input_names)}  # fmt: skip
+    totals = []
+    stop = lambda: bool(totals)  # noqa: E731 - stop after the first step
+    with pytest.raises(Cancelled):
+        wdmcore.synthesize(cwdm_tiny, inputs, cancel=stop, on_progress=lambda e: totals.append(e["total"]))
+    assert totals == [50]

@@ -15,6 +15,12 @@ Requests::
      "precision": "fp32", "preview_every": 5, "output_dir": DIR, "name": "volume"}
                                                            -> progress..., preview..., result (one per volume),
                                                               done | cancelled
+    {"type": "synthesize", "model": NAME_OR_PATH, "inputs": {"t2": PATH, "flair": PATH, "pd": PATH}, "seed": 0,
+     "sampler": null, "steps": null, "preview_every": 5, "output_dir": DIR, "name": "t1_synthesized"}
+    {"type": "inpaint", "model": ..., "image": PATH, "mask": PATH, "seed": 0, "steps": null, "resample": 5, ...}
+    {"type": "vary", "model": ..., "image": PATH, "strength": 0.5, "count": 1, "seed": 0, "steps": null, ...}
+                                                           -> progress..., preview..., result (one per volume,
+                                                              in the input's grid), done | cancelled
     {"type": "cancel", "target": JOB_ID_OR_NULL}           (no answer: that job, or the running one, ends with
                                                             cancelled)
     {"type": "shutdown"}                                   -> bye, then the worker exits
@@ -24,6 +30,9 @@ Events the worker sends on its own: ``ready`` when it has started, ``error`` (``
 
 Big arrays never travel through the pipe: a preview is written to a ``.npy`` file (replaced atomically) and
 its path is sent; each generated volume is written as a NIfTI file whose path, affine, seed and meta are sent.
+The tasks' inputs arrive the same way: volume files (NRRD or NIfTI, with their geometry) that the parent wrote
+into a folder of its own; their results are in the grid of their inputs and their previews are the current
+estimate of the whole output in that grid.
 
 The model stays loaded between requests. ``cancel`` is read by a separate thread that sets a
 :class:`threading.Event` the sampler checks before every step, so GPU work stops within one sampling step.
@@ -306,6 +315,91 @@ class Worker:
                 )
         self.send("done", id=job_id, paths=written, elapsed_s=round(time.perf_counter() - progress.start, 3))
 
+    def _do_synthesize(self, request: dict[str, Any]) -> None:
+        from .tasks.synthesize import synthesize
+
+        inputs = request.get("inputs")
+        if not isinstance(inputs, dict) or not inputs:
+            raise _BadRequest("'inputs' must be an object of input name -> volume file path")
+        for key, value in inputs.items():
+            if not isinstance(value, str) or not value:
+                raise _BadRequest(f"input {key!r} must be a volume file path, got {value!r:.100}")
+        options = {"sampler": request["sampler"]} if request.get("sampler") else {}
+        self._run_task(request, "synthesize", 1, next(iter(inputs.values())),
+                       lambda index, **kw: synthesize(self.model, inputs, **options, **kw))  # fmt: skip
+
+    def _do_inpaint(self, request: dict[str, Any]) -> None:
+        from .tasks.inpaint import inpaint
+
+        image, mask = _path_field(request, "image"), _path_field(request, "mask")
+        resample = _int_field(request, "resample", 5, minimum=1)
+        self._run_task(request, "inpaint", 1, image,
+                       lambda index, **kw: inpaint(self.model, image, mask, resample=resample, **kw))  # fmt: skip
+
+    def _do_vary(self, request: dict[str, Any]) -> None:
+        from .tasks.vary import vary
+
+        image = _path_field(request, "image")
+        count = _int_field(request, "count", 1, minimum=1)
+        strength = request.get("strength", 0.5)
+        if isinstance(strength, bool) or not isinstance(strength, int | float):
+            raise _BadRequest(f"'strength' must be a number in (0, 1], got {strength!r:.100}")
+        if request.get("sampler") not in (None, "", "ancestral"):
+            self.send("log", id=request.get("id"), message="variations always use the ancestral sampler")
+        self._run_task(request, "vary", count, image,
+                       lambda index, **kw: vary(self.model, image, strength=float(strength), **kw))  # fmt: skip
+
+    def _run_task(self, request: dict[str, Any], task: str, num: int, grid_path: str, run) -> None:
+        """The common part of synthesize, inpaint and vary: model, progress, previews, results, done.
+
+        ``run(index, seed=..., steps=..., ...)`` returns one GeneratedVolume; volume ``index`` uses seed + index."""
+        job_id = request.get("id")
+        seed = _int_field(request, "seed", 0, minimum=0)
+        steps = request.get("steps")
+        if steps is not None:
+            steps = _int_field(request, "steps", 0, minimum=1)
+        preview_every = _int_field(request, "preview_every", 0, minimum=0)
+        precision = request.get("precision") or "fp32"
+        progress = _JobProgress(self, job_id, num, task=task)
+        progress.started()  # the parent knows at once that the job runs (loading the model can take a while)
+        self._ensure_model(request)
+        if precision != "fp32":
+            self.send("log", id=job_id, message=f"{task} runs in fp32 (precision {precision} applies to generate)")
+        output_dir = Path(request.get("output_dir") or tempfile.mkdtemp(prefix=f"wdm-{task}-"))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        name = _safe_name(request.get("name") or task)
+        written = []
+        for index in range(num):
+            progress.begin_chunk(index, 1)
+            kwargs: dict[str, Any] = {
+                "seed": seed + index,
+                "device": str(self.model.device),
+                "cancel": self.cancel_event,
+                "on_progress": progress.on_progress,
+            }
+            if steps is not None:
+                kwargs["steps"] = steps
+            if preview_every > 0:
+                kwargs["on_preview"] = progress.preview_callback(output_dir, lambda: _file_affine(grid_path))
+                kwargs["preview_every"] = preview_every
+            volume = run(index, **kwargs)
+            path = output_dir / (f"{name}.nii.gz" if num == 1 else f"{name}_{index + 1}.nii.gz")
+            write_nifti(path, volume.array, volume.affine)
+            written.append(str(path))
+            self.send(
+                "result",
+                id=job_id,
+                task=task,
+                index=index,
+                num=num,
+                path=path,
+                affine=volume.affine,
+                seed=volume.seed,
+                shape=list(volume.array.shape),
+                meta=dict(volume.meta),
+            )
+        self.send("done", id=job_id, paths=written, elapsed_s=round(time.perf_counter() - progress.start, 3))
+
     # ------------------------------------------------------------------------------------------- helpers
 
     def _forward(self, job_id: Any, raise_on_cancel: bool = False):
@@ -336,14 +430,20 @@ class _BadRequest(Exception):
 class _JobProgress:
     """Turns the engine's per-chunk progress into whole-job progress with its own ETA, and writes previews."""
 
-    def __init__(self, worker: Worker, job_id: Any, num: int):
+    def __init__(self, worker: Worker, job_id: Any, num: int, task: str = "generate"):
         self.worker = worker
         self.job_id = job_id
         self.num = num
+        self.task = task
         self.start = time.perf_counter()
         self.chunk_start = 0
         self.chunk_count = 1
         self.step = 0
+
+    def started(self) -> None:
+        """Progress 0 before any work (model loading included), so that the parent sees the job at once."""
+        self.worker.send("progress", id=self.job_id, task=self.task, done=0, total=1000, fraction=0.0, step=0,
+                         volume=0, num=self.num, elapsed_s=0.0, eta_s=None)  # fmt: skip
 
     def begin_chunk(self, start: int, count: int) -> None:
         self.chunk_start = start
@@ -364,7 +464,7 @@ class _JobProgress:
         self.worker.send(
             "progress",
             id=self.job_id,
-            task="generate",
+            task=self.task,
             done=round(fraction * 1000),
             total=1000,
             fraction=round(fraction, 5),
@@ -377,21 +477,26 @@ class _JobProgress:
         )
 
     def preview_callback(self, output_dir: Path, affine: Any):
-        """``on_preview(index, image)`` of :func:`wdmcore.tasks.generate.generate`: the current x0 estimate of volume
-        ``index`` of this chunk, written to ``preview.npy`` (replaced atomically) and announced."""
+        """``on_preview(index, image)`` of :func:`wdmcore.tasks.generate.generate` (and of the other tasks): the
+        current x0 estimate of volume ``index`` of this chunk, written to ``preview.npy`` (replaced atomically) and
+        announced. ``affine``: the preview's voxel-to-RAS affine, or a callable giving it (read once, when needed)."""
         path = output_dir / "preview.npy"
+        known: list[Any] = []
 
         def on_preview(index: int, image: Any) -> None:
             import numpy as np
 
+            if not known:
+                known.append(affine() if callable(affine) else affine)
             tmp = path.with_name(f".preview-{os.getpid()}.npy")
             np.save(tmp, np.asarray(image, dtype=np.float32))
             os.replace(tmp, path)
             self.worker.send(
                 "preview",
                 id=self.job_id,
+                task=self.task,
                 path=path,
-                affine=affine,
+                affine=known[0],
                 volume=self.chunk_start + int(index),
                 step=self.step,
             )
@@ -533,6 +638,20 @@ def _required(request: dict[str, Any], key: str) -> Any:
     if request.get(key) in (None, ""):
         raise _BadRequest(f"request {request.get('type')!r} needs {key!r}")
     return request[key]
+
+
+def _path_field(request: dict[str, Any], key: str) -> str:
+    value = _required(request, key)
+    if not isinstance(value, str):
+        raise _BadRequest(f"{key!r} must be a volume file path, got {value!r:.100}")
+    return value
+
+
+def _file_affine(path: str) -> Any:
+    """The voxel-to-RAS affine in a volume file's header (the grid a task's output is in)."""
+    from .volumes.reading import read_header
+
+    return read_header(path).affine
 
 
 def _is_job_id(value: Any) -> bool:

@@ -5,6 +5,12 @@ Usable without the module's GUI, from Slicer's Python console::
     from WaveletDiffusionLib import WaveletDiffusionLogic
     logic = WaveletDiffusionLogic()
     nodes = logic.generate(model="demo_phantom_64", count=2, seed=7, steps=25, device="cpu")
+    t1 = logic.synthesize(model="demo_phantom_synthesize_32", inputs={"t2": t2, "flair": flair, "pd": pd})
+    filled = logic.inpaint(model="demo_phantom_inpaint_32", volume=t1, segmentation=seg, segment_id="lesion")
+    variations = logic.vary(model="demo_phantom_64", volume=volume, strength=0.3, count=2)
+
+The tasks' results are new volume nodes in the grid of their input (same IJK-to-RAS and dimensions); their
+inputs are written to files with their geometry for the worker and never modified.
 
 :meth:`WaveletDiffusionLogic.generate` blocks (keeping the application responsive when an ``idle`` callback
 such as ``slicer.app.processEvents`` is given); :meth:`WaveletDiffusionLogic.start_generation` returns at once
@@ -31,10 +37,21 @@ from typing import Any
 
 import numpy as np
 
-from . import memory, volumes
+from . import memory, tasks, volumes
 from .parameters import DEFAULT_STEPS, GenerationParameters
 from .polling import PolledLogic
 from .process import WorkerError, WorkerProcess
+from .tasks import TaskInputError, TaskParameters, show_task_result
+
+__all__ = [
+    "GenerationCancelled",
+    "GenerationError",
+    "Job",
+    "TaskInputError",
+    "TaskParameters",
+    "WaveletDiffusionLogic",
+    "show_task_result",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +106,10 @@ class Job:
     that the user can zoom and pan while sampling."""
     folder_item: int | None = None
     """The subject-hierarchy folder that holds this job's volumes."""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """Synthesize / inpaint / vary: the input nodes by role (``image`` for inpaint and vary, the card's input
+    names for synthesis); results are placed in the grid of :attr:`grid_node`."""
+    grid_node: Any = None
 
     @property
     def finished(self) -> bool:
@@ -97,6 +118,8 @@ class Job:
     @property
     def folder_name(self) -> str:
         params = self.params
+        if isinstance(params, TaskParameters):
+            return params.folder_label()
         last = params.seed + params.count - 1
         seeds = f"seed {params.seed}" if params.count == 1 else f"seeds {params.seed}-{last}"
         return f"{params.node_name()} ({seeds})"
@@ -251,7 +274,7 @@ class WaveletDiffusionLogic(PolledLogic):
         job.message = str(error) if error else "finished"
         if job.request_id is not None:
             self._jobs.pop(job.request_id, None)
-        if job.kind == "generate":
+        if job.kind in ("generate", *tasks.TASKS):
             if not self.keep_preview:
                 self.remove_preview()
             if job.output_dir is not None and not self.keep_files:
@@ -274,7 +297,8 @@ class WaveletDiffusionLogic(PolledLogic):
         )
 
     def _on_cancelled(self, job: Job, event: dict[str, Any]) -> None:
-        self._finish(job, "cancelled", GenerationCancelled())
+        what = "generation" if job.kind == "generate" else job.kind
+        self._finish(job, "cancelled", GenerationCancelled(f"{what} was cancelled"))
 
     def _on_warning(self, job: Job, event: dict[str, Any]) -> None:
         self._log(f"warning: {event.get('message')}")
@@ -402,8 +426,9 @@ class WaveletDiffusionLogic(PolledLogic):
     ) -> list[Any]:
         """Generate ``count`` volumes and return their nodes (blocks until done).
 
-        ``sampler`` defaults to the paper's ancestral sampler respaced to 50 steps; ``steps=1000`` gives the
-        paper's sampler exactly. A sampler named without ``steps`` gets its default step count. Other
+        ``sampler`` defaults to the engine's default sampler (UniPC, ``wdmcore.vocabulary.DEFAULT_SAMPLER``) with
+        its default step count (25); ``sampler="ancestral", steps=1000`` gives the paper's sampler exactly. A
+        sampler named without ``steps`` gets its default step count (:data:`.parameters.DEFAULT_STEPS`). Other
         keywords are :class:`GenerationParameters` fields (``batch_size``, ``precision``, ``preset``,
         ``output_name``, ``preview``). Raises :class:`GenerationError` (or
         :class:`GenerationCancelled`); volumes finished before a failure stay in the scene and are listed
@@ -432,6 +457,8 @@ class WaveletDiffusionLogic(PolledLogic):
             return
         array = np.load(path)
         affine = event.get("affine")
+        if job.grid_node is not None:  # a task's preview is in its input's grid
+            affine = volumes.ijk_to_ras(job.grid_node)
         if affine is None:
             affine = np.eye(4)
         node = self.preview_node
@@ -442,6 +469,10 @@ class WaveletDiffusionLogic(PolledLogic):
         else:
             volumes.update_volume_node(node, array, affine)
             volumes.apply_display(node, array)
+        if job.grid_node is not None:
+            tasks.place_like(node, job.grid_node)  # also under the input's transform
+        elif node.GetParentTransformNode() is not None:
+            node.SetAndObserveTransformNodeID(None)
         job.preview_updates += 1
         if job.on_preview is not None:
             job.on_preview(job, node)
@@ -479,6 +510,275 @@ class WaveletDiffusionLogic(PolledLogic):
         job.fraction = 1.0
         job.result = job.nodes
         self._finish(job, "done")
+
+    # ------------------------------------------------------------------------------------------- other tasks
+
+    def start_synthesize(
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        *,
+        seed: int = 0,
+        sampler: str | None = None,
+        steps: int | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        preview: bool = True,
+        preview_every: int = 5,
+        on_progress: Callable[[Job, dict], None] | None = None,
+        on_preview: Callable[[Job, Any], None] | None = None,
+        on_volume: Callable[[Job, Any], None] | None = None,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Start synthesising the model's output sequence from ``inputs`` (the card's input names -> volume
+        nodes, all on one grid); returns the :class:`Job` at once. Raises :class:`TaskInputError` before
+        anything starts when an input is missing or the inputs' grids differ."""
+        if not isinstance(inputs, dict) or not inputs:
+            raise TaskInputError("give the inputs as a dict of the model's input names -> volume nodes")
+        for name, node in inputs.items():
+            tasks.check_volume(node, f"input {name!r}")
+        tasks.check_same_grid(inputs)
+        first = next(iter(inputs.values()))
+        params = TaskParameters("synthesize", str(model), seed=seed, sampler=sampler, steps=steps, device=device,
+                                precision=precision, preview=preview, preview_every=preview_every,
+                                source=first.GetName(),
+                                inputs={k: v.GetName() for k, v in inputs.items()}).validate()  # fmt: skip
+        job = self._task_job(params, inputs, first, on_progress, on_preview, on_volume, on_finished)
+
+        def export() -> dict[str, Any]:
+            files = {}
+            for name, node in inputs.items():
+                files[name] = tasks.write_volume(self.scene, node, self._input_path(job, name))
+            return {"inputs": files}
+
+        return self._submit_task(job, export)
+
+    def start_inpaint(
+        self,
+        model: str,
+        volume: Any,
+        *,
+        segmentation: Any = None,
+        segment_id: str | None = None,
+        labelmap: Any = None,
+        seed: int = 0,
+        steps: int | None = None,
+        resample: int | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        preview: bool = True,
+        preview_every: int = 5,
+        on_progress: Callable[[Job, dict], None] | None = None,
+        on_preview: Callable[[Job, Any], None] | None = None,
+        on_volume: Callable[[Job, Any], None] | None = None,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Start filling the region of ``volume`` that a segment (``segmentation`` + ``segment_id``, an id or a
+        name; the only segment when None) or a ``labelmap`` (non-zero voxels) marks. The mask is rasterised on the
+        volume's grid (nearest neighbour); outside it the result equals the volume exactly."""
+        tasks.check_volume(volume, "the volume to inpaint")
+        if (segmentation is None) == (labelmap is None):
+            raise TaskInputError("mark the region to inpaint with a segmentation and segment, or with a labelmap")
+        if segmentation is not None:
+            segment_id = tasks.segment_id_of(segmentation, segment_id)
+            mask = tasks.segment_mask(self.scene, segmentation, segment_id, volume)
+            segment = segmentation.GetSegmentation().GetSegment(segment_id)
+            mask_label = f"{segmentation.GetName()}: {segment.GetName()}"
+        else:
+            tasks.check_volume(labelmap, "the labelmap")
+            mask = tasks.labelmap_mask(labelmap, volume)
+            mask_label = labelmap.GetName()
+        if not mask.any():
+            raise TaskInputError(
+                f"{mask_label} does not cover any voxel of {volume.GetName()!r}; draw the region on this volume"
+            )
+        params = TaskParameters("inpaint", str(model), seed=seed, steps=steps, resample=resample, device=device,
+                                precision=precision, preview=preview, preview_every=preview_every,
+                                source=volume.GetName(), inputs={"image": volume.GetName()},
+                                mask=mask_label).validate()  # fmt: skip
+        job = self._task_job(params, {"image": volume}, volume, on_progress, on_preview, on_volume, on_finished)
+
+        def export() -> dict[str, Any]:
+            fields: dict[str, Any] = {
+                "image": tasks.write_volume(self.scene, volume, self._input_path(job, "image")),
+                "mask": tasks.write_array(
+                    self.scene, mask.astype(np.uint8), volumes.ijk_to_ras(volume), self._input_path(job, "mask")
+                ),
+            }
+            if resample is not None:
+                fields["resample"] = int(resample)
+            return fields
+
+        return self._submit_task(job, export)
+
+    def start_vary(
+        self,
+        model: str,
+        volume: Any,
+        *,
+        strength: float = 0.5,
+        count: int = 1,
+        seed: int = 0,
+        sampler: str | None = None,
+        steps: int | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        preview: bool = True,
+        preview_every: int = 5,
+        on_progress: Callable[[Job, dict], None] | None = None,
+        on_preview: Callable[[Job, Any], None] | None = None,
+        on_volume: Callable[[Job, Any], None] | None = None,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Start making ``count`` variations of ``volume`` (seeds ``seed``, ``seed + 1``...) with an unconditional
+        model: ``strength`` in (0, 1] is how far it is pushed into the noise (0.1-0.3 keeps the anatomy).
+        Variations always use the ancestral sampler (another ``sampler`` is noted in the log)."""
+        tasks.check_volume(volume, "the volume to vary")
+        params = TaskParameters("vary", str(model), seed=seed, sampler=sampler, steps=steps, device=device,
+                                precision=precision, count=count, strength=strength, preview=preview,
+                                preview_every=preview_every, source=volume.GetName(),
+                                inputs={"image": volume.GetName()}).validate()  # fmt: skip
+        job = self._task_job(params, {"image": volume}, volume, on_progress, on_preview, on_volume, on_finished)
+
+        def export() -> dict[str, Any]:
+            image = tasks.write_volume(self.scene, volume, self._input_path(job, "image"))
+            return {"image": image, "strength": float(strength), "count": int(count)}
+
+        return self._submit_task(job, export)
+
+    def synthesize(
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        seed: int = 0,
+        sampler: str | None = None,
+        steps: int | None = None,
+        device: str = "cpu",
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """Synthesise the model's output sequence and return its volume node (blocks until done). Other keywords
+        as :meth:`start_synthesize`. Raises :class:`TaskInputError`, :class:`GenerationError` or
+        :class:`GenerationCancelled`."""
+        options.setdefault("preview", False)
+        job = self.start_synthesize(model, inputs, seed=seed, sampler=sampler, steps=steps, device=device, **options)
+        return self._task_nodes(job, timeout)[0]
+
+    def inpaint(
+        self,
+        model: str,
+        volume: Any,
+        segmentation: Any = None,
+        segment_id: str | None = None,
+        labelmap: Any = None,
+        seed: int = 0,
+        steps: int | None = None,
+        device: str = "cpu",
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """Inpaint the region a segment (or a labelmap) marks and return the new volume node (blocks until done).
+        Other keywords as :meth:`start_inpaint` (``resample``, ``precision``...)."""
+        options.setdefault("preview", False)
+        job = self.start_inpaint(model, volume, segmentation=segmentation, segment_id=segment_id, labelmap=labelmap,
+                                 seed=seed, steps=steps, device=device, **options)  # fmt: skip
+        return self._task_nodes(job, timeout)[0]
+
+    def vary(
+        self,
+        model: str,
+        volume: Any,
+        strength: float = 0.5,
+        count: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        device: str = "cpu",
+        timeout: float | None = None,
+        **options: Any,
+    ) -> list[Any]:
+        """Make ``count`` variations of ``volume`` and return their nodes (blocks until done)."""
+        options.setdefault("preview", False)
+        job = self.start_vary(model, volume, strength=strength, count=count, seed=seed, steps=steps, device=device,
+                              **options)  # fmt: skip
+        return self._task_nodes(job, timeout)
+
+    def _task_job(self, params, inputs, grid_node, on_progress, on_preview, on_volume, on_finished) -> Job:
+        root = Path(tempfile.mkdtemp(prefix=f"WaveletDiffusion-{params.task}-"))
+        (root / "inputs").mkdir()
+        return Job(kind=params.task, params=params, output_dir=root, inputs=dict(inputs), grid_node=grid_node,
+                   on_progress=on_progress, on_preview=on_preview, on_volume=on_volume,
+                   on_finished=on_finished)  # fmt: skip
+
+    @staticmethod
+    def _input_path(job: Job, name: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "input"
+        return job.output_dir / "inputs" / f"{safe}.nrrd"
+
+    def _submit_task(self, job: Job, export: Callable[[], dict[str, Any]]) -> Job:
+        """Write the inputs (``export`` returns the request's file fields) and send the request. When writing
+        fails, the temporary folder goes and the error is raised: the job never started."""
+        params: TaskParameters = job.params
+        try:
+            fields = export()
+        except BaseException:
+            shutil.rmtree(job.output_dir, ignore_errors=True)
+            raise
+        self._log(
+            f"{params.task} with {params.model} on {params.device}: {params.source}, seed {params.seed}"
+            + (f", {params.steps} steps" if params.steps else "")
+        )
+        request: dict[str, Any] = {
+            "model": params.model,
+            "device": params.device,
+            "seed": int(params.seed),
+            "precision": params.precision,
+            "preview_every": int(params.preview_every) if params.preview else 0,
+            "output_dir": str(job.output_dir / "results"),
+            "name": params.task,
+            **fields,
+        }
+        if params.sampler:
+            request["sampler"] = params.sampler
+        if params.steps is not None:
+            request["steps"] = int(params.steps)
+        return self._submit(job, params.task, **request)
+
+    def _task_nodes(self, job: Job, timeout: float | None) -> list[Any]:
+        self.wait(job, timeout)
+        if job.error is not None:
+            job.error.nodes = list(job.nodes)  # type: ignore[attr-defined]
+            raise job.error
+        return list(job.nodes)
+
+    def _on_task_result(self, job: Job, event: dict[str, Any]) -> None:
+        """A complete result file of synthesize / inpaint / vary -> a node in the input's exact grid."""
+        params: TaskParameters = job.params
+        meta = event.get("meta") or {}
+        output = meta.get("output")
+        output_name = output.get("name") if isinstance(output, dict) else output
+        index = int(event.get("index", len(job.nodes)))
+        node = volumes.load_volume_file(self.scene, event["path"], params.result_name(index, output_name))
+        dims, affine = tasks.grid_of(job.grid_node)
+        if tuple(node.GetImageData().GetDimensions()) != dims or not np.allclose(
+            volumes.ijk_to_ras(node), affine, atol=tasks.GRID_TOLERANCE_MM
+        ):
+            self.scene.RemoveNode(node)
+            raise GenerationError(f"the {params.task} result {event['path']} is not in the input's grid", "BadResult")
+        tasks.place_like(node, job.grid_node)  # the very matrix of the input, not its rounding through a file
+        scalars = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+        attributes = {**scalars, **params.attributes(), "modelName": meta.get("model"), "seed": event.get("seed")}
+        attributes["steps"] = meta.get("steps", params.steps)
+        volumes.set_attributes(node, attributes)
+        job.nodes.append(node)
+        job.folder_item = volumes.place_in_folder(self.scene, [node], job.folder_name, job.folder_item)
+        volumes.set_item_attributes(self.scene, job.folder_item, params.attributes())
+        self._log(f"{params.task}: {node.GetName()}")
+        if job.on_volume is not None:
+            job.on_volume(job, node)
+
+    _on_synthesize_result = _on_inpaint_result = _on_vary_result = _on_task_result
+    _on_synthesize_preview = _on_inpaint_preview = _on_vary_preview = _on_generate_preview
+    _on_synthesize_done = _on_inpaint_done = _on_vary_done = _on_generate_done
 
     def memory_warning(self, params: GenerationParameters, devices: list[dict[str, Any]] | None = None) -> str | None:
         """A warning with a remedy when generating with ``params`` would not fit the device's free memory

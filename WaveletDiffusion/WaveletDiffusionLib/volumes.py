@@ -169,3 +169,13 @@ def place_in_folder(scene: Any, nodes: Sequence[Any], folder_name: str, folder_i
         else:
             hierarchy.SetItemParent(item, folder_item)
     return folder_item
+
+
+def set_item_attributes(scene: Any, item: int, attributes: Mapping[str, Any]) -> None:
+    """Record settings on a subject-hierarchy item (a results folder), as :func:`set_attributes` does on nodes."""
+    import slicer
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    for key, value in attributes.items():
+        if value is not None:
+            hierarchy.SetItemAttribute(item, ATTRIBUTE_PREFIX + key, str(value))

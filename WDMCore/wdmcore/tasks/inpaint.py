@@ -91,6 +91,16 @@ def _inpaint_fast(wdm: WDMModel, image: np.ndarray, inside: np.ndarray, seed: in
     volume = np.pad(fast_normalise(voided), pads, constant_values=-1.0)
     mask = np.pad(inside, pads, constant_values=False)
     full01 = (volume.astype(np.float32) + 1) / 2
+    # Back to the input's intensities as released: min-max, then to the voided image's [0.5, 99.5] percentiles.
+    reference = voided.copy()
+    reference[inside] = 0
+    low, high = np.percentile(reference, [0.5, 99.5])
+    unpad = tuple(slice(a, a + n) for (a, _), n in zip(pads, image.shape, strict=True))
+
+    def to_input(padded01: np.ndarray) -> np.ndarray:
+        scaled = (padded01 - padded01.min()) / (padded01.max() - padded01.min())
+        return scaled[unpad].astype(np.float64) * (high - low) + low
+
     noise = wdm.noise_source([seed])
     for component, start, end in component_windows(mask, size):
         window = tuple(slice(s, e) for s, e in zip(start, end, strict=True))
@@ -106,21 +116,25 @@ def _inpaint_fast(wdm: WDMModel, image: np.ndarray, inside: np.ndarray, seed: in
         x = noise.initial((8, *(s // 2 for s in crop.shape[2:])))
         from ..samplers import run_sampler
 
+        def paste(coeffs: torch.Tensor, base=full01, component=component, window=window) -> np.ndarray:
+            """The whole padded volume in [0, 1] with this component's crop output pasted onto its voxels."""
+            crop01 = (from_coefficients(coeffs.float().cpu(), c.lll_scale, c.high_scale).clamp(-1, 1) + 1) / 2
+            pasted = base.copy()
+            pasted[window] = crop01[0, 0].numpy()
+            result = base.copy()
+            result[component] = pasted[component]
+            return result
+
+        def step(done, total, _x, pred, paste=paste):
+            on_step(done, total, lambda: to_input(paste(pred)))
+
         coeffs = run_sampler(
-            "ancestral", wdm.network, wdm.diffusion, x, noise, steps=steps, on_step=on_step, cancel=cancel,
+            "ancestral", wdm.network, wdm.diffusion, x, noise, steps=steps, cancel=cancel,
+            on_step=None if on_step is None else step,
             condition=condition,
         )  # fmt: skip
-        crop01 = ((from_coefficients(coeffs.float().cpu(), c.lll_scale, c.high_scale).clamp(-1, 1) + 1) / 2)[0, 0]
-        pasted = full01.copy()
-        pasted[window] = crop01.numpy()
-        full01[component] = pasted[component]
-    # Back to the input's intensities as released: min-max, then to the voided image's [0.5, 99.5] percentiles.
-    full01 = (full01 - full01.min()) / (full01.max() - full01.min())
-    reference = voided.copy()
-    reference[inside] = 0
-    low, high = np.percentile(reference, [0.5, 99.5])
-    unpad = tuple(slice(a, a + n) for (a, _), n in zip(pads, image.shape, strict=True))
-    return full01[unpad].astype(np.float64) * (high - low) + low
+        full01 = paste(coeffs)
+    return to_input(full01)
 
 
 # -- RePaint with an unconditional model -----------------------------------------------------------------------
@@ -155,6 +169,15 @@ def _repaint(wdm, image, inside, seed, steps, resample, on_step, cancel):
     x0_known = to_coefficients(known_image, c.lll_scale, c.high_scale)
     blocks = dwt3(torch.from_numpy(crop_inside.astype(np.float32))[None, None])[:, 0]
     known = (blocks.abs() < 1e-6).to(wdm.device)  # LLL of a block is zero only when no voxel is masked
+    core = tuple(slice(0, s.stop - s.start) for s in window)
+
+    def to_input(coeffs: torch.Tensor) -> np.ndarray:
+        generated = from_coefficients(coeffs.float().cpu(), c.lll_scale, c.high_scale)[0, 0].clamp(-1, 1).numpy()
+        values = (generated.astype(np.float64) + 1) / 2 * (hi - lo) + lo
+        result = image.copy()
+        result[window] = values[core]
+        return result
+
     diffusion = wdm.sampling_diffusion(steps)
     noise = wdm.noise_source([seed])
     x = noise.initial((8, *x0_known.shape[2:]))
@@ -175,14 +198,8 @@ def _repaint(wdm, image, inside, seed, steps, resample, on_step, cancel):
             else:
                 x = x_prev
         if on_step is not None:
-            on_step(done, total, x, out["pred_xstart"])
-    x = torch.where(known, x0_known, x)
-    generated = from_coefficients(x.float().cpu(), c.lll_scale, c.high_scale)[0, 0].clamp(-1, 1).numpy()
-    values = (generated.astype(np.float64) + 1) / 2 * (hi - lo) + lo
-    out = image.copy()
-    core = tuple(slice(0, s.stop - s.start) for s in window)
-    out[window] = values[core]
-    return out
+            on_step(done, total, lambda pred=out["pred_xstart"]: to_input(torch.where(known, x0_known, pred)))
+    return to_input(torch.where(known, x0_known, x))
 
 
 # -- the task ----------------------------------------------------------------------------------------------
@@ -229,12 +246,13 @@ def inpaint(
         passes = 1
     tracker = ProgressTracker(on_progress, "inpaint", total=steps * passes, steps=steps)
 
-    def on_step(done: int, total: int, _x: torch.Tensor, _pred: torch.Tensor) -> None:
+    def on_step(done: int, total: int, estimate) -> None:
+        """``estimate()``: the current estimate of the whole output's values (input grid), computed on demand."""
         tracker.advance(1)
         if on_preview is not None and (done % preview_every == 0 or done == total):
-            c = wdm.diffusion_config
-            preview = from_coefficients(_pred.float().cpu(), c.lll_scale, c.high_scale)[0, 0].numpy()
-            on_preview(0, ((preview + 1) / 2).astype(np.float32))
+            preview = img.array.copy()
+            preview[inside] = estimate()[inside]
+            on_preview(0, preview.astype(np.float32))
 
     check = cancel_check(cancel)
     with torch.inference_mode():

@@ -30,6 +30,7 @@ from .generate import DEFAULT_STEPS, Cancel, GeneratedVolume, PreviewCallback, r
 from .inputs import cancel_check, fit_axis, from_grid, quantile_minmax, read_inputs, require_task, to_grid
 
 CWDM_QUANTILES = (0.001, 0.999)
+ANCESTRAL_STEPS = 50  # default steps of the ancestral sampler for synthesis
 
 
 def prepare_condition(model: WDMModel, volumes: Mapping[str, Any]) -> tuple[torch.Tensor, list[np.ndarray], list]:
@@ -79,7 +80,9 @@ def synthesize(
     torch_device = resolve_device(device)
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "synthesize")
-    steps = DEFAULT_STEPS.get(sampler, 50) if steps is None else int(steps)
+    if steps is None:  # the ancestral sampler respaced to 50 steps (1000: the released one); others: their default
+        steps = ANCESTRAL_STEPS if sampler == "ancestral" else DEFAULT_STEPS.get(sampler, ANCESTRAL_STEPS)
+    steps = int(steps)
     volumes = read_inputs(inputs, wdm.input_names, "synthesize")
     first = next(iter(volumes.values()))
     condition, prepared, fits = prepare_condition(wdm, volumes)

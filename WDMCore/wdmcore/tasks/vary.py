@@ -64,6 +64,16 @@ def vary(
     t = torch.full((1,), start, dtype=torch.long, device=x0.device)
     check = cancel_check(cancel)
     tracker = ProgressTracker(on_progress, "vary", total=start + 1, steps=start + 1)
+    core = tuple(slice(0, s.stop - s.start) for s in window)
+
+    def to_input(coeffs: torch.Tensor) -> np.ndarray:
+        """Coefficients of the crop -> the whole volume in the input's grid and intensities."""
+        generated = from_coefficients(coeffs.float().cpu(), c.lll_scale, c.high_scale)[0, 0].clamp(-1, 1).numpy()
+        values = (generated.astype(np.float64) + 1) / 2 * (hi - lo) + lo
+        whole = img.array.copy()
+        whole[window] = values[core]
+        return whole
+
     with torch.inference_mode():
         x = diffusion.q_sample(x0, t, noise.initial(tuple(x0.shape[1:])).to(x0.device))
         for done, i in enumerate(reversed(range(start + 1)), start=1):
@@ -74,12 +84,8 @@ def vary(
             x = out["sample"]
             tracker.advance(1)
             if on_preview is not None and (done % preview_every == 0 or i == 0):
-                pred = from_coefficients(out["pred_xstart"].float().cpu(), c.lll_scale, c.high_scale)[0, 0]
-                on_preview(0, ((pred.clamp(-1, 1) + 1) / 2).numpy().astype(np.float32))
-    generated = from_coefficients(x.float().cpu(), c.lll_scale, c.high_scale)[0, 0].clamp(-1, 1).numpy()
-    values = (generated.astype(np.float64) + 1) / 2 * (hi - lo) + lo
-    result = img.array.copy()
-    result[window] = values[tuple(slice(0, s.stop - s.start) for s in window)]
+                on_preview(0, to_input(out["pred_xstart"]).astype(np.float32))
+    result = to_input(x)
     meta = {
         "task": "vary",
         "model": wdm.card.get("name") or "unnamed",
