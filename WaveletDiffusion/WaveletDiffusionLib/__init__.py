@@ -4,6 +4,7 @@
 * :mod:`.process` - the worker process (``python -m wdmcore.worker``) and its JSON-lines events
 * :mod:`.volumes` - arrays, files and geometry -> scalar volume nodes (the one (i,j,k) <-> (k,j,i) swap)
 * :mod:`.parameters` - the generation settings and their persistence
+* :mod:`.taskpanel` - what the panel asks for per task (from the model's card), input checks, the call to make
 * :mod:`.dependencies` - what to install on first use, and through which of Slicer's installers
 """
 
