@@ -68,8 +68,12 @@ def test_inpainting_vary_and_generate_slots(cards):
 
 def test_sampler_count_and_descriptions_per_task(cards):
     inpaint_card, unconditional = cards["demo_phantom_inpaint_32"], cards["demo_phantom_64"]
-    assert not taskpanel.uses_sampler(INPAINT, inpaint_card)  # its released steps
-    assert taskpanel.uses_sampler(INPAINT, unconditional)  # RePaint's steps
+    assert not taskpanel.uses_steps(INPAINT, inpaint_card)  # its released steps
+    assert taskpanel.uses_steps(INPAINT, unconditional)  # RePaint's steps
+    assert taskpanel.uses_steps(VARY, unconditional) and taskpanel.uses_steps(SYNTHESIZE, {})
+    # The sampler is chosen for generation and synthesis; variations and RePaint run the ancestral one.
+    assert [t for t in ("generate", SYNTHESIZE, INPAINT, VARY) if taskpanel.uses_sampler(t, unconditional)] == [
+        "generate", SYNTHESIZE]  # fmt: skip
     assert taskpanel.uses_count(VARY) and not taskpanel.uses_count(SYNTHESIZE) and not taskpanel.uses_count(INPAINT)
     text = taskpanel.task_description(SYNTHESIZE, cards["demo_phantom_synthesize_32"])
     assert text.startswith("Synthesizes t1 (phantom contrast t1) from t2, flair, pd")
@@ -368,7 +372,7 @@ def test_run_makes_one_call_of_the_logic_per_task(scene, cards):
     assert repaint.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "steps": 20, "labelmap": labelmap}
     vary = made["vary"]
     assert vary.method == "start_vary" and vary.args == ("demo_phantom_64", flair)
-    assert vary.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "sampler": "dpm++2m", "steps": 20,
+    assert vary.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "sampler": "ancestral", "steps": 20,
                            "strength": 0.25, "count": 3}  # fmt: skip
     generate = taskpanel.run_plan("generate", cards["demo_phantom_64"], "demo_phantom_64", Selection("generate"),
                                   settings)  # fmt: skip
@@ -396,7 +400,7 @@ class FakeJob:
 
 def test_status_texts():
     assert taskpanel.finished_text(SYNTHESIZE, FakeJob("done", ["case t1 (synthesized)"]), "12 s") == (
-        "Synthesized case t1 (synthesized) in 12 s.")  # fmt: skip
+        "Synthesized in 12 s: case t1 (synthesized).")  # fmt: skip
     assert taskpanel.finished_text(VARY, FakeJob("cancelled", ["v1"]), "3 s") == "Cancelled; kept v1."
     assert taskpanel.finished_text(INPAINT, FakeJob("failed", error="mask on another grid"), "1 s") == (
         "Failed: mask on another grid")  # fmt: skip

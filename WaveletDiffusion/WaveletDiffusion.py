@@ -511,9 +511,10 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         strength.blockSignals(False)
 
         usesSampler = taskpanel.uses_sampler(task, card)
-        for widget in (self.ui.samplerPresetLabel, self.ui.samplerPresetComboBox, self.ui.samplerComboBox,
-                       self.ui.stepsLabel, self.ui.stepsSpinBox):  # fmt: skip
+        for widget in (self.ui.samplerPresetLabel, self.ui.samplerPresetComboBox, self.ui.samplerComboBox):
             widget.enabled = usesSampler
+        for widget in (self.ui.stepsLabel, self.ui.stepsSpinBox):
+            widget.enabled = taskpanel.uses_steps(task, card)
         for widget in (self.ui.countLabel, self.ui.countSpinBox):
             widget.enabled = taskpanel.uses_count(task)
         generating = task == taskpanel.GENERATE

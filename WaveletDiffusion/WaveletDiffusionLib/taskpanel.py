@@ -30,6 +30,7 @@ TASK_LABELS = {
 }
 RUN_LABELS = {GENERATE: "Generate", SYNTHESIZE: "Synthesize", INPAINT: "Inpaint", VARY: "Make variations"}
 DEFAULT_STRENGTH = 0.3
+VARY_SAMPLER = "ancestral"  # the engine's variations (SDEdit) denoise with the respaced ancestral sampler only
 # Two grids are the same when their IJK-to-RAS matrices agree within 1 um (the engine's own tolerance).
 GRID_TOLERANCE_MM = 1e-3
 CARD_KEY = "wdm_card"  # where our .safetensors files keep their card (wdmcore.models.checkpoints.CARD_KEY)
@@ -61,12 +62,24 @@ def catalogue_cards(path: str | Path | None = None) -> dict[str, dict[str, Any]]
     return {m["name"]: dict(m.get("card") or {}) for m in models if isinstance(m, dict) and "name" in m}
 
 
+_CHECKPOINT_CARDS: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def checkpoint_card(path: str | Path) -> dict[str, Any]:
     """The card in one of our ``.safetensors`` files (its JSON header's metadata), read without torch; an
-    empty card for any other file (a released ``.pt`` state dict is an unconditional model)."""
+    empty card for any other file (a released ``.pt`` state dict is an unconditional model). Kept per file
+    version: the panel asks on every change of its parameter node."""
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return {}
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _CHECKPOINT_CARDS:
+        _CHECKPOINT_CARDS[key] = _read_checkpoint_card(path)
+    return dict(_CHECKPOINT_CARDS[key])
+
+
+def _read_checkpoint_card(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
@@ -74,7 +87,7 @@ def checkpoint_card(path: str | Path) -> dict[str, Any]:
                 return {}
             header = json.loads(handle.read(length))
         card = json.loads((header.get("__metadata__") or {}).get(CARD_KEY, "{}"))
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError, struct.error, AttributeError):
         return {}
     return card if isinstance(card, dict) else {}
 
@@ -186,7 +199,13 @@ def uses_count(task: str) -> bool:
 
 
 def uses_sampler(task: str, card: Mapping[str, Any]) -> bool:
-    """Whether the sampler and steps apply: a conditional inpainting model runs its released steps."""
+    """Whether the sampler choice applies: variations and RePaint run the ancestral sampler (respaced), a
+    conditional inpainting model its released schedule."""
+    return task in (GENERATE, SYNTHESIZE)
+
+
+def uses_steps(task: str, card: Mapping[str, Any]) -> bool:
+    """Whether the number of steps applies: a conditional inpainting model runs its released steps."""
     return not (task == INPAINT and task_of(card) == INPAINT)
 
 
@@ -484,7 +503,7 @@ def run_plan(task: str, card: Mapping[str, Any], model: str, chosen: Selection, 
         )
     if task == INPAINT:
         # A conditional inpainting model runs its released steps (None); an unconditional one RePaint's steps.
-        steps = int(settings.steps) if uses_sampler(task, card) else None
+        steps = int(settings.steps) if uses_steps(task, card) else None
         kwargs = {**common, "steps": steps}
         if chosen.labelmap is not None:
             kwargs["labelmap"] = chosen.labelmap
@@ -496,7 +515,13 @@ def run_plan(task: str, card: Mapping[str, Any], model: str, chosen: Selection, 
         return RunPlan("start_inpaint", (model, chosen.volume), kwargs,
                        f"inpainting {region} of {chosen.volume.GetName()}")  # fmt: skip
     if task == VARY:
-        kwargs = {**common, **sampling, "strength": float(chosen.strength), "count": int(settings.count)}
+        kwargs = {
+            **common,
+            "sampler": VARY_SAMPLER,
+            "steps": int(settings.steps),
+            "strength": float(chosen.strength),
+            "count": int(settings.count),
+        }
         description = f"{settings.count} variation(s) of {chosen.volume.GetName()} at strength {chosen.strength:g}"
         return RunPlan("start_vary", (model, chosen.volume), kwargs, description)
     raise ValueError(f"unknown task {task!r}")
@@ -507,7 +532,7 @@ def finished_text(task: str, job: Any, elapsed: str) -> str:
     names = ", ".join(n.GetName() for n in getattr(job, "nodes", []) or [])
     if job.state == "done":
         verb = {GENERATE: "Generated", SYNTHESIZE: "Synthesized", INPAINT: "Inpainted", VARY: "Made"}[task]
-        return f"{verb} {names or 'nothing'} in {elapsed}."
+        return f"{verb} in {elapsed}: {names or 'nothing'}."
     if job.state == "cancelled":
         return f"Cancelled{'; kept ' + names if names else ''}."
     return f"Failed: {job.error}"
