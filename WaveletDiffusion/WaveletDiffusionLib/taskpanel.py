@@ -399,10 +399,11 @@ def check_selection(task: str, card: Mapping[str, Any], chosen: Selection) -> li
         return problems
     if task == SYNTHESIZE:
         reference_name = None
+        meanings = {i["name"]: i["meaning"] or i["name"] for i in card_inputs(card)}
         for slot in input_slots(task, card):
             node = chosen.inputs.get(slot.key)
             if node is None:
-                problems.append(f"Choose the volume for '{slot.key}' ({slot.tooltip.split(' (used')[0]}).")
+                problems.append(f"Choose the volume for '{slot.key}' ({meanings[slot.key]}).")
                 continue
             if not _has_voxels(node):
                 problems.append(f"The volume {_display_name(node)} chosen for '{slot.key}' holds no voxels.")
