@@ -301,6 +301,9 @@ def test_a_task_run_checks_the_inputs_then_makes_the_planned_call():
     assert positions == sorted(positions)
     for callback in ("on_progress=self.onTaskProgress", "on_finished=self.onTaskFinished", "on_preview="):
         assert callback in run
+    # A job that fails to start finishes inside the call: its task must be known then, and it is not kept running.
+    assert run.index("self._runningTask = task") < run.index("getattr(self.logic, plan.method)(")
+    assert "self._job = None if job.finished else job" in run
     generate = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onGenerate"))
     assert generate.index("self.onRunTask()") < generate.index("self.logic.memory_warning(")
 

@@ -697,14 +697,16 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Starting the worker and loading the model...")
             self.appendLog(plan.description)
             slicer.util.showStatusMessage(_("Wavelet Diffusion: {what}...").format(what=plan.description))
-            self._job = getattr(self.logic, plan.method)(
+            self._runningTask = task
+            job = getattr(self.logic, plan.method)(
                 *plan.args,
                 **plan.kwargs,
                 on_progress=self.onTaskProgress,
                 on_preview=self.onPreview if params.preview else None,
                 on_finished=self.onTaskFinished,
             )
-            self._runningTask = task
+            # A job that could not start has already finished (onTaskFinished ran inside the call).
+            self._job = None if job.finished else job
             self.updateButtons()
 
     def onTaskProgress(self, job, event) -> None:
