@@ -18,7 +18,8 @@ ENGINE = REPO_ROOT / "WDMCore"
 # Widget classes each .ui may use: Qt's own and those Slicer's CTK/MRML libraries provide.
 ALLOWED_WIDGETS = {
     "WaveletDiffusion": {"qMRMLWidget", "ctkCollapsibleButton", "QComboBox", "QPushButton", "QLabel", "QSpinBox",
-                         "QProgressBar", "QLineEdit", "QCheckBox", "QPlainTextEdit"},
+                         "QProgressBar", "QLineEdit", "QCheckBox", "QPlainTextEdit", "QWidget", "qMRMLNodeComboBox",
+                         "qMRMLSegmentSelectorWidget", "ctkSliderWidget"},
     "WaveletDiffusionTraining": {"qMRMLWidget", "ctkCollapsibleButton", "ctkPathLineEdit",
                                  "qMRMLCheckableNodeComboBox", "QComboBox", "QPushButton", "QLabel", "QSpinBox",
                                  "QDoubleSpinBox", "QProgressBar", "QLineEdit", "QCheckBox", "QPlainTextEdit"},
@@ -225,6 +226,86 @@ def test_values_are_shown_from_the_parameter_node_after_it_changed(name):
     source = ast.unparse(function(name, f"{name}Widget", "setParameterNode"))
     assert "self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)" in (
         source)  # fmt: skip
+
+
+# Signals of the widget classes the module connects to (qMRMLSegmentSelectorWidget.h, qMRMLNodeComboBox.h,
+# ctkSliderWidget.h and Qt's own).
+SIGNALS = {
+    "QPushButton": {"clicked"},
+    "QComboBox": {"activated", "currentIndexChanged"},
+    "qMRMLNodeComboBox": {"currentNodeChanged", "currentNodeIDChanged", "nodeActivated"},
+    "qMRMLSegmentSelectorWidget": {"currentNodeChanged", "currentSegmentChanged"},
+    "ctkSliderWidget": {"valueChanged", "valueIsChanging"},
+}
+
+
+def test_every_connected_signal_exists_on_its_widget_class():
+    widgets = ui_widgets("WaveletDiffusion")
+    source = module_file("WaveletDiffusion").read_text(encoding="utf-8")
+    connected = re.findall(r"self\.ui\.(\w+)\.(\w+)\.connect\(", source)
+    assert connected
+    for name, signal in connected:
+        assert signal in SIGNALS[widgets[name].get("class")], (name, signal)
+    # The synthesis inputs made in code are node combo boxes too.
+    assert re.findall(r"selector\.(\w+)\.connect\(", source) == ["currentNodeChanged"]
+
+
+def test_every_mrml_selector_in_the_ui_gets_the_scene():
+    """setMRMLScene on the panel reaches a child selector only through a mrmlSceneChanged connection."""
+    root = ET.parse(ui_file("WaveletDiffusion")).getroot()
+    top = root.find("widget").get("name")
+    selectors = {n for n, w in ui_widgets("WaveletDiffusion").items()
+                 if w.get("class").startswith("qMRML") and n != top}  # fmt: skip
+    connected = {(c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot"))
+                 for c in root.iter("connection")}  # fmt: skip
+    assert selectors == {"inputVolumeSelector", "segmentSelectorWidget", "labelmapSelector"}
+    for name in selectors:
+        assert (top, "mrmlSceneChanged(vtkMRMLScene*)", name, "setMRMLScene(vtkMRMLScene*)") in connected, name
+    assert "uiWidget.setMRMLScene(slicer.mrmlScene)" in ast.unparse(
+        function("WaveletDiffusion", "WaveletDiffusionWidget", "setup"))  # fmt: skip
+
+
+def test_volume_selectors_list_the_right_node_types():
+    widgets = ui_widgets("WaveletDiffusion")
+
+    def prop(name, key):
+        element = widgets[name].find(f"property[@name='{key}']")
+        return [s.text for s in element.iter("string")] or element[0].text
+
+    assert prop("inputVolumeSelector", "nodeTypes") == ["vtkMRMLScalarVolumeNode"]
+    assert prop("inputVolumeSelector", "showChildNodeTypes") == "false"  # no labelmaps among the volumes
+    assert prop("labelmapSelector", "nodeTypes") == ["vtkMRMLLabelMapVolumeNode"]
+    slider = {p.get("name"): p[0].text for p in widgets["strengthSliderWidget"].findall("property")}
+    assert (float(slider["minimum"]), float(slider["maximum"])) == (0.0, 1.0)
+
+
+def test_synthesis_selectors_are_made_anew_with_the_scene_for_each_model():
+    made = function("WaveletDiffusion", "WaveletDiffusionWidget", "setSynthesisSlots")
+    source = ast.unparse(made)
+    calls = calls_in(made)
+    assert "slicer.qMRMLNodeComboBox" in calls and "selector.setMRMLScene" in calls
+    assert "selector.setMRMLScene(slicer.mrmlScene)" in source
+    assert source.index("widget.deleteLater()") < source.index("self._synthesisSlots = []") < source.index(
+        "slicer.qMRMLNodeComboBox()")  # fmt: skip
+    # Redrawn when the model changes and when the parameter node changes (a loaded scene, a removed node).
+    for caller in ("onModelChanged", "onParameterNodeModified"):
+        assert "self.showTask" in calls_in(function("WaveletDiffusion", "WaveletDiffusionWidget", caller)), caller
+    assert "self.setSynthesisSlots" in calls_in(function("WaveletDiffusion", "WaveletDiffusionWidget", "showTask"))
+
+
+def test_a_task_run_checks_the_inputs_then_makes_the_planned_call():
+    run = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onRunTask"))
+    order = ["taskpanel.check_selection(", "if problems:", "self.logic.ensureDependencies()", "taskpanel.run_plan(",
+             "getattr(self.logic, plan.method)("]  # fmt: skip
+    positions = [run.index(step) for step in order]
+    assert positions == sorted(positions)
+    for callback in ("on_progress=self.onTaskProgress", "on_finished=self.onTaskFinished", "on_preview="):
+        assert callback in run
+    # A job that fails to start finishes inside the call: its task must be known then, and it is not kept running.
+    assert run.index("self._runningTask = task") < run.index("getattr(self.logic, plan.method)(")
+    assert "self._job = None if job.finished else job" in run
+    generate = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onGenerate"))
+    assert generate.index("self.onRunTask()") < generate.index("self.logic.memory_warning(")
 
 
 def test_preset_and_device_boxes_follow_the_parameter_node():

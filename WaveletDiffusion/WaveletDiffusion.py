@@ -26,7 +26,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from WaveletDiffusionLib import dependencies, parameters, reloading, settings, support
+from WaveletDiffusionLib import dependencies, parameters, reloading, settings, support, taskpanel
 from WaveletDiffusionLib.logic import GenerationCancelled, GenerationError
 from WaveletDiffusionLib.logic import WaveletDiffusionLogic as _GenerationLogic
 from WaveletDiffusionLib.parameters import GenerationParameters
@@ -72,8 +72,9 @@ class WaveletDiffusion(ScriptedLoadableModule):
         self.parent.helpText = (
             _(
                 "Generate synthetic 3-D volumes (brain MRI, chest CT, a demo phantom) with 3-D wavelet diffusion "
-                "models. Choose a model, the number of volumes, the seed and the sampler, then press Generate. "
-                "Needs Slicer 5.10 or later."
+                "models, synthesize a missing MR sequence from the others, fill a segment of a volume, or make "
+                "variations of a volume. Choose a model: its card decides which task and which inputs the panel "
+                "asks for. Needs Slicer 5.10 or later."
             )
             + documentationLink()
         )
@@ -219,6 +220,10 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._models = []
         self._customCheckpoints = []
         self._volumesShown = 0
+        self._catalogueCards = {}
+        self._synthesisSlots = []  # (key, label, selector) of the synthesis inputs shown now
+        self._task = taskpanel.GENERATE
+        self._runningTask = taskpanel.GENERATE
 
     # ------------------------------------------------------------------------------------------- set-up
 
@@ -253,6 +258,16 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.randomSeedButton.clicked.connect(self.onRandomSeed)
         self.ui.generateButton.clicked.connect(self.onGenerate)
         self.ui.cancelButton.clicked.connect(self.onCancel)
+        # The task's inputs live in the parameter node through taskpanel.TaskInputs (node references per input
+        # name); these slots store the user's choice, onParameterNodeModified shows what is stored.
+        self.ui.taskComboBox.activated.connect(self.onTaskChosen)
+        self.ui.inputVolumeSelector.currentNodeChanged.connect(lambda node: self.storeInputNode("volume", node))
+        self.ui.labelmapSelector.currentNodeChanged.connect(lambda node: self.storeInputNode("labelmap", node))
+        self.ui.segmentSelectorWidget.currentNodeChanged.connect(
+            lambda node: self.storeInputNode("segmentation", node))  # fmt: skip
+        self.ui.segmentSelectorWidget.currentSegmentChanged.connect(self.onSegmentChosen)
+        self.ui.strengthSliderWidget.valueChanged.connect(self.onStrengthChosen)
+        self._catalogueCards = taskpanel.catalogue_cards()
 
         self.initializeParameterNode()
         self.setModelItems([])
@@ -304,6 +319,7 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Show what the parameter node holds in the boxes that connectGui does not bind."""
         self.showPresetAndDevice()
         self.updateSamplerPreset()
+        self.showTask()
 
     # ------------------------------------------------------------------------------------------- models
 
@@ -355,6 +371,7 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             state = "cached" if info["cached"] else "not downloaded yet"
             text = f"{info['description']}\n{state}, {sizeText}, license: {info.get('license') or 'unknown'}"
         self.ui.modelInfoLabel.text = text
+        self.showTask()
         self.updateButtons()
 
     def onDownload(self) -> None:
@@ -430,6 +447,146 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.blockSignals(False)
         self.setDeviceItems(self._lastDevices)
 
+    # ------------------------------------------------------------------------------------------- task and inputs
+
+    def currentCard(self) -> dict:
+        name = self.ui.modelComboBox.currentData or (self._parameterNode.model if self._parameterNode else "")
+        return taskpanel.model_card(name or "", self._models, self._catalogueCards)
+
+    def taskInputs(self):
+        return taskpanel.TaskInputs(self._parameterNode.parameterNode) if self._parameterNode else None
+
+    def showTask(self) -> None:
+        """Show the task the model's card allows and one selector per input it needs, with the stored choices."""
+        inputs = self.taskInputs()
+        if inputs is None:
+            return
+        card = self.currentCard()
+        self._task = task = taskpanel.choose_task(inputs.task, card)
+        combo = self.ui.taskComboBox
+        offered = taskpanel.tasks_of(card)
+        combo.blockSignals(True)
+        if [combo.itemData(i) for i in range(combo.count)] != offered:
+            combo.clear()
+            for key in offered:
+                combo.addItem(taskpanel.TASK_LABELS[key], key)
+        combo.setCurrentIndex(offered.index(task))
+        combo.blockSignals(False)
+        combo.enabled = len(offered) > 1
+        self.ui.taskInfoLabel.text = taskpanel.task_description(task, card)
+
+        slots = taskpanel.input_slots(task, card)
+        kinds = {slot.kind: slot for slot in slots if task != taskpanel.SYNTHESIZE}
+        rows = {
+            taskpanel.VOLUME: (self.ui.inputVolumeLabel, self.ui.inputVolumeSelector),
+            taskpanel.SEGMENT: (self.ui.segmentLabel, self.ui.segmentSelectorWidget),
+            taskpanel.LABELMAP: (self.ui.labelmapLabel, self.ui.labelmapSelector),
+            taskpanel.STRENGTH: (self.ui.strengthLabel, self.ui.strengthSliderWidget),
+        }
+        for kind, (label, field) in rows.items():
+            slot = kinds.get(kind)
+            label.visible = field.visible = slot is not None
+            if slot is not None:
+                label.text, field.toolTip = slot.label, slot.tooltip
+        self.setSynthesisSlots(slots if task == taskpanel.SYNTHESIZE else [])
+
+        selectors = [(self.ui.inputVolumeSelector, inputs.get_node("volume")),
+                     (self.ui.labelmapSelector, inputs.get_node("labelmap")),
+                     *((selector, inputs.get_node(key)) for key, _label, selector in self._synthesisSlots)]  # fmt: skip
+        for selector, node in selectors:
+            if selector.currentNode() is not node:
+                selector.blockSignals(True)
+                selector.setCurrentNode(node)
+                selector.blockSignals(False)
+        segments = self.ui.segmentSelectorWidget
+        segments.blockSignals(True)
+        if segments.currentNode() is not inputs.get_node("segmentation"):
+            segments.setCurrentNode(inputs.get_node("segmentation"))
+        if inputs.segment_id and segments.currentSegmentID() != inputs.segment_id:
+            segments.setCurrentSegmentID(inputs.segment_id)
+        segments.blockSignals(False)
+        strength = self.ui.strengthSliderWidget
+        strength.blockSignals(True)
+        strength.value = inputs.strength
+        strength.blockSignals(False)
+
+        usesSampler = taskpanel.uses_sampler(task, card)
+        for widget in (self.ui.samplerPresetLabel, self.ui.samplerPresetComboBox, self.ui.samplerComboBox):
+            widget.enabled = usesSampler
+        for widget in (self.ui.stepsLabel, self.ui.stepsSpinBox):
+            widget.enabled = taskpanel.uses_steps(task, card)
+        for widget in (self.ui.countLabel, self.ui.countSpinBox):
+            widget.enabled = taskpanel.uses_count(task)
+        generating = task == taskpanel.GENERATE
+        for widget in (self.ui.batchSizeLabel, self.ui.batchSizeSpinBox, self.ui.outputNameLabel,
+                       self.ui.outputNameLineEdit):  # fmt: skip
+            widget.enabled = generating
+        self.ui.generateButton.text = taskpanel.RUN_LABELS[task]
+        self.ui.runCollapsibleButton.text = taskpanel.RUN_LABELS[task]
+        self.showSelectionCheck()
+
+    def setSynthesisSlots(self, slots) -> None:
+        """One labelled volume selector per input the card names; made anew only when the names change (another
+        model), each with the scene set."""
+        wanted = [(slot.key, slot.label, slot.tooltip) for slot in slots]
+        if [(key, label) for key, label, _ in self._synthesisSlots] == [(k, lab) for k, lab, _ in wanted]:
+            return
+        layout = self.ui.synthesisInputsWidget.layout()
+        for _key, label, selector in self._synthesisSlots:
+            for widget in (label, selector):
+                layout.removeWidget(widget)
+                widget.setParent(None)
+                widget.deleteLater()
+        self._synthesisSlots = []
+        for key, text, tooltip in wanted:
+            label = qt.QLabel(text)
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.showChildNodeTypes = False
+            selector.noneEnabled = True
+            selector.addEnabled = False
+            selector.removeEnabled = False
+            selector.toolTip = tooltip
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.setCurrentNode(None)
+            selector.currentNodeChanged.connect(lambda node, key=key: self.storeInputNode(key, node))
+            layout.addRow(label, selector)
+            self._synthesisSlots.append((key, label, selector))
+        self.ui.synthesisInputsWidget.visible = bool(self._synthesisSlots)
+
+    def onTaskChosen(self, index) -> None:
+        inputs = self.taskInputs()
+        if inputs is not None:
+            inputs.task = self.ui.taskComboBox.itemData(index)
+
+    def storeInputNode(self, key: str, node) -> None:
+        inputs = self.taskInputs()
+        if inputs is not None:
+            inputs.set_node(key, node)
+
+    def onSegmentChosen(self, segmentId) -> None:
+        inputs = self.taskInputs()
+        if inputs is not None:
+            inputs.segment_id = segmentId
+
+    def onStrengthChosen(self, value) -> None:
+        inputs = self.taskInputs()
+        if inputs is not None:
+            inputs.strength = value
+
+    def currentSelection(self):
+        return self.taskInputs().selection(self._task, self.currentCard())
+
+    def showSelectionCheck(self) -> list:
+        """The problems of the current selection under the inputs (the Run button checks again: a segment can be
+        painted without the parameter node changing)."""
+        if self._task == taskpanel.GENERATE or self.taskInputs() is None:
+            self.ui.inputCheckLabel.text = ""
+            return []
+        problems = taskpanel.check_selection(self._task, self.currentCard(), self.currentSelection())
+        self.ui.inputCheckLabel.text = "\n".join(problems) if problems else _("Inputs are ready.")
+        return problems
+
     # ------------------------------------------------------------------------------------------- devices
 
     def onDeviceInfo(self, job) -> None:
@@ -496,6 +653,9 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------------- generation
 
     def onGenerate(self) -> None:
+        if self._task != taskpanel.GENERATE:
+            self.onRunTask()
+            return
         with slicer.util.tryWithErrorDisplay(_("Cannot start generating."), waitCursor=True):
             params = self._parameterNode.toGenerationParameters().validate()
             parameters.save_settings(self.settings, params)
@@ -517,6 +677,68 @@ class WaveletDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 on_finished=self.onGenerationFinished,
             )
             self.updateButtons()
+
+    def onRunTask(self) -> None:
+        """Synthesize, inpaint or vary: check the inputs, then make the one logic call taskpanel plans."""
+        task, card = self._task, self.currentCard()
+        with slicer.util.tryWithErrorDisplay(_("Cannot start."), waitCursor=True):
+            params = self._parameterNode.toGenerationParameters().validate()
+            selection = self.currentSelection()
+            problems = taskpanel.check_selection(task, card, selection)
+            if problems:
+                self.ui.inputCheckLabel.text = "\n".join(problems)
+                slicer.util.errorDisplay("\n".join(problems), windowTitle=_("Wavelet Diffusion"))
+                return
+            parameters.save_settings(self.settings, params)
+            self.logic.ensureDependencies()
+            plan = taskpanel.run_plan(task, card, params.model, selection, params)
+            self._volumesShown = 0
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Starting the worker and loading the model...")
+            self.appendLog(plan.description)
+            slicer.util.showStatusMessage(_("Wavelet Diffusion: {what}...").format(what=plan.description))
+            self._runningTask = task
+            job = getattr(self.logic, plan.method)(
+                *plan.args,
+                **plan.kwargs,
+                on_progress=self.onTaskProgress,
+                on_preview=self.onPreview if params.preview else None,
+                on_finished=self.onTaskFinished,
+            )
+            # A job that could not start has already finished (onTaskFinished ran inside the call).
+            self._job = None if job.finished else job
+            self.updateButtons()
+
+    def onTaskProgress(self, job, event) -> None:
+        if event.get("task") == "download":
+            self.ui.statusLabel.text = f"Downloading the model... {100 * job.fraction:.0f} %"
+            return
+        self.ui.progressBar.value = int(1000 * job.fraction)
+        self.ui.statusLabel.text = taskpanel.progress_text(event, formatDuration)
+
+    def onTaskFinished(self, job) -> None:
+        self._job = None
+        task = self._runningTask
+        elapsed = formatDuration(max(0.0, time.monotonic() - job.started))
+        self.ui.statusLabel.text = taskpanel.finished_text(task, job, elapsed)
+        if job.state == "done":
+            self.ui.progressBar.value = 1000
+        if job.nodes:
+            self.showTaskResult(job)
+        if job.state == "failed":
+            self.showError(_("{task} failed").format(task=taskpanel.RUN_LABELS[task]), job.error)
+        slicer.util.showStatusMessage(_("Wavelet Diffusion: {status}").format(status=self.ui.statusLabel.text), 5000)
+        self.updateButtons()
+
+    def showTaskResult(self, job) -> None:
+        """The logic's show_task_result sets the slice views (inpainting: the original in the background)."""
+        from WaveletDiffusionLib import logic as libLogic
+
+        show = getattr(libLogic, "show_task_result", None)
+        if show is not None:
+            show(job)
+        else:
+            slicer.util.setSliceViewerLayers(background=job.nodes[0], fit=True)
 
     def onProgress(self, job, event) -> None:
         if event.get("task") == "download":

@@ -5,6 +5,7 @@
 * :mod:`.volumes` - arrays, files and geometry -> scalar volume nodes (the one (i,j,k) <-> (k,j,i) swap)
 * :mod:`.tasks` - synthesize / inpaint / vary: inputs to files, a segment's mask on a volume's grid, results shown
 * :mod:`.parameters` - the generation settings and their persistence
+* :mod:`.taskpanel` - what the panel asks for per task (from the model's card), input checks, the call to make
 * :mod:`.dependencies` - what to install on first use, and through which of Slicer's installers
 """
 
