@@ -116,6 +116,16 @@ def test_training_module_depends_on_the_generation_module():
     assert "useCheckpoint" in {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
 
 
+def test_generation_module_depends_on_segmentations_for_its_segment_selector():
+    """qMRMLSegmentSelectorWidget and the segment export come from Slicer's Segmentations module."""
+    ui = (REPO_ROOT / "WaveletDiffusion" / "Resources" / "UI" / "WaveletDiffusion.ui").read_text(encoding="utf-8")
+    assert "qMRMLSegmentSelectorWidget" in ui
+    tree = ast.parse(module_file("WaveletDiffusion").read_text(encoding="utf-8"))
+    assigns = [n for n in ast.walk(tree) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]).endswith(
+        "parent.dependencies")]  # fmt: skip
+    assert [ast.literal_eval(a.value) for a in assigns] == [["Segmentations"]]
+
+
 def test_engine_cmake_installs_the_whole_package():
     cmake = cmake_text(ENGINE / "CMakeLists.txt")
     package = ENGINE / "wdmcore"

@@ -67,7 +67,7 @@ class WaveletDiffusion(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Wavelet Diffusion")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Segmentations"]  # qMRMLSegmentSelectorWidget, segment export for inpainting
         self.parent.contributors = CONTRIBUTORS
         self.parent.helpText = (
             _(
