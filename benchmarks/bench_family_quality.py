@@ -255,6 +255,7 @@ def main() -> int:
     record["rows"] = rows
     print()
     print(markdown(rows, args.threads))
+    print(f"load average after the run: {', '.join(f'{v:.1f}' for v in record['load_average_after'])}")
     RESULTS.mkdir(exist_ok=True)
     output = args.output or RESULTS / "bench_family_quality.json"
     output.write_text(json.dumps(record, indent=2) + "\n")
@@ -269,9 +270,12 @@ def markdown(rows: list[dict], threads: int) -> str:
     ]
     for r in rows:
         quality = (
-            [f"{r[k]:.4f}" if k in ("ssim", "mse") else f"{r[k]:.2f}" for k in ("ssim", "psnr", "mse")]
+            [
+                f"{r[k]:.4f}" if k == "ssim" else f"{r[k]:.3g}" if k == "mse" else f"{r[k]:.2f}"
+                for k in ("ssim", "psnr", "psnr_01", "mse")
+            ]
             if "ssim" in r
-            else ["", "", ""]
+            else [""] * 4
         )
         seconds = f"{r['seconds_per_volume']:.2f}" if "seconds_per_volume" in r else ""
         lines.append(f"| {r['task']} | {r['method']} | {r['n']} | {' | '.join(quality)} | {seconds} |")
