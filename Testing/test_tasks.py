@@ -437,3 +437,30 @@ def test_repaint_works_at_the_model_spacing_and_maps_back(unconditional_2mm, mon
     big[10:12, 10:12, 1:13] = 1  # 36 mm along the 3 mm axis
     with pytest.raises(ConfigError, match="mm, more than the model's window"):
         wdmcore.inpaint(unconditional_2mm, (image, affine), (big, affine), steps=2)
+
+
+def test_solvers_take_explicit_timesteps_for_partial_runs():
+    from wdmcore.diffusion import Diffusion, DiffusionConfig
+    from wdmcore.samplers import NoiseSource, run_sampler, solver_timesteps
+
+    diffusion = Diffusion(DiffusionConfig(steps=100))
+
+    def network(x, t):  # a smooth stand-in denoiser
+        return 0.5 * torch.tanh(x)
+
+    x = torch.randn(1, 8, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    for sampler in ("unipc", "dpm++2m", "ddim"):
+        full = solver_timesteps(diffusion, 10, "logsnr")
+        a = run_sampler(sampler, network, diffusion, x, NoiseSource([0]), steps=10)
+        b = run_sampler(sampler, network, diffusion, x, NoiseSource([0]), steps=1, timesteps=full)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        calls = []
+        run_sampler(
+            sampler, network, diffusion, x, NoiseSource([0]), steps=1, timesteps=full[4:],
+            on_step=lambda done, total, *_, calls=calls: calls.append(total),
+        )  # fmt: skip
+        assert calls == [6] * 6
+    with pytest.raises(ConfigError, match="decreasing"):
+        run_sampler("unipc", network, diffusion, x, NoiseSource([0]), steps=1, timesteps=[3, 5])
+    with pytest.raises(ConfigError, match="for the solvers"):
+        run_sampler("ancestral", network, diffusion, x, NoiseSource([0]), steps=1, timesteps=[5, 3])
