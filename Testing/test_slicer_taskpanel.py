@@ -71,9 +71,9 @@ def test_sampler_count_and_descriptions_per_task(cards):
     assert not taskpanel.uses_steps(INPAINT, inpaint_card)  # its released steps
     assert taskpanel.uses_steps(INPAINT, unconditional)  # RePaint's steps
     assert taskpanel.uses_steps(VARY, unconditional) and taskpanel.uses_steps(SYNTHESIZE, {})
-    # The sampler is chosen for generation and synthesis; variations and RePaint run the ancestral one.
+    # The sampler is chosen for generation, synthesis and variations; RePaint runs the ancestral one.
     assert [t for t in ("generate", SYNTHESIZE, INPAINT, VARY) if taskpanel.uses_sampler(t, unconditional)] == [
-        "generate", SYNTHESIZE]  # fmt: skip
+        "generate", SYNTHESIZE, VARY]  # fmt: skip
     assert taskpanel.uses_count(VARY) and not taskpanel.uses_count(SYNTHESIZE) and not taskpanel.uses_count(INPAINT)
     text = taskpanel.task_description(SYNTHESIZE, cards["demo_phantom_synthesize_32"])
     assert text.startswith("Synthesizes t1 (phantom contrast t1) from t2, flair, pd")
@@ -372,7 +372,7 @@ def test_run_makes_one_call_of_the_logic_per_task(scene, cards):
     assert repaint.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "steps": 20, "labelmap": labelmap}
     vary = made["vary"]
     assert vary.method == "start_vary" and vary.args == ("demo_phantom_64", flair)
-    assert vary.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "sampler": "ancestral", "steps": 20,
+    assert vary.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "sampler": "dpm++2m", "steps": 20,
                            "strength": 0.25, "count": 3}  # fmt: skip
     generate = taskpanel.run_plan("generate", cards["demo_phantom_64"], "demo_phantom_64", Selection("generate"),
                                   settings)  # fmt: skip

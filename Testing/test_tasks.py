@@ -10,6 +10,7 @@ import wdmcore
 from wdmcore.errors import ConfigError, DataError, InputShapeError
 from wdmcore.models.checkpoints import save_model_file
 from wdmcore.networks import NetworkConfig, build_network
+from wdmcore.samplers import Cancelled
 from wdmcore.tasks.inpaint import component_windows, fast_normalise, pad_widths
 from wdmcore.tasks.inputs import fit_axis, from_grid, read_inputs, to_grid
 from wdmcore.tasks.synthesize import finish_image
@@ -104,7 +105,7 @@ def test_cwdm_preprocessing_and_postprocessing_match_the_released_run(cwdm_tiny)
         fits,
     )
     standin = to_coefficients(torch.from_numpy(1.2 * target - 0.1)[None, None])
-    image = finish_image(cwdm_tiny, standin, prepared[0])[..., :155]
+    image = finish_image(cwdm_tiny, standin, prepared[0], "brain-mask")[..., :155]
     assert int((image == 0).sum()) == _get(ref, f"{case}/sample_count_exact_0")
     assert int((image == 1).sum()) == _get(ref, f"{case}/sample_count_exact_1")
     np.testing.assert_allclose(image[::8, ::8, ::8], _get(ref, f"{case}/sample_strided_8_8_8").numpy(), atol=1e-5)
@@ -199,8 +200,10 @@ def test_inpaint_refuses_bad_masks(fast_tiny, cwdm_tiny):
 def test_vary_changes_the_volume_more_with_more_strength(unconditional):
     rng = np.random.default_rng(4)
     image = rng.random((20, 16, 16)) * 50
-    weak = wdmcore.vary(unconditional, (image, OBLIQUE), strength=0.1, seed=0, steps=10)
-    strong = wdmcore.vary(unconditional, (image, OBLIQUE), strength=1.0, seed=0, steps=10)
+    # The respaced ancestral sampler (the random test network's x0 estimate is no denoiser, so only the
+    # stochastic sampler's noise makes the difference measurable here).
+    weak = wdmcore.vary(unconditional, (image, OBLIQUE), strength=0.1, seed=0, sampler="ancestral", steps=10)
+    strong = wdmcore.vary(unconditional, (image, OBLIQUE), strength=1.0, seed=0, sampler="ancestral", steps=10)
     assert weak.array.shape == image.shape and np.array_equal(weak.affine, OBLIQUE)
     assert np.abs(weak.array - image).mean() < np.abs(strong.array - image).mean()
     np.testing.assert_array_equal(weak.array[:2], image[:2].astype(np.float32))  # outside the 16^3 crop
@@ -327,13 +330,159 @@ def test_previews_are_the_whole_output_in_the_input_grid(fast_tiny, unconditiona
     assert abs(previews[0].mean() - image.mean()) < 0.5 * image.std()  # in the input's intensities, not [0, 1]
 
 
-def test_synthesize_defaults_to_50_ancestral_steps(cwdm_tiny):
-    from wdmcore.samplers import Cancelled
+# -- defaults, post-processing, RePaint at the model's spacing -------------------------------------------------
 
-    inputs = {name: (np.random.default_rng(i).random((16, 16, 16)), OBLIQUE) for i, name in
-              enumerate(cwdm_tiny.input_names)}  # fmt: skip
-    totals = []
-    stop = lambda: bool(totals)  # noqa: E731 - stop after the first step
+
+def test_cwdm_postprocessing_matches_both_released_scripts(cwdm_tiny):
+    """sample_auto.py (values <= 0.04 set to 0, no clamp, no mask: the default) and sample.py (clamp, brain
+    mask by the first conditioning image) on the final coefficients of the released seeded run."""
+    ref = load_reference("cwdm/cwdm_sampling.pt")
+    first = ref[f"image_{ref['condition_order'][0]}"][0, 0].numpy()
+    final = ref["final_coefficients"]
+    auto = finish_image(cwdm_tiny, final, first)
+    expected_auto = ref["final_image_sample_auto_py_threshold_only"].reshape(auto.shape).numpy()
+    np.testing.assert_allclose(auto, expected_auto, atol=1e-5, rtol=0)
+    assert (auto == 0).sum() == (expected_auto == 0).sum() > 0
+    masked = finish_image(cwdm_tiny, final, first, "brain-mask")
+    np.testing.assert_allclose(masked, ref["final_image_sample_py"].reshape(masked.shape).numpy(), atol=1e-5, rtol=0)
+    raw = finish_image(cwdm_tiny, final, first, "none")
+    np.testing.assert_allclose(raw, ref["final_image_before_clamp"].reshape(raw.shape).numpy(), atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="post-processing"):
+        finish_image(cwdm_tiny, final, first, "clip")
+
+
+def test_cwdm_sample_auto_output_in_the_input_grid_matches_the_released_file(cwdm_tiny):
+    """sample_auto.py end to end (t1c missing; stand-in loop returning 1.1 x the first input - 0.05): threshold,
+    zero border, 240 x 240 x 155 in the input's grid. The released file is int16 with scale factors, hence 2e-5."""
+    ref = load_reference("cwdm/cwdm_auto_e2e.pt")
+    order = list(ref["condition_order"])
+    volumes = {s: (_brats_case(_get(ref, f"lowres_fields/{s}")), np.diag([-1.0, -1, 1, 1])) for s in order}
+    inputs = read_inputs(volumes, order, "synthesize")
+    _, prepared, fits = _prepare_with_multiple(cwdm_tiny, inputs, 32)
+    standin = to_coefficients(torch.from_numpy(1.1 * prepared[0] - 0.05)[None, None])
+    image = from_grid(finish_image(cwdm_tiny, standin, prepared[0]), fits, (240, 240, 155))
+    stats = _get(ref, "output_fdata_stats")
+    assert list(image.shape) == stats["shape"] and int(np.count_nonzero(image)) == stats["count_nonzero"]
+    assert abs(image.max() - stats["max"]) < 2e-5 and abs(image.astype(np.float64).mean() - stats["mean"]) < 2e-5
+    np.testing.assert_allclose(image[::8, ::8, ::8], _get(ref, "output_fdata_strided_8_8_8").numpy(), atol=2e-5)
+    assert np.abs(image[:8]).max() == 0 == np.abs(image[:, -8:]).max()
+
+
+def test_synthesize_and_vary_default_to_the_fast_sampler_and_report_steps(cwdm_tiny, unconditional, one_thread):
+    from wdmcore.progressbar import ProgressBars
+    from wdmcore.vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS
+
+    rng = np.random.default_rng(7)
+    inputs = {name: rng.random((16, 16, 8)) for name in cwdm_tiny.input_names}
+    events = []
+    out = wdmcore.synthesize(cwdm_tiny, inputs, seed=1, on_progress=events.append)
+    assert (out.meta["sampler"], out.meta["steps"]) == (DEFAULT_SAMPLER, DEFAULT_STEPS[DEFAULT_SAMPLER])
+    assert out.meta["postprocess"] == "threshold"
+    assert [e["done"] for e in events if e["event"] == "progress"] == list(range(1, DEFAULT_STEPS[DEFAULT_SAMPLER] + 1))
+    # The released sampler stays one option away (stopped after its first step).
+    seen = []
     with pytest.raises(Cancelled):
-        wdmcore.synthesize(cwdm_tiny, inputs, cancel=stop, on_progress=lambda e: totals.append(e["total"]))
-    assert totals == [50]
+        wdmcore.synthesize(
+            cwdm_tiny, inputs, sampler="ancestral", steps=1000, on_progress=seen.append, cancel=lambda: bool(seen)
+        )
+    assert (seen[0]["total"], seen[0]["sampler"]) == (1000, "ancestral")
+    image = rng.random((20, 16, 16)) * 50
+    varied = wdmcore.vary(unconditional, image, strength=0.5, seed=0)
+    assert varied.meta["sampler"] == DEFAULT_SAMPLER and varied.meta["steps"] == 25  # the model has 100 steps
+    assert 1 <= varied.meta["denoising_steps"] < 25 and varied.array.shape == image.shape
+    # Progress bars of the tasks count steps.
+    import io
+
+    bars = ProgressBars(io.StringIO())
+    for task in ("synthesize", "inpaint", "vary"):
+        bars({"event": "progress", "task": task, "done": 1, "total": 4})
+        assert bars.bars[task].unit == "step", task
+    bars.close()
+
+
+def test_cli_task_defaults():
+    from wdmcore.cli.main import build_parser
+    from wdmcore.vocabulary import DEFAULT_SAMPLER
+
+    parser = build_parser()
+    args = parser.parse_args(["synthesize", "--model", "m", "--out", "o.nii.gz"])
+    assert (args.sampler, args.steps, args.postprocess) == (DEFAULT_SAMPLER, None, "threshold")
+    args = parser.parse_args(["vary", "--model", "m", "--image", "x", "--out", "o.nii.gz"])
+    assert (args.sampler, args.steps) == (DEFAULT_SAMPLER, None)
+
+
+@pytest.fixture(scope="module")
+def unconditional_2mm(tmp_path_factory):
+    torch.manual_seed(1)
+    network = build_network(NetworkConfig(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4))
+    for p in network.parameters():
+        p.data += 0.05 * torch.randn_like(p)
+    card = {"image_size": 16, "spacing_mm": [2.0, 2.0, 2.0], "diffusion": {"steps": 100}}
+    return wdmcore.load_model(save_model_file(tmp_path_factory.mktemp("m") / "u2.safetensors", network, card))
+
+
+def test_repaint_works_at_the_model_spacing_and_maps_back(unconditional_2mm, monkeypatch):
+    import wdmcore.tasks.inpaint as inpaint_module
+
+    shape = (40, 36, 14)
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])  # the model's spacing is 2 mm
+    affine[:3, 3] = (5.0, -3.0, 1.0)
+    i, j, k = np.indices(shape, dtype=np.float64)
+    image = 3 * i + 2 * j + 5 * k + 10  # linear: linear interpolation there and back is exact
+    mask = np.zeros(shape)
+    mask[12:20, 10:16, 5:8] = 1
+    seen = {}
+    real = inpaint_module._repaint_crop
+
+    def identity(wdm, crop, crop_inside, *args):
+        seen["crop"], seen["inside"] = crop, crop_inside
+        seen["filled"] = real(wdm, crop, crop_inside, *args)
+        return crop  # fill the mask with the resampled input itself
+
+    monkeypatch.setattr(inpaint_module, "_repaint_crop", identity)
+    out = wdmcore.inpaint(unconditional_2mm, (image, affine), (mask, affine), seed=2, steps=3, resample=1)
+    assert seen["crop"].shape == (16, 16, 16)
+    # The window holds the whole mask: 8 x 6 x 3 input voxels = 6.4 x 4.8 x 9 mm, about 3-5 model voxels a side.
+    assert 3 * 3 * 4 <= seen["inside"].sum() <= 6 * 5 * 7
+    assert np.isfinite(seen["filled"]).all() and seen["filled"].shape == (16, 16, 16)
+    inside = mask > 0
+    np.testing.assert_allclose(out.array[inside], image[inside], rtol=0, atol=1e-3)
+    np.testing.assert_array_equal(out.array[~inside], image[~inside].astype(np.float32))
+    # With the real fill: the outside is still the input exactly, the inside is new, all in the input's grid.
+    monkeypatch.setattr(inpaint_module, "_repaint_crop", real)
+    filled = wdmcore.inpaint(unconditional_2mm, (image, affine), (mask, affine), seed=2, steps=3, resample=2)
+    assert filled.array.shape == shape and np.array_equal(filled.affine, affine)
+    np.testing.assert_array_equal(filled.array[~inside], image[~inside].astype(np.float32))
+    assert not np.allclose(filled.array[inside], image[inside], atol=1.0)
+    # A mask larger than the model's 32 mm window is refused with the sizes.
+    big = np.zeros(shape)
+    big[10:12, 10:12, 1:13] = 1  # 36 mm along the 3 mm axis
+    with pytest.raises(ConfigError, match="mm, more than the model's window"):
+        wdmcore.inpaint(unconditional_2mm, (image, affine), (big, affine), steps=2)
+
+
+def test_solvers_take_explicit_timesteps_for_partial_runs():
+    from wdmcore.diffusion import Diffusion, DiffusionConfig
+    from wdmcore.samplers import NoiseSource, run_sampler, solver_timesteps
+
+    diffusion = Diffusion(DiffusionConfig(steps=100))
+
+    def network(x, t):  # a smooth stand-in denoiser
+        return 0.5 * torch.tanh(x)
+
+    x = torch.randn(1, 8, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    for sampler in ("unipc", "dpm++2m", "ddim"):
+        full = solver_timesteps(diffusion, 10, "logsnr")
+        a = run_sampler(sampler, network, diffusion, x, NoiseSource([0]), steps=10)
+        b = run_sampler(sampler, network, diffusion, x, NoiseSource([0]), steps=1, timesteps=full)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        calls = []
+        run_sampler(
+            sampler, network, diffusion, x, NoiseSource([0]), steps=1, timesteps=full[4:],
+            on_step=lambda done, total, *_, calls=calls: calls.append(total),
+        )  # fmt: skip
+        assert calls == [6] * 6
+    with pytest.raises(ConfigError, match="decreasing"):
+        run_sampler("unipc", network, diffusion, x, NoiseSource([0]), steps=1, timesteps=[3, 5])
+    with pytest.raises(ConfigError, match="for the solvers"):
+        run_sampler("ancestral", network, diffusion, x, NoiseSource([0]), steps=1, timesteps=[5, 3])

@@ -228,6 +228,7 @@ def dpmpp_2m(
     steps: int = 25,
     spacing: str = "logsnr",
     sde: bool = False,
+    timesteps: Sequence[int] | None = None,
     on_step: StepCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> torch.Tensor:
@@ -236,11 +237,12 @@ def dpmpp_2m(
     ``sde=True`` is SDE-DPM-Solver++ 2M: each step re-injects fresh noise (one draw per network call from
     ``noise``), which pulls the trajectory back toward the data distribution when the network's x0 estimate
     is off. The last call is at the lowest timestep of the spacing (t = 0 except for ``"linspace"``) and its x0
-    prediction is the result.
+    prediction is the result. ``timesteps`` (decreasing, x at the first) replaces the spacing's ``steps``
+    timesteps: how a partial run (SDEdit) starts from an intermediate noise level.
     """
     if sde and noise is None:
         raise ValueError("the SDE solver needs a noise source")
-    timesteps = solver_timesteps(diffusion, steps, spacing)
+    timesteps = solver_timesteps(diffusion, steps, spacing) if timesteps is None else list(timesteps)
     levels = _levels(diffusion, timesteps)
     x = x.float()
     previous: tuple[torch.Tensor, float] | None = None
@@ -273,13 +275,15 @@ def dpmpp_2m_sde(
     *,
     steps: int = 25,
     spacing: str = "logsnr",
+    timesteps: Sequence[int] | None = None,
     on_step: StepCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> torch.Tensor:
     """SDE-DPM-Solver++ 2M (:func:`dpmpp_2m` with ``sde=True``)."""
     return dpmpp_2m(
-        denoise, diffusion, x, noise, steps=steps, spacing=spacing, sde=True, on_step=on_step, cancel=cancel
-    )
+        denoise, diffusion, x, noise, steps=steps, spacing=spacing, sde=True, timesteps=timesteps, on_step=on_step,
+        cancel=cancel,
+    )  # fmt: skip
 
 
 def _unipc_corrector_weights(h: float, ratios: Sequence[float]) -> list[float]:
@@ -311,12 +315,14 @@ def unipc(
     *,
     steps: int = 25,
     spacing: str = "logsnr",
+    timesteps: Sequence[int] | None = None,
     on_step: StepCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> torch.Tensor:
     """UniPC (data prediction, order 2, B(h) = bh2): the DPM-Solver++ 2M predictor plus a corrector that
-    re-uses each new network output to refine the step that led to it, at no extra network call."""
-    timesteps = solver_timesteps(diffusion, steps, spacing)
+    re-uses each new network output to refine the step that led to it, at no extra network call.
+    ``timesteps``: as for :func:`dpmpp_2m`."""
+    timesteps = solver_timesteps(diffusion, steps, spacing) if timesteps is None else list(timesteps)
     levels = _levels(diffusion, timesteps)
     x = x.float()
     outputs: list[tuple[torch.Tensor, float]] = []  # (x0 prediction, lambda) of the previous two calls
@@ -459,6 +465,7 @@ def run_sampler(
     steps: int,
     eta: float = 0.0,
     spacing: str | None = None,
+    timesteps: Sequence[int] | None = None,
     on_step: StepCallback | None = None,
     cancel: CancelCheck | None = None,
     condition: torch.Tensor | None = None,
@@ -466,9 +473,22 @@ def run_sampler(
     """Sample from x_T with ``steps`` network calls. ``network(x, t)`` takes original timesteps;
     ``diffusion`` is the model's full diffusion; ``spacing`` (not for ``ancestral``): one of :data:`SPACINGS`,
     default :data:`DEFAULT_SPACING`;
+    ``timesteps`` (not for ``ancestral``): the decreasing original timesteps to call the network at, ``x`` being
+    at the first (a partial run from an intermediate noise level, as SDEdit needs); replaces ``steps``/``spacing``;
     ``condition`` is concatenated after x_t at every call."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    if timesteps is not None:
+        timesteps = [int(t) for t in timesteps]
+        if (
+            not timesteps
+            or any(a <= b for a, b in zip(timesteps[:-1], timesteps[1:], strict=True))
+            or timesteps[-1] < 0
+        ):
+            raise ConfigError("timesteps must be distinct, decreasing and non-negative.")
+        if timesteps[0] >= diffusion.num_timesteps or sampler == "ancestral":
+            raise ConfigError("explicit timesteps are for the solvers, within the model's diffusion steps.")
+        steps = len(timesteps)
     if not 1 <= steps <= diffusion.num_timesteps:
         raise ConfigError(f"steps must be between 1 and {diffusion.num_timesteps}, got {steps}.")
     if sampler == "ancestral":
@@ -477,9 +497,11 @@ def run_sampler(
         used = diffusion if steps == diffusion.num_timesteps else diffusion.respaced(steps)
         kwargs = {}
     elif sampler == "ddim":
-        used = Diffusion(diffusion.config, solver_timesteps(diffusion, steps, spacing or DEFAULT_SPACING["ddim"]))
+        kept = timesteps or solver_timesteps(diffusion, steps, spacing or DEFAULT_SPACING["ddim"])
+        used = Diffusion(diffusion.config, kept)
         kwargs = {"eta": eta}
     else:
-        used, kwargs = diffusion, {"steps": steps, "spacing": spacing or DEFAULT_SPACING[sampler]}
+        used = diffusion
+        kwargs = {"steps": steps, "spacing": spacing or DEFAULT_SPACING[sampler], "timesteps": timesteps}
     denoise = model_denoiser(network, used, condition)
     return SAMPLERS[sampler](denoise, used, x, noise, on_step=on_step, cancel=cancel, **kwargs)

@@ -20,6 +20,11 @@ PREVIEW_SAMPLER, PREVIEW_STEPS = "unipc", 10
 MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator takes
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
+# Post-processing of a synthesised sequence (wdmcore.tasks.synthesize): the released sample_auto.py's threshold
+# (the default), sample.py's clamp and brain mask, or none.
+SYNTHESIS_POSTPROCESSING = ("threshold", "brain-mask", "none")
+DEFAULT_SYNTHESIS_POSTPROCESS = "threshold"
+
 # The BraTS 2023 sequence names (dataset discovery; the cWDM synthesis models' inputs and outputs).
 BRATS_SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
 

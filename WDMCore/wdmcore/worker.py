@@ -344,10 +344,10 @@ class Worker:
         strength = request.get("strength", 0.5)
         if isinstance(strength, bool) or not isinstance(strength, int | float):
             raise _BadRequest(f"'strength' must be a number in (0, 1], got {strength!r:.100}")
-        if request.get("sampler") not in (None, "", "ancestral"):
-            self.send("log", id=request.get("id"), message="variations always use the ancestral sampler")
+        options = {"sampler": request["sampler"]} if request.get("sampler") else {}
+        strength = float(strength)
         self._run_task(request, "vary", count, image,
-                       lambda index, **kw: vary(self.model, image, strength=float(strength), **kw))  # fmt: skip
+                       lambda index, **kw: vary(self.model, image, strength=strength, **options, **kw))  # fmt: skip
 
     def _run_task(self, request: dict[str, Any], task: str, num: int, grid_path: str, run) -> None:
         """The common part of synthesize, inpaint and vary: model, progress, previews, results, done.

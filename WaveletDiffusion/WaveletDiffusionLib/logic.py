@@ -632,7 +632,8 @@ class WaveletDiffusionLogic(PolledLogic):
     ) -> Job:
         """Start making ``count`` variations of ``volume`` (seeds ``seed``, ``seed + 1``...) with an unconditional
         model: ``strength`` in (0, 1] is how far it is pushed into the noise (0.1-0.3 keeps the anatomy).
-        Variations always use the ancestral sampler (another ``sampler`` is noted in the log)."""
+        ``sampler``/``steps``: as for generation (the engine's fast default when None); only the sampler's steps
+        below the chosen noise level run."""
         tasks.check_volume(volume, "the volume to vary")
         params = TaskParameters("vary", str(model), seed=seed, sampler=sampler, steps=steps, device=device,
                                 precision=precision, count=count, strength=strength, preview=preview,

@@ -30,7 +30,6 @@ TASK_LABELS = {
 }
 RUN_LABELS = {GENERATE: "Generate", SYNTHESIZE: "Synthesize", INPAINT: "Inpaint", VARY: "Make variations"}
 DEFAULT_STRENGTH = 0.3
-VARY_SAMPLER = "ancestral"  # the engine's variations (SDEdit) denoise with the respaced ancestral sampler only
 # Two grids are the same when their IJK-to-RAS matrices agree within 1 um (the engine's own tolerance).
 GRID_TOLERANCE_MM = 1e-3
 CARD_KEY = "wdm_card"  # where our .safetensors files keep their card (wdmcore.models.checkpoints.CARD_KEY)
@@ -199,9 +198,9 @@ def uses_count(task: str) -> bool:
 
 
 def uses_sampler(task: str, card: Mapping[str, Any]) -> bool:
-    """Whether the sampler choice applies: variations and RePaint run the ancestral sampler (respaced), a
-    conditional inpainting model its released schedule."""
-    return task in (GENERATE, SYNTHESIZE)
+    """Whether the sampler choice applies: RePaint runs the ancestral sampler (its resampling jumps need fresh
+    noise), a conditional inpainting model its released schedule."""
+    return task in (GENERATE, SYNTHESIZE, VARY)
 
 
 def uses_steps(task: str, card: Mapping[str, Any]) -> bool:
@@ -518,8 +517,7 @@ def run_plan(task: str, card: Mapping[str, Any], model: str, chosen: Selection, 
     if task == VARY:
         kwargs = {
             **common,
-            "sampler": VARY_SAMPLER,
-            "steps": int(settings.steps),
+            **sampling,
             "strength": float(chosen.strength),
             "count": int(settings.count),
         }

@@ -25,7 +25,12 @@ def add_parser(subparsers: Any) -> None:
     add_common_options(p, model_help="an inpainting or unconditional model: catalogue name or checkpoint file")
     p.add_argument("--image", type=Path, required=True, help="the volume to fill")
     p.add_argument("--mask", type=Path, required=True, help="the region to fill (non-zero inside), same grid")
-    p.add_argument("--steps", type=int, default=None, help="[inpainting model: its 2 steps; otherwise 50]")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="[inpainting model: its own steps (fastWDM3D: 2); unconditional model: 50 respaced ancestral steps]",
+    )
     p.add_argument("--resample", type=int, default=5, help="RePaint repetitions per step (unconditional models) [5]")
     p.set_defaults(handler=run)
 

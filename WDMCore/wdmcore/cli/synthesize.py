@@ -11,7 +11,14 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from ..vocabulary import BRATS_SEQUENCES, SAMPLER_NAMES
+from ..vocabulary import (
+    BRATS_SEQUENCES,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    DEFAULT_SYNTHESIS_POSTPROCESS,
+    SAMPLER_NAMES,
+    SYNTHESIS_POSTPROCESSING,
+)
 from .task_options import add_common_options, run_task
 
 
@@ -41,8 +48,21 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_common_options(p, model_help="a synthesis model: catalogue name or checkpoint file")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ancestral", help="[ancestral]")
-    p.add_argument("--steps", type=int, default=None, help="network evaluations [50; 1000 = the released sampler]")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"network calls [{DEFAULT_STEPS[DEFAULT_SAMPLER]} for {DEFAULT_SAMPLER}; the sampler's default otherwise; "
+        "--sampler ancestral --steps 1000 is the released sampler]",
+    )
+    p.add_argument(
+        "--postprocess",
+        choices=SYNTHESIS_POSTPROCESSING,
+        default=DEFAULT_SYNTHESIS_POSTPROCESS,
+        help="threshold: values <= 0.04 set to 0 (the released sample_auto.py); brain-mask: clamp to [0, 1] and 0 "
+        f"where the first input is 0 (the released sample.py); none [{DEFAULT_SYNTHESIS_POSTPROCESS}]",
+    )
     p.add_argument("--input", action="append", default=[], metavar="NAME=PATH", help="an input of any name")
     names = list(dict.fromkeys([*BRATS_SEQUENCES, *_catalogue_input_names()]))
     for name in names:
@@ -67,4 +87,6 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         raise ConfigError("give the model's inputs, e.g. --t1c A.nii.gz --t2w B.nii.gz --t2f C.nii.gz.")
     first = next(iter(inputs.values()))
-    return run_task(args, synthesize, first, inputs, sampler=args.sampler, steps=args.steps)
+    return run_task(
+        args, synthesize, first, inputs, sampler=args.sampler, steps=args.steps, postprocess=args.postprocess
+    )

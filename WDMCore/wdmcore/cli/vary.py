@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_NAMES
 from .task_options import add_common_options, run_task
 
 
@@ -21,11 +22,18 @@ def add_parser(subparsers: Any) -> None:
     add_common_options(p, model_help="an unconditional model: catalogue name or checkpoint file")
     p.add_argument("--image", type=Path, required=True, help="the volume to vary")
     p.add_argument("--strength", type=float, default=0.5, help="how far to diffuse, in (0, 1] [0.5]")
-    p.add_argument("--steps", type=int, default=50, help="respaced steps of the full schedule [50]")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"network calls over the whole schedule, of which those below --strength run "
+        f"[{DEFAULT_STEPS[DEFAULT_SAMPLER]} for {DEFAULT_SAMPLER}; the sampler's default otherwise]",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..tasks.vary import vary
 
-    return run_task(args, vary, args.image, args.image, strength=args.strength, steps=args.steps)
+    return run_task(args, vary, args.image, args.image, strength=args.strength, sampler=args.sampler, steps=args.steps)

@@ -14,7 +14,10 @@ Two ways, chosen by the model's card:
   the mask is normalised like the model's training data ([0.1 %, 99.9 %] quantiles -> [-1, 1]); at every
   step the known part (coefficients whose 2x2x2 block lies wholly outside the mask) is replaced by the input
   diffused to that step, and each step is repeated ``resample`` times (x_{t-1} -> x_t -> x_{t-1}) so that
-  the generated part agrees with the known one.
+  the generated part agrees with the known one. A model whose card states its voxel spacing works at that
+  spacing: when the input's differs, a window of the model's size and spacing (along the input's voxel axes,
+  centred on the mask) is resampled from the input, filled there, and the filled region interpolated back
+  into the input's grid.
 """
 
 from __future__ import annotations
@@ -158,25 +161,92 @@ def _crop_window(inside: np.ndarray, size: int) -> tuple[tuple[slice, ...], list
     return tuple(window), pads
 
 
-def _repaint(wdm, image, inside, seed, steps, resample, on_step, cancel):
-    size = wdm.image_size
+def model_spacing(wdm: WDMModel) -> np.ndarray | None:
+    """The voxel spacing (mm) the model's card states (``spacing_mm`` or a geometry affine), else None."""
+    from ..volumes.writing import card_geometry
+
+    card = wdm.card
+    nested = card.get("geometry") if isinstance(card.get("geometry"), dict) else {}
+    if all(d.get(k) is None for d in (card, nested) for k in ("spacing_mm", "affine")):
+        return None
+    return card_geometry(card, wdm.image_shape).spacing
+
+
+def _repaint(wdm, image, affine, inside, seed, steps, resample, on_step, cancel):
+    """RePaint on the model's grid: the input's own voxels when its spacing is the model's (or the card states
+    none), else a window of the model's size and spacing, resampled from the input and back (linear)."""
+    spacing = model_spacing(wdm)
+    own = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    if spacing is None or np.allclose(own, spacing, rtol=1e-3, atol=0):
+        window, pads = _crop_window(inside, wdm.image_size)
+        crop = np.pad(image[window], pads, mode="edge")
+        crop_inside = np.pad(inside[window], pads, constant_values=False)
+        core = tuple(slice(0, s.stop - s.start) for s in window)
+
+        def paste(values: np.ndarray) -> np.ndarray:
+            out = image.copy()
+            out[window] = values[core]
+            return out
+
+        return paste(_repaint_crop(wdm, crop, crop_inside, seed, steps, resample, _whole(on_step, paste), cancel))
+    return _repaint_resampled(wdm, image, inside, own, spacing, seed, steps, resample, on_step, cancel)
+
+
+def _repaint_resampled(wdm, image, inside, own, spacing, seed, steps, resample, on_step, cancel):
+    """The model's grid: its image shape at its spacing, along the input's voxel axes, around the mask's
+    bounding box. Image (linear, edge values beyond the volume) and mask (every model voxel that touches a
+    masked input voxel) are resampled onto it; the filled values are interpolated back at the masked voxels."""
+    from scipy import ndimage
+
+    shape = np.asarray(wdm.image_shape, dtype=np.float64)
+    ratio = np.asarray(spacing, dtype=np.float64) / own  # input voxels per model voxel, per axis
+    idx = np.argwhere(inside)
+    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    extent_mm = (hi - lo + 1) * own
+    if np.any(extent_mm > shape * spacing):
+        raise ConfigError(
+            f"the mask spans {tuple(round(float(v), 1) for v in extent_mm)} mm, more than the model's window of "
+            f"{tuple(round(float(v), 1) for v in shape * spacing)} mm; split the mask, or use a larger model."
+        )
+    # Input index of model voxel 0: the window centred on the mask, shifted to stay inside the volume (as the
+    # crop at the input's spacing is); centred on the volume along an axis it covers whole.
+    span = (shape - 1) * ratio
+    last = np.asarray(image.shape, dtype=np.float64) - 1
+    start = np.where(span <= last, np.clip((lo + hi) / 2 - span / 2, 0, last - span), last / 2 - span / 2)
+    grid = np.meshgrid(*[start[d] + np.arange(int(shape[d])) * ratio[d] for d in range(3)], indexing="ij")
+    crop = ndimage.map_coordinates(image, grid, order=1, mode="nearest")
+    crop_inside = ndimage.map_coordinates(inside.astype(np.float64), grid, order=1, mode="constant", cval=0.0) > 0
+    back = (idx - start) / ratio  # model-grid coordinates of the masked input voxels
+
+    def paste(values: np.ndarray) -> np.ndarray:
+        out = image.copy()
+        out[inside] = ndimage.map_coordinates(values, back.T, order=1, mode="nearest")
+        return out
+
+    return paste(_repaint_crop(wdm, crop, crop_inside, seed, steps, resample, _whole(on_step, paste), cancel))
+
+
+def _whole(on_step, paste):
+    """A crop's step callback that hands on the estimate of the whole output (``paste`` of the crop's)."""
+    if on_step is None:
+        return None
+    return lambda done, total, crop_estimate: on_step(done, total, lambda: paste(crop_estimate()))
+
+
+def _repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_step, cancel) -> np.ndarray:
+    """RePaint of one crop of the model's size: the filled crop in the input's intensities (float64).
+    ``on_step(done, total, estimate)``: ``estimate()`` is the current estimate of the crop, made on demand."""
     c = wdm.diffusion_config
-    window, pads = _crop_window(inside, size)
-    crop = np.pad(image[window], pads, mode="edge")
-    crop_inside = np.pad(inside[window], pads, constant_values=False)
     scaled, lo, hi = quantile_minmax(crop, 0.001, 0.999, "the image around the mask")
     known_image = torch.from_numpy((2 * scaled - 1).astype(np.float32))[None, None].to(wdm.device)
     x0_known = to_coefficients(known_image, c.lll_scale, c.high_scale)
     blocks = dwt3(torch.from_numpy(crop_inside.astype(np.float32))[None, None])[:, 0]
     known = (blocks.abs() < 1e-6).to(wdm.device)  # LLL of a block is zero only when no voxel is masked
-    core = tuple(slice(0, s.stop - s.start) for s in window)
 
-    def to_input(coeffs: torch.Tensor) -> np.ndarray:
+    def to_crop(coeffs: torch.Tensor) -> np.ndarray:
+        """Coefficients -> the crop in the input's intensities (float64)."""
         generated = from_coefficients(coeffs.float().cpu(), c.lll_scale, c.high_scale)[0, 0].clamp(-1, 1).numpy()
-        values = (generated.astype(np.float64) + 1) / 2 * (hi - lo) + lo
-        result = image.copy()
-        result[window] = values[core]
-        return result
+        return (generated.astype(np.float64) + 1) / 2 * (hi - lo) + lo
 
     diffusion = wdm.sampling_diffusion(steps)
     noise = wdm.noise_source([seed])
@@ -198,8 +268,8 @@ def _repaint(wdm, image, inside, seed, steps, resample, on_step, cancel):
             else:
                 x = x_prev
         if on_step is not None:
-            on_step(done, total, lambda pred=out["pred_xstart"]: to_input(torch.where(known, x0_known, pred)))
-    return to_input(torch.where(known, x0_known, x))
+            on_step(done, total, lambda pred=out["pred_xstart"]: to_crop(torch.where(known, x0_known, pred)))
+    return to_crop(torch.where(known, x0_known, x))
 
 
 # -- the task ----------------------------------------------------------------------------------------------
@@ -259,7 +329,7 @@ def inpaint(
         if fast:
             values = _inpaint_fast(wdm, img.array, inside, seed, steps, on_step, check)
         else:
-            values = _repaint(wdm, img.array, inside, seed, steps, resample, on_step, check)
+            values = _repaint(wdm, img.array, img.affine, inside, seed, steps, resample, on_step, check)
     result = img.array.copy()
     result[inside] = values[inside]  # outside the mask: the input, exactly
     meta = {

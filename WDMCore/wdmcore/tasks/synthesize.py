@@ -9,8 +9,9 @@ quantiles (whole volume), min-max scaled to [0, 1], and fitted to the network gr
 axis: padded at the end when that is the smaller change, else cropped centred; BraTS 240 x 240 x 155 ->
 224 x 224 x 160 exactly as released). The conditioning is the inputs' coefficients (LLL/3) in the card's order.
 After sampling (seeded as the released script, including its data loader's extra int64 draw), the image is
-clamped to [0, 1], set to 0 where the first input is 0 (the released brain mask), and put back into the input
-grid (padding removed; cropped borders are 0). Intensities stay in the normalised [0, 1] range: the absolute
+post-processed as the released ``sample_auto.py`` does it (values <= 0.04 set to 0; or, on request, as
+``sample.py``: clamped to [0, 1] and set to 0 where the first input is 0) and put back into the input grid
+(padding removed; cropped borders are 0). Intensities stay in the normalised [0, 1] range: the absolute
 scale of a missing MR contrast is unknown.
 """
 
@@ -23,14 +24,31 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel
+from ..vocabulary import DEFAULT_SYNTHESIS_POSTPROCESS as DEFAULT_POSTPROCESS
+from ..vocabulary import SYNTHESIS_POSTPROCESSING
 from ..wavelets import from_coefficients, to_coefficients
-from .generate import DEFAULT_STEPS, Cancel, GeneratedVolume, PreviewCallback, resolve_device, resolve_model
+from .generate import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    Cancel,
+    GeneratedVolume,
+    PreviewCallback,
+    resolve_device,
+    resolve_model,
+)
 from .inputs import cancel_check, fit_axis, from_grid, quantile_minmax, read_inputs, require_task, to_grid
 
 CWDM_QUANTILES = (0.001, 0.999)
-ANCESTRAL_STEPS = 50  # default steps of the ancestral sampler for synthesis
+# What happens to the sampled image (names in wdmcore.vocabulary, as the two released sampling scripts do it):
+# "threshold": scripts/sample_auto.py, the script that fills in a case's missing sequence (the task here):
+#   values <= 0.04 set to 0, no upper clamp, no brain mask;
+# "brain-mask": scripts/sample.py, the evaluation script: clamped to [0, 1], 0 where the first input is 0;
+# "none": the sampled image as it is (the sampler's x0 clip already keeps it within [0, 1]).
+POSTPROCESSING = SYNTHESIS_POSTPROCESSING
+AUTO_THRESHOLD = 0.04
 
 
 def prepare_condition(model: WDMModel, volumes: Mapping[str, Any]) -> tuple[torch.Tensor, list[np.ndarray], list]:
@@ -50,12 +68,25 @@ def prepare_condition(model: WDMModel, volumes: Mapping[str, Any]) -> tuple[torc
     return torch.cat(packs, dim=1), prepared, fits
 
 
-def finish_image(model: WDMModel, coeffs: torch.Tensor, first_prepared: np.ndarray) -> np.ndarray:
-    """Coefficients -> image on the network grid, clamped to [0, 1] and masked by the first input (released)."""
+def default_steps(model: WDMModel, sampler: str) -> int:
+    """The sampler's default number of network calls, at most the model's diffusion steps."""
+    return min(DEFAULT_STEPS.get(sampler, DEFAULT_STEPS[DEFAULT_SAMPLER]), model.diffusion.num_timesteps)
+
+
+def finish_image(
+    model: WDMModel, coeffs: torch.Tensor, first_prepared: np.ndarray, postprocess: str = DEFAULT_POSTPROCESS
+) -> np.ndarray:
+    """Coefficients -> image on the network grid, post-processed as one of the released scripts does it
+    (see :data:`POSTPROCESSING`)."""
+    if postprocess not in POSTPROCESSING:
+        raise ConfigError(f"unknown post-processing {postprocess!r}; choose one of {', '.join(POSTPROCESSING)}.")
     c = model.diffusion_config
     image = from_coefficients(coeffs.float().cpu(), c.lll_scale, c.high_scale)[0, 0].numpy()
-    image = np.clip(image, 0.0, 1.0)
-    image[first_prepared == 0] = 0.0
+    if postprocess == "threshold":
+        image = np.where(image <= AUTO_THRESHOLD, np.float32(0), image)
+    elif postprocess == "brain-mask":
+        image = np.clip(image, 0.0, 1.0)
+        image[first_prepared == 0] = 0.0
     return image
 
 
@@ -64,8 +95,9 @@ def synthesize(
     inputs: Mapping[str, Any],
     *,
     seed: int = 0,
-    sampler: str = "ancestral",
+    sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
+    postprocess: str = DEFAULT_POSTPROCESS,
     device: str | torch.device = "cpu",
     cancel: Cancel | None = None,
     on_progress: ProgressCallback | None = None,
@@ -75,14 +107,18 @@ def synthesize(
     """Synthesise the model's output contrast from ``inputs`` (card input name -> volume: path, (array, affine),
     array or GeneratedVolume). All inputs must share one grid; the result is in that grid.
 
-    ``sampler``/``steps``: as for :func:`~wdmcore.tasks.generate.generate` (default 50 respaced ancestral
-    steps; ``steps=1000`` with ``"ancestral"`` is the released sampler)."""
+    ``sampler``/``steps``: as for :func:`~wdmcore.tasks.generate.generate`: the engine's fast default (UniPC,
+    25 network calls); ``sampler="ancestral", steps=1000`` is the released sampler. A model with fewer
+    diffusion steps than the sampler's default runs all of them.
+
+    ``postprocess``: ``"threshold"`` (default; the released ``sample_auto.py``: values <= 0.04 set to 0),
+    ``"brain-mask"`` (the released ``sample.py``: clamp to [0, 1], 0 where the first input is 0) or ``"none"``."""
+    if postprocess not in POSTPROCESSING:
+        raise ConfigError(f"unknown post-processing {postprocess!r}; choose one of {', '.join(POSTPROCESSING)}.")
     torch_device = resolve_device(device)
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "synthesize")
-    if steps is None:  # the ancestral sampler respaced to 50 steps (1000: the released one); others: their default
-        steps = ANCESTRAL_STEPS if sampler == "ancestral" else DEFAULT_STEPS.get(sampler, ANCESTRAL_STEPS)
-    steps = int(steps)
+    steps = default_steps(wdm, sampler) if steps is None else int(steps)
     volumes = read_inputs(inputs, wdm.input_names, "synthesize")
     first = next(iter(volumes.values()))
     condition, prepared, fits = prepare_condition(wdm, volumes)
@@ -91,13 +127,13 @@ def synthesize(
     def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
         tracker.advance(1)
         if on_preview is not None and (done % preview_every == 0 or done == total):
-            grid = finish_image(wdm, pred, prepared[0])
+            grid = finish_image(wdm, pred, prepared[0], postprocess)
             on_preview(0, from_grid(grid, fits, first.array.shape).astype(np.float32))
 
     coeffs = wdm.sample_coefficients(
         [seed], sampler=sampler, steps=steps, condition=condition, on_step=on_step, cancel=cancel_check(cancel)
     )
-    image = from_grid(finish_image(wdm, coeffs, prepared[0]), fits, first.array.shape).astype(np.float32)
+    image = from_grid(finish_image(wdm, coeffs, prepared[0], postprocess), fits, first.array.shape).astype(np.float32)
     output = wdm.card.get("output")
     meta = {
         "task": "synthesize",
@@ -107,6 +143,7 @@ def synthesize(
         "seed": seed,
         "sampler": sampler,
         "steps": steps,
-        "intensity": "[0, 1]: quantile-clipped, min-max scaled (as the model's training data); 0 outside the brain",
+        "postprocess": postprocess,
+        "intensity": "[0, 1]: quantile-clipped, min-max scaled (as the model's training data)",
     }
     return GeneratedVolume(array=image, affine=first.affine.copy(), seed=seed, meta=meta)

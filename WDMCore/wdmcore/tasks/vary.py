@@ -3,9 +3,12 @@
 ``strength`` in (0, 1] is the fraction of the diffusion the volume is pushed through: small values keep the
 anatomy and change texture, 1 forgets the input. A crop of the model's size (centred; padded by edge values
 when the volume is smaller) is normalised like the model's training data ([0.1 %, 99.9 %] quantiles ->
-[-1, 1]), its coefficients are diffused to the step nearest ``strength`` with the seed's noise, and the
-respaced ancestral sampler takes it back to step 0. The result replaces the crop in the input grid (mapped
-back to the input's intensities); voxels outside the crop keep their values.
+[-1, 1]) and its coefficients are diffused with the seed's noise to the timestep where the sampler takes
+over: with the fast solvers (default: the engine's default sampler and step count), the highest of the
+sampler's ``steps`` timesteps at or below ``strength`` x (T - 1), and only the calls from there down run; with
+``sampler="ancestral"``, the step nearest ``strength`` of the ``steps``-step respaced schedule. The result
+replaces the crop in the input grid (mapped back to the input's intensities); voxels outside the crop keep
+their values.
 """
 
 from __future__ import annotations
@@ -19,9 +22,17 @@ import torch
 from ..errors import ConfigError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel
-from ..samplers import Cancelled
+from ..samplers import DEFAULT_SPACING, Cancelled, model_denoiser, run_sampler, solver_timesteps
 from ..wavelets import from_coefficients, to_coefficients
-from .generate import Cancel, GeneratedVolume, PreviewCallback, resolve_device, resolve_model
+from .generate import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    Cancel,
+    GeneratedVolume,
+    PreviewCallback,
+    resolve_device,
+    resolve_model,
+)
 from .inputs import cancel_check, quantile_minmax, read_input, require_task
 
 
@@ -37,19 +48,25 @@ def vary(
     *,
     strength: float = 0.5,
     seed: int = 0,
-    steps: int = 50,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
     device: str | torch.device = "cpu",
     cancel: Cancel | None = None,
     on_progress: ProgressCallback | None = None,
     on_preview: PreviewCallback | None = None,
     preview_every: int = 5,
 ) -> GeneratedVolume:
-    """A variation of ``image`` (path, (array, affine), array or GeneratedVolume) in its own grid."""
+    """A variation of ``image`` (path, (array, affine), array or GeneratedVolume) in its own grid.
+
+    ``sampler``/``steps``: as for :func:`~wdmcore.tasks.generate.generate` (default: the engine's fast sampler
+    and its step count over the whole schedule, of which only those below the starting noise level run)."""
     if not 0 < strength <= 1:
         raise ConfigError(f"strength must be in (0, 1], got {strength}.")
     torch_device = resolve_device(device)
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "generate")
+    if steps is None:
+        steps = min(DEFAULT_STEPS.get(sampler, DEFAULT_STEPS[DEFAULT_SAMPLER]), wdm.diffusion.num_timesteps)
     img = read_input(image, "image")
     size = wdm.image_size
     window, pads = centred_window(img.array.shape, size)
@@ -58,12 +75,20 @@ def vary(
     c = wdm.diffusion_config
     x0 = to_coefficients(torch.from_numpy((2 * scaled - 1).astype(np.float32))[None, None], c.lll_scale, c.high_scale)
     x0 = x0.to(wdm.device)
-    diffusion = wdm.sampling_diffusion(steps)
-    start = max(1, round(strength * diffusion.num_timesteps)) - 1  # step index to start denoising from
     noise = wdm.noise_source([seed])
-    t = torch.full((1,), start, dtype=torch.long, device=x0.device)
     check = cancel_check(cancel)
-    tracker = ProgressTracker(on_progress, "vary", total=start + 1, steps=start + 1)
+    if sampler == "ancestral":
+        diffusion = wdm.sampling_diffusion(steps)
+        start = max(1, round(strength * diffusion.num_timesteps)) - 1  # step index to start denoising from
+        calls, timesteps = start + 1, None
+    else:
+        diffusion = wdm.diffusion
+        if sampler not in DEFAULT_SPACING:
+            raise ConfigError(f"unknown sampler {sampler!r}; choose ancestral or one of {', '.join(DEFAULT_SPACING)}.")
+        full = solver_timesteps(diffusion, steps, DEFAULT_SPACING[sampler])
+        timesteps = [t for t in full if t <= strength * (diffusion.num_timesteps - 1)] or full[-1:]
+        start, calls = timesteps[0], len(timesteps)
+    tracker = ProgressTracker(on_progress, "vary", total=calls, steps=calls, sampler=sampler)
     core = tuple(slice(0, s.stop - s.start) for s in window)
 
     def to_input(coeffs: torch.Tensor) -> np.ndarray:
@@ -74,17 +99,21 @@ def vary(
         whole[window] = values[core]
         return whole
 
+    def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
+        tracker.advance(1)
+        if on_preview is not None and (done % preview_every == 0 or done == total):
+            on_preview(0, to_input(pred).astype(np.float32))
+
     with torch.inference_mode():
+        t = torch.full((1,), start, dtype=torch.long, device=x0.device)
         x = diffusion.q_sample(x0, t, noise.initial(tuple(x0.shape[1:])).to(x0.device))
-        for done, i in enumerate(reversed(range(start + 1)), start=1):
-            if check is not None and check():
-                raise Cancelled("the variation was cancelled")
-            t = torch.full((1,), i, dtype=torch.long, device=x.device)
-            out = diffusion.p_sample(wdm.network(x, diffusion.model_timesteps(t)).float(), x, t, noise.step(x))
-            x = out["sample"]
-            tracker.advance(1)
-            if on_preview is not None and (done % preview_every == 0 or i == 0):
-                on_preview(0, to_input(out["pred_xstart"]).astype(np.float32))
+        if timesteps is None:
+            x = _ancestral_from(wdm, diffusion, x, start, noise, on_step, check)
+        else:
+            x = run_sampler(
+                sampler, wdm.network, diffusion, x, noise, steps=calls, timesteps=timesteps, on_step=on_step,
+                cancel=check,
+            )  # fmt: skip
     result = to_input(x)
     meta = {
         "task": "vary",
@@ -92,7 +121,21 @@ def vary(
         "image": img.source,
         "strength": strength,
         "seed": seed,
+        "sampler": sampler,
         "steps": steps,
-        "denoising_steps": start + 1,
+        "denoising_steps": calls,
     }
     return GeneratedVolume(array=result.astype(np.float32), affine=img.affine.copy(), seed=seed, meta=meta)
+
+
+def _ancestral_from(wdm: WDMModel, diffusion, x: torch.Tensor, start: int, noise, on_step, check) -> torch.Tensor:
+    """The respaced ancestral sampler from step index ``start`` of ``diffusion`` down to 0."""
+    denoise = model_denoiser(wdm.network, diffusion)
+    for done, i in enumerate(reversed(range(start + 1)), start=1):
+        if check is not None and check():
+            raise Cancelled("the variation was cancelled")
+        t = torch.full((1,), i, dtype=torch.long, device=x.device)
+        out = diffusion.p_sample(denoise(x, t), x, t, noise.step(x))
+        x = out["sample"]
+        on_step(done, start + 1, x, out["pred_xstart"])
+    return x
