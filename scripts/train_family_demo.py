@@ -8,7 +8,8 @@
 synthesize: the "t1" contrast of wdmcore.data.contrasts from "t2", "flair" and "pd" (network input 8 + 24
 channels, concatenating skips, linear schedule over 1000 steps, x0 clipped to [0, 1], images in [0, 1] as
 cWDM trains). inpaint: the "t1" contrast inside a lesion-like mask from the voided image and the mask (8 + 16
-channels, additive skips, VP schedule with T = 2, every sub-band / sqrt 8, images in [-1, 1] as fastWDM3D),
+channels, additive skips, VP schedule with T = 2, every sub-band / sqrt 8, images normalised as fastWDM3D does
+(quantile clip 0.005/0.995, min-max to [-1, 1], the same function the task uses)),
 trained on the whole phantom (no crop: the phantom is the crop). Both use the paper's per-band MSE on the
 coefficients, AdamW and an EMA of the weights; the result is a .safetensors file with the card the tasks need.
 --minutes ends the run early by wall-clock time; the model file is rewritten every --save-every steps and at
@@ -39,6 +40,7 @@ from wdmcore.data.phantoms import phantom_affine
 from wdmcore.diffusion import Diffusion, DiffusionConfig
 from wdmcore.models.checkpoints import read_model_file, save_model_file
 from wdmcore.networks import NetworkConfig, build_network
+from wdmcore.tasks.inpaint import fast_normalise
 from wdmcore.training.ema import EMA
 from wdmcore.wavelets import to_coefficients
 
@@ -72,7 +74,8 @@ def batch(task: str, size: int, seed: int, indices: list[int], diffusion: Diffus
             target = torch.from_numpy(contrasts[TARGET])[None, None]
             packs = [to_coefficients(torch.from_numpy(contrasts[s])[None, None]) for s in SOURCES]
         else:
-            image = contrasts[TARGET] * 2 - 1
+            # As fastWDM3D trains and as the task normalises at inference: quantile clip, min-max to [-1, 1].
+            image = fast_normalise(contrasts[TARGET])
             voided = np.where(mask, -1.0, image).astype(np.float32)
             target = torch.from_numpy(image)[None, None]
             mask_image = torch.from_numpy(np.where(mask, 1.0, -1.0).astype(np.float32))[None, None]
