@@ -75,7 +75,7 @@ def batch(task: str, size: int, seed: int, indices: list[int], diffusion: Diffus
             packs = [to_coefficients(torch.from_numpy(contrasts[s])[None, None]) for s in SOURCES]
         else:
             # As fastWDM3D trains and as the task normalises at inference: quantile clip, min-max to [-1, 1].
-            image = fast_normalise(contrasts[TARGET])
+            image = fast_normalise(contrasts[TARGET]).astype(np.float32)
             voided = np.where(mask, -1.0, image).astype(np.float32)
             target = torch.from_numpy(image)[None, None]
             mask_image = torch.from_numpy(np.where(mask, 1.0, -1.0).astype(np.float32))[None, None]
