@@ -297,22 +297,8 @@ class Worker:
                 kwargs["preview_every"] = preview_every
             volumes = generate(self.model, count, **kwargs)
             for offset, volume in enumerate(volumes):
-                index = start + offset
                 path = output_dir / f"{name}_seed{volume.seed}.nii.gz"
-                write_nifti(path, volume.array, volume.affine)
-                meta = dict(volume.meta)
-                written.append(str(path))
-                self.send(
-                    "result",
-                    id=job_id,
-                    index=index,
-                    num=num,
-                    path=path,
-                    affine=volume.affine,
-                    seed=volume.seed,
-                    shape=list(volume.array.shape),
-                    meta=meta,
-                )
+                written.append(self._write_result(job_id, path, volume, start + offset, num))
         self.send("done", id=job_id, paths=written, elapsed_s=round(time.perf_counter() - progress.start, 3))
 
     def _do_synthesize(self, request: dict[str, Any]) -> None:
@@ -384,23 +370,17 @@ class Worker:
                 kwargs["preview_every"] = preview_every
             volume = run(index, **kwargs)
             path = output_dir / (f"{name}.nii.gz" if num == 1 else f"{name}_{index + 1}.nii.gz")
-            write_nifti(path, volume.array, volume.affine)
-            written.append(str(path))
-            self.send(
-                "result",
-                id=job_id,
-                task=task,
-                index=index,
-                num=num,
-                path=path,
-                affine=volume.affine,
-                seed=volume.seed,
-                shape=list(volume.array.shape),
-                meta=dict(volume.meta),
-            )
+            written.append(self._write_result(job_id, path, volume, index, num, task=task))
         self.send("done", id=job_id, paths=written, elapsed_s=round(time.perf_counter() - progress.start, 3))
 
     # ------------------------------------------------------------------------------------------- helpers
+
+    def _write_result(self, job_id: Any, path: Path, volume, index: int, num: int, **extra: Any) -> str:
+        """Write one finished volume (atomically) and report it with a "result" event; returns its path."""
+        write_nifti(path, volume.array, volume.affine)
+        self.send("result", id=job_id, **extra, index=index, num=num, path=path, affine=volume.affine,
+                  seed=volume.seed, shape=list(volume.array.shape), meta=dict(volume.meta))  # fmt: skip
+        return str(path)
 
     def _forward(self, job_id: Any, raise_on_cancel: bool = False):
         def forward(event: dict[str, Any]) -> None:
