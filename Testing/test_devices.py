@@ -54,3 +54,26 @@ def test_training_on_an_absent_mps_is_a_clear_error(no_gpu, tmp_path):
 
     with pytest.raises(ConfigError, match="MPS was requested"):
         train(tiny_config(device="mps"), PhantomDataset(2, 16), tmp_path)
+
+
+def test_training_on_cuda_without_an_index_sets_the_current_gpu(monkeypatch):
+    """torch.cuda.set_device refuses torch.device("cuda") (no index): the trainer names the current GPU.
+
+    Seen on an H200 with `--device cuda` and with auto; here the CUDA calls are stood in for, since CI has no GPU.
+    """
+    from wdmcore.training import loop
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def set_device(device):
+        if isinstance(device, torch.device) and device.index is None:  # what torch raises, in short
+            raise ValueError("Expected a torch.device with a specified index or an integer")
+        chosen.append(device)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    for request in ("cuda", "auto", "cuda:0"):
+        dist, device = loop._setup_distributed(request)
+        assert device == torch.device("cuda", 0) and dist.world == 1
+    assert chosen == [torch.device("cuda", 0)] * 3

@@ -110,6 +110,9 @@ def _setup_distributed(device_request: str) -> tuple[_Dist, torch.device]:
         device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     else:
         device = resolve_device(device_request)  # auto: CUDA, then Apple's MPS, then the CPU
+    if device.type == "cuda" and device.index is None:
+        # torch.cuda.set_device refuses a device without an index ("cuda"): name the current one.
+        device = torch.device("cuda", torch.cuda.current_device())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist = _Dist(rank, world, local_rank)
