@@ -14,7 +14,9 @@ trained on the whole phantom (no crop: the phantom is the crop). Both use the pa
 coefficients, AdamW and an EMA of the weights; the result is a .safetensors file with the card the tasks need.
 --minutes ends the run early by wall-clock time; the model file is rewritten every --save-every steps and at
 the end, and a line with the mean loss is printed every --save-every steps, so a long run can be watched and cut.
-At the end the script prints the steps per second it measured.
+At the end the script prints the steps per second it measured. --init-from continues from an earlier trained
+file (its steps are added to the card's count); --device cuda and --workers N (processes that make the phantom
+batches ahead) train on a GPU.
 
     PYTHONPATH=WDMCore python scripts/train_family_demo.py --task synthesize --publish runs/synth/FILE.safetensors
 
@@ -28,8 +30,10 @@ import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +180,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="stop after this much wall-clock time")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--publish", type=Path, help="only publish this trained file (see above)")
+    parser.add_argument("--init-from", type=Path, help="continue from this trained file (weights and step count)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--workers", type=int, default=0, help="processes making batches ahead (default 0)")
     args = parser.parse_args()
     if args.publish:
         publish(args.task, args.publish)
@@ -186,7 +193,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     network_config, diffusion_config = task_setup(args.task, args.channels)
+    device = torch.device(args.device)
     network = build_network(network_config).train()
+    earlier_steps = 0
+    if args.init_from is not None:
+        tensors, earlier_card = read_model_file(args.init_from)
+        network.load_state_dict(tensors)
+        earlier_steps = int(earlier_card["training"]["step"])
+    network.to(device)
     ema = EMA(network, args.ema, warmup=True)  # the trainer's EMA, warm-up included
     diffusion = Diffusion(diffusion_config)
     optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=0.0)
@@ -197,13 +211,35 @@ def main() -> None:
     done = 0
 
     def save(steps: int) -> Path:
-        full_card = {**card(args.task, args.size, steps, args.items), "diffusion": diffusion_config.to_dict()}
+        full_card = {**card(args.task, args.size, earlier_steps + steps, args.items),
+                     "diffusion": diffusion_config.to_dict()}  # fmt: skip
         return save_model_file(args.out / f"demo_phantom_{args.task}_{args.size}.safetensors", ema.network, full_card)
 
+    # Each step's phantoms and timesteps are drawn here, in order, so that a run is the same with or without workers.
+    def draws():
+        for _ in range(args.steps):
+            indices = rng.integers(0, args.items, size=args.batch_size).tolist()
+            yield indices, torch.from_numpy(rng.integers(0, diffusion.num_timesteps, size=args.batch_size))
+
+    plan = draws()
+    # Spawned, not forked: a child forked after torch has started its thread pool can hang in its first operation.
+    pool = None
+    if args.workers > 0:
+        pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=torch.set_num_threads, initargs=(1,))  # fmt: skip
+    ahead: list = []
+
+    def next_batch():
+        if pool is None:
+            indices, t = next(plan)
+            return (*batch(args.task, args.size, args.seed, indices, diffusion_config), t)
+        while len(ahead) < 2 * args.workers and (drawn := next(plan, None)) is not None:
+            ahead.append((pool.submit(batch, args.task, args.size, args.seed, drawn[0], diffusion_config), drawn[1]))
+        future, t = ahead.pop(0)
+        return (*future.result(), t)
+
     for _ in range(args.steps):
-        indices = rng.integers(0, args.items, size=args.batch_size).tolist()
-        images, condition = batch(args.task, args.size, args.seed, indices, diffusion_config)
-        t = torch.from_numpy(rng.integers(0, diffusion.num_timesteps, size=args.batch_size))
+        images, condition, t = (x.to(device, non_blocking=True) for x in next_batch())
         loss, _ = diffusion.training_loss(network, images, t, condition=condition)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -218,6 +254,8 @@ def main() -> None:
             losses.clear()
         if deadline is not None and time.perf_counter() > deadline:
             break
+    if pool is not None:
+        pool.shutdown(cancel_futures=True)
     elapsed = time.perf_counter() - started
     path = save(done)
     parameters = sum(p.numel() for p in network.parameters())
