@@ -52,6 +52,7 @@ def test_preset_defaults_follow_the_released_recipe():
         ({"image_size": 100}, "multiple of 32"),
         ({"lr": 0}, "lr must be positive"),
         ({"precision": "fp16"}, "precision"),
+        ({"low_noise_share": 1.5}, "low_noise_share must lie in"),
     ],
 )
 def test_invalid_configs_say_what_to_do(fields, message):
@@ -147,6 +148,35 @@ def test_checkpoints_keep_the_last_k_and_load_as_models(tmp_path):
     (tmp_path / ".state_0000010.pt.abc.tmp").write_bytes(b"partial")
     train(tiny_config(max_steps=9, checkpoint_interval=2, keep_last=2), PhantomDataset(4, 16), tmp_path, resume=True)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_low_noise_share_draws_that_share_of_timesteps_from_the_low_end_and_leaves_the_rest():
+    from wdmcore.training.loop import _sample_draws
+
+    positions = list(range(2000))
+    t0, noise0 = _sample_draws(7, positions, (2, 2, 2), 1000)
+    t_half, noise_half = _sample_draws(7, positions, (2, 2, 2), 1000, low_noise_share=0.5)
+    t_all, _ = _sample_draws(7, positions, (2, 2, 2), 1000, low_noise_share=1.0)
+    # The noise and the uniform timesteps are drawn first, so a share of 0 draws what it always did.
+    assert torch.equal(noise0, noise_half)
+    assert (t_all < 50).all() and 20 < len(set(t_all.tolist())) <= 50
+    replaced = t_half != t0
+    assert (t_half[replaced] < 50).all()
+    low = (t_half < 50).float().mean().item()
+    # Expected 0.5 + 0.5 * 0.05 = 0.525; the binomial std over 2000 draws is 0.011.
+    assert 0.47 < low < 0.58, low
+    assert 0.02 < (t0 < 50).float().mean().item() < 0.08
+    # Each position keeps its own draws: the first 100 positions are the same drawn alone.
+    t_few, _ = _sample_draws(7, positions[:100], (2, 2, 2), 1000, low_noise_share=0.5)
+    assert torch.equal(t_few, t_half[:100])
+
+
+def test_low_noise_share_is_recorded_in_the_card(tmp_path):
+    result = train(tiny_config(max_steps=2, low_noise_share=0.5), PhantomDataset(4, 16), tmp_path / "run")
+    _, card = read_model_file(result.model_path)
+    assert card["training"]["low_noise_share"] == 0.5
+    _, plain = read_model_file(train(tiny_config(max_steps=1), PhantomDataset(4, 16), tmp_path / "plain").model_path)
+    assert "low_noise_share" not in plain["training"]
 
 
 def test_a_new_run_can_start_from_given_weights(tmp_path):

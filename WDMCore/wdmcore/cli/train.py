@@ -54,6 +54,12 @@ _TRAIN_OPTIONS = [
     ("--ema-rate", "ema_rate", float, "EMA rate of the saved weights (default 0.9999)"),
     ("--grad-clip", "grad_clip", float, "clip the global gradient norm to this value (default: off)"),
     ("--lr-warmup-steps", "lr_warmup_steps", int, "linear learning-rate warm-up over this many steps (default 0)"),
+    (
+        "--low-noise-share",
+        "low_noise_share",
+        float,
+        "share of timesteps drawn from the lowest 5%% of the schedule (default 0: uniform, as released)",
+    ),
     ("--checkpoint-interval", "checkpoint_interval", int, "steps between checkpoints (default 5000)"),
     ("--keep-last", "keep_last", int, "checkpoints kept (default 3)"),
     ("--preview-interval", "preview_interval", int, "steps between preview samples (default 0: none)"),

@@ -161,14 +161,22 @@ class StreamBatches:
         return max(0, self.end - self.start)
 
 
-def _sample_draws(seed: int, positions: list[int], image_shape, num_timesteps: int):
-    """Timesteps [b] and image-space noise [b, 1, S, S, S] of the samples at these stream positions."""
+def _sample_draws(seed: int, positions: list[int], image_shape, num_timesteps: int, low_noise_share: float = 0.0):
+    """Timesteps [b] and image-space noise [b, 1, S, S, S] of the samples at these stream positions.
+
+    With ``low_noise_share`` > 0 that share of the samples (on average) gets a timestep below 5 % of the schedule;
+    the extra draws come after the noise, so a run with share 0 draws exactly what it always did.
+    """
     ts, noises = [], []
+    low_end = max(1, num_timesteps // 20)
     for q in positions:
         state = np.random.SeedSequence([int(seed), int(q), 0x5744]).generate_state(2, dtype=np.uint64)
         generator = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-        ts.append(torch.randint(0, num_timesteps, (1,), generator=generator))
+        t = torch.randint(0, num_timesteps, (1,), generator=generator)
         noises.append(torch.randn((1, *image_shape), generator=generator))
+        if low_noise_share > 0 and torch.rand((1,), generator=generator).item() < low_noise_share:
+            t = torch.randint(0, low_end, (1,), generator=generator)
+        ts.append(t)
     return torch.cat(ts), torch.cat(noises)
 
 
@@ -210,6 +218,7 @@ def _make_card(config: TrainConfig, network_config: NetworkConfig, step: int, da
             "volumes": len(dataset),
             "batch_size": config.batch_size,
             "lr": config.lr,
+            **({"low_noise_share": config.low_noise_share} if config.low_noise_share else {}),
             "optimizer": f"AdamW betas {list(config.adam_betas)} eps {config.adam_eps} "
             f"weight_decay {config.weight_decay}",
             "ema_rate": config.ema_rate,
@@ -492,7 +501,9 @@ def _train(
                 stopped = True
                 break
             image = _check_item(item, config.image_size).to(device, non_blocking=True)
-            t, noise = _sample_draws(config.seed, batches.positions(step), image_shape, diffusion.num_timesteps)
+            t, noise = _sample_draws(
+                config.seed, batches.positions(step), image_shape, diffusion.num_timesteps, config.low_noise_share
+            )
             t, noise = t.to(device), noise.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, step)
