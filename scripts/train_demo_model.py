@@ -35,7 +35,7 @@ import torch
 from wdmcore.data.phantoms import PhantomDataset, phantom_affine
 from wdmcore.events import jsonl_writer
 from wdmcore.models import load_model
-from wdmcore.models.checkpoints import read_model_file
+from wdmcore.models.checkpoints import read_model_file, save_model_file
 from wdmcore.training import TrainConfig, list_checkpoints, train
 
 PACKAGE = Path(__file__).resolve().parents[1] / "WDMCore" / "wdmcore"
@@ -49,6 +49,7 @@ DEMO_CONFIG = TrainConfig(
     image_size=SIZE,
     lr=3e-4,
     lr_warmup_steps=100,
+    low_noise_share=0.5,  # the low-noise end, where fine detail is kept, is what a short training lacks
     grad_clip=1.0,
     batch_size=2,
     max_steps=1_000_000,  # ended by --minutes
@@ -85,39 +86,43 @@ def publish(run_dir: Path) -> Path:
     target = PACKAGE / "assets" / "demo_phantom_64.safetensors"
     target.parent.mkdir(exist_ok=True)
     shutil.copyfile(model_file, target)
-    data = target.read_bytes()
     catalogue_path = PACKAGE / "hub" / "models.json"
     catalogue = json.loads(catalogue_path.read_text())
     for entry in catalogue["models"]:
         if entry["name"] == "demo_phantom_64":
+            tensors, card = read_model_file(model_file)
+            training = card["training"]
+            earlier = json.loads(origin.read_text()) if (origin := run_dir / INIT_RECORD).is_file() else None
+            if earlier:  # the file says how all its steps were made, so that a later run can continue the story
+                share = training.get("low_noise_share")
+                training["history"] = (
+                    f"{earlier['history']}, then {training['step']} steps of batch {training['batch_size']} "
+                    f"on {earlier.get('device', 'cpu')}" + (f" with low-noise share {share:g}" if share else "")
+                )
+                training["step"] += earlier["steps"]
+                save_model_file(target, load_model(model_file).network, card)  # the same weights
+            data = target.read_bytes()
             entry["sha256"] = hashlib.sha256(data).hexdigest()
             entry["size_bytes"] = len(data)
             entry["approx_size_bytes"] = len(data)
-            tensors, card = read_model_file(target)
-            earlier = json.loads(origin.read_text()) if (origin := run_dir / INIT_RECORD).is_file() else None
-            steps = card["training"]["step"] + (earlier["steps"] if earlier else 0)
-            continued = f"{earlier['steps']} steps" if earlier else ""
-            if earlier and earlier.get("batch_size"):
-                continued += f" of batch {earlier['batch_size']}"
             entry["card"].update(
                 {
                     "spacing_mm": card["geometry"]["spacing_mm"],
                     "intensity": card["intensity"],
                     "parameters": sum(t.numel() for t in tensors.values()),
                     "training": {
-                        "steps": steps,
-                        "batch_size": card["training"]["batch_size"],
+                        "steps": training["step"],
+                        "batch_size": training["batch_size"],
+                        **({"history": training["history"]} if "history" in training else {}),
+                        **({"low_noise_share": training["low_noise_share"]} if "low_noise_share" in training else {}),
                         "optimizer": f"AdamW lr {DEMO_CONFIG.lr:g} ({DEMO_CONFIG.lr_warmup_steps} warm-up steps), "
                         f"gradient clipping {DEMO_CONFIG.grad_clip:g}, EMA {DEMO_CONFIG.ema_rate:g}",
                         "script": "scripts/train_demo_model.py",
-                        **(
-                            {"continued_from": f"{continued} of the earlier demo model"} if earlier else {}
-                        ),  # fmt: skip
                     },
                 }
             )
     catalogue_path.write_text(_catalogue_text(catalogue))
-    print(f"published step {step}: {target} ({len(data)} bytes)")
+    print(f"published step {step} of {run_dir}: {target} ({target.stat().st_size} bytes)")
     return target
 
 
@@ -132,6 +137,12 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--batch-size", type=int, default=DEMO_CONFIG.batch_size)
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0: in the loop)")
+    parser.add_argument(
+        "--low-noise-share",
+        type=float,
+        default=DEMO_CONFIG.low_noise_share,
+        help=f"share of timesteps from the lowest 5 %% (default {DEMO_CONFIG.low_noise_share})",
+    )
     args = parser.parse_args()
     if args.publish:
         publish(args.out)
@@ -147,15 +158,16 @@ def main() -> int:
         earlier = load_model(args.init_from)
         initial_weights = earlier.network.state_dict()
         args.out.mkdir(parents=True, exist_ok=True)
-        record = {"model": args.init_from, "steps": int(earlier.card["training"]["step"]),
-                  "batch_size": earlier.card["training"].get("batch_size")}  # fmt: skip
+        made = earlier.card["training"]
+        history = made.get("history") or f"{made['step']} steps of batch {made.get('batch_size', '?')}"
+        record = {"model": args.init_from, "steps": int(made["step"]), "history": history, "device": args.device}
         (args.out / INIT_RECORD).write_text(json.dumps(record) + "\n")
     # fp32 on every device: the demo model runs in fp32 on CPUs, and its low-noise denoising is what matters.
     # A GPU step takes milliseconds: checkpoints and previews every 100 / 500 steps would dominate it.
     every = 1 if args.device == "cpu" else 10
     config = dataclasses.replace(
         DEMO_CONFIG, device=args.device, precision="fp32", batch_size=args.batch_size, num_workers=args.workers,
-        checkpoint_interval=DEMO_CONFIG.checkpoint_interval * every,
+        checkpoint_interval=DEMO_CONFIG.checkpoint_interval * every, low_noise_share=args.low_noise_share,
         preview_interval=DEMO_CONFIG.preview_interval * every,
     )  # fmt: skip
     result = train(

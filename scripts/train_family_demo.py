@@ -90,13 +90,16 @@ def batch(task: str, size: int, seed: int, indices: list[int], diffusion: Diffus
     return torch.cat(targets), torch.cat(conditions)
 
 
-def card(task: str, size: int, steps: int, items: int) -> dict:
+def card(task: str, size: int, steps: int, items: int, batch_size: int, history: str | None = None) -> dict:
+    training = {"step": steps, "data": f"{items} paired phantoms (wdmcore.data.contrasts)", "batch_size": batch_size}
+    if history:
+        training["history"] = history  # how the steps were made, when a run continued an earlier one
     base = {
         "name": f"demo_phantom_{task}_{size}",
         "task": task,
         "image_size": size,
         "geometry": {"affine": phantom_affine(size).tolist(), "known": True},
-        "training": {"step": steps, "data": f"{items} paired phantoms (wdmcore.data.contrasts)"},
+        "training": training,
     }
     if task == "synthesize":
         base["inputs"] = [{"name": s, "meaning": f"phantom contrast {s}"} for s in SOURCES]
@@ -148,6 +151,7 @@ def publish(task: str, model_file: Path) -> Path:
             "training": {
                 "steps": model_card["training"]["step"],
                 "data": model_card["training"]["data"],
+                **{k: model_card["training"][k] for k in ("batch_size", "history") if k in model_card["training"]},
                 "script": "scripts/train_family_demo.py",
             },  # fmt: skip
             "note": "The network configuration and full model card are stored in the file's own metadata.",
@@ -195,11 +199,13 @@ def main() -> None:
     network_config, diffusion_config = task_setup(args.task, args.channels)
     device = torch.device(args.device)
     network = build_network(network_config).train()
-    earlier_steps = 0
+    earlier_steps, history = 0, None
     if args.init_from is not None:
         tensors, earlier_card = read_model_file(args.init_from)
         network.load_state_dict(tensors)
         earlier_steps = int(earlier_card["training"]["step"])
+        earlier = earlier_card["training"].get("history") or f"{earlier_steps} steps"
+        history = f"{earlier}, then {{steps}} of batch {args.batch_size} on {args.device}"
     network.to(device)
     ema = EMA(network, args.ema, warmup=True)  # the trainer's EMA, warm-up included
     diffusion = Diffusion(diffusion_config)
@@ -211,7 +217,8 @@ def main() -> None:
     done = 0
 
     def save(steps: int) -> Path:
-        full_card = {**card(args.task, args.size, earlier_steps + steps, args.items),
+        made = history.format(steps=steps) if history else None
+        full_card = {**card(args.task, args.size, earlier_steps + steps, args.items, args.batch_size, made),
                      "diffusion": diffusion_config.to_dict()}  # fmt: skip
         return save_model_file(args.out / f"demo_phantom_{args.task}_{args.size}.safetensors", ema.network, full_card)
 
