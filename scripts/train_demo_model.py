@@ -94,10 +94,11 @@ def publish(run_dir: Path) -> Path:
             training = card["training"]
             earlier = json.loads(origin.read_text()) if (origin := run_dir / INIT_RECORD).is_file() else None
             if earlier:  # the file says how all its steps were made, so that a later run can continue the story
-                share = training.get("low_noise_share")
+                share, device = training.get("low_noise_share"), earlier.get("device", "cpu")
                 training["history"] = (
                     f"{earlier['history']}, then {training['step']} steps of batch {training['batch_size']} "
-                    f"on {earlier.get('device', 'cpu')}" + (f" with low-noise share {share:g}" if share else "")
+                    f"on {'a CPU' if device == 'cpu' else 'a GPU'}"
+                    + (f" with low-noise share {share:g}" if share else "")
                 )
                 training["step"] += earlier["steps"]
                 save_model_file(target, load_model(model_file).network, card)  # the same weights
