@@ -81,6 +81,13 @@ def _catalogue_text(catalogue: dict) -> str:
     )
 
 
+def continued_history(earlier: str, steps: int, batch_size: int, device: str, low_noise_share: float = 0.0) -> str:
+    """A model card's training history with one more run appended (both training scripts write it so)."""
+    where = "a CPU" if device == "cpu" else "a GPU"
+    share = f" with low-noise share {low_noise_share:g}" if low_noise_share else ""
+    return f"{earlier}, then {steps} steps of batch {batch_size} on {where}{share}"
+
+
 def publish(run_dir: Path) -> Path:
     step, model_file, _ = list_checkpoints(run_dir)[-1]
     target = PACKAGE / "assets" / "demo_phantom_64.safetensors"
@@ -94,11 +101,12 @@ def publish(run_dir: Path) -> Path:
             training = card["training"]
             earlier = json.loads(origin.read_text()) if (origin := run_dir / INIT_RECORD).is_file() else None
             if earlier:  # the file says how all its steps were made, so that a later run can continue the story
-                share, device = training.get("low_noise_share"), earlier.get("device", "cpu")
-                training["history"] = (
-                    f"{earlier['history']}, then {training['step']} steps of batch {training['batch_size']} "
-                    f"on {'a CPU' if device == 'cpu' else 'a GPU'}"
-                    + (f" with low-noise share {share:g}" if share else "")
+                training["history"] = continued_history(
+                    earlier["history"],
+                    training["step"],
+                    training["batch_size"],
+                    earlier.get("device", "cpu"),
+                    training.get("low_noise_share", 0.0),
                 )
                 training["step"] += earlier["steps"]
                 save_model_file(target, load_model(model_file).network, card)  # the same weights

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_demo_model import PACKAGE, _catalogue_text, continued_history  # the same folder: one catalogue writer
 
 from wdmcore.data.contrasts import paired_phantom
 from wdmcore.data.phantoms import phantom_affine
@@ -115,8 +116,6 @@ def card(task: str, size: int, steps: int, items: int, batch_size: int, history:
 
 
 def publish(task: str, model_file: Path) -> Path:
-    from train_demo_model import PACKAGE, _catalogue_text  # the same folder: one catalogue writer
-
     tensors, model_card = read_model_file(model_file)
     name = model_card["name"]
     target = PACKAGE / "assets" / f"{name}.safetensors"
@@ -204,8 +203,7 @@ def main() -> None:
         tensors, earlier_card = read_model_file(args.init_from)
         network.load_state_dict(tensors)
         earlier_steps = int(earlier_card["training"]["step"])
-        earlier = earlier_card["training"].get("history") or f"{earlier_steps} steps"
-        history = f"{earlier}, then {{steps}} of batch {args.batch_size} on {args.device}"
+        history = earlier_card["training"].get("history") or f"{earlier_steps} steps"
     network.to(device)
     ema = EMA(network, args.ema, warmup=True)  # the trainer's EMA, warm-up included
     diffusion = Diffusion(diffusion_config)
@@ -217,7 +215,7 @@ def main() -> None:
     done = 0
 
     def save(steps: int) -> Path:
-        made = history.format(steps=steps) if history else None
+        made = continued_history(history, steps, args.batch_size, args.device) if history else None
         full_card = {**card(args.task, args.size, earlier_steps + steps, args.items, args.batch_size, made),
                      "diffusion": diffusion_config.to_dict()}  # fmt: skip
         return save_model_file(args.out / f"demo_phantom_{args.task}_{args.size}.safetensors", ema.network, full_card)
