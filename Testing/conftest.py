@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the reference data of the released code lives in ../shared/reference."""
+"""Shared pytest fixtures: the reference data of the released code lives in Testing/reference (made by running
+the released code on CPU; see Testing/reference/README.md)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(os.environ.get("WDM_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+REFERENCE_DIR = Path(os.environ.get("WDM_REFERENCE_DIR", Path(__file__).resolve().parent / "reference"))
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
         pytest.fail(
-            f"reference fixtures not found at {REFERENCE_DIR}; "
-            "check out shared/ beside the repository or set WDM_REFERENCE_DIR"
+            f"reference fixtures not found at {REFERENCE_DIR}; they ship in Testing/reference "
+            "(WDM_REFERENCE_DIR overrides the location)"
         )
     return REFERENCE_DIR
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from memory import PeakRSS, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINE = ROOT.parent / "shared" / "reference" / "official_cpu_baseline.json"
+BASELINE = ROOT / "Testing" / "reference" / "official_cpu_baseline.json"
 CASES = {
     "dwt128": ("dwt", 128),
     "dwt256": ("dwt", 256),

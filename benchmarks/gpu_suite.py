@@ -248,8 +248,7 @@ def reference_dir(args: argparse.Namespace) -> Path | None:
     candidates = [args.reference] if args.reference else []
     candidates += [
         os.environ.get("WDM_REFERENCE_DIR"),
-        REPO / "shared" / "reference",
-        REPO.parent / "shared" / "reference",
+        REPO / "Testing" / "reference",
     ]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
@@ -1108,7 +1107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the JSON and .md")
     parser.add_argument("--released", help="folder holding a copy of the released wdm-3d code (guided_diffusion/)")
     parser.add_argument(
-        "--reference", help="folder of the reference fixtures (default: $WDM_REFERENCE_DIR, shared/reference)"
+        "--reference", help="folder of the reference fixtures (default: $WDM_REFERENCE_DIR, Testing/reference)"
     )
     args = parser.parse_args(argv)
     parts = []

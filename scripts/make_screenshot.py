@@ -46,7 +46,7 @@ def generate():
     if info.cached:
         model, label = "demo_phantom_64", "demo_phantom_64"
     else:
-        reference = ROOT.parent / "shared" / "reference"
+        reference = ROOT / "Testing" / "reference"
         config = dict(torch.load(reference / "unet_tiny_additive.pt", weights_only=True)["config"])
         tiny = load_model(reference / "unet_tiny_additive_state_dict.pt", official_args=config)
         model = str(tiny.save(Path("/tmp") / "wdm_screenshot_tiny.safetensors", name="tiny_test_network"))
