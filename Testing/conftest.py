@@ -28,6 +28,14 @@ def load_reference(name: str) -> dict:
 
 
 @pytest.fixture(autouse=True)
+def _isolated_working_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty folder of its own: no test may depend on what the working directory holds
+    (e.g. the ./wdm_samples that scripts/demo.sh leaves in the repository root)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _deterministic_threads():
     # Small tensors: more threads only add noise on the 2-core CI machine.
     torch.set_num_threads(2)

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Install wdmcore into .venv (CPU PyTorch, file-format extras) and generate one volume with the bundled demo
-# model, offline, into ./wdm_samples. Arguments are passed to `wdm sample` (see docs/generation.md).
+# Install wdmcore into .venv (CPU PyTorch, file-format and evaluation extras) and generate one volume with the
+# bundled demo model, offline, into ./wdm_samples. Arguments are passed to `wdm sample` (see docs/generation.md).
+# Running it again replaces its own earlier output in ./wdm_samples; with your own --out, existing files are
+# refused as `wdm sample` always does (add --overwrite to replace them).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${WDM_VENV:-$root/.venv}"
-bash "$root/scripts/bootstrap.sh" io
-"$venv/bin/wdm" sample "$@"
+bash "$root/scripts/bootstrap.sh" io,eval
+own_out=(--out "$root/wdm_samples" --overwrite)
+for arg in "$@"; do
+  case "$arg" in --out | --out=*) own_out=() ;; esac
+done
+echo "[demo] generating with the bundled demo model (a phantom model for trying the tool, not a medical one)" >&2
+"$venv/bin/wdm" sample ${own_out[@]+"${own_out[@]}"} "$@"
