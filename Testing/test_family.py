@@ -191,3 +191,29 @@ def test_cwdm_conditional_training_loss_matches_released_targets():
     assert torch.equal(seen["t"], ref["timesteps_seen_by_model"])
     torch.testing.assert_close(per_band, ref["mse_wav"].float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(loss, ref["loss"].float(), atol=1e-5, rtol=0)
+
+
+def test_wavunet_with_one_res_block_per_level_matches_the_released_layout_key_for_key(reference_dir):
+    # What the released code builds for num_res_blocks 1 with equal multipliers: every state-dict key with its
+    # shape, and the keys its decoder shares between two positions. Ours must match it and load it strictly.
+    manifest = json.loads((reference_dir / "wavunet_nrb1_state_dict_manifest.json").read_text(encoding="utf-8"))
+    network = from_official_args(manifest["configuration"]).eval()
+    ours = {key: list(tensor.shape) for key, tensor in network.state_dict().items()}
+    released = {key: list(shape) for key, shape in manifest["state_dict"].items()}
+    assert sorted(set(ours) - set(released)) == [] and sorted(set(released) - set(ours)) == []
+    assert ours == released
+    from wdmcore.models.checkpoints import load_network_weights, shared_parameter_aliases
+
+    aliases = shared_parameter_aliases(network)
+    assert sorted(sorted(pair) for pair in aliases.items()) == sorted(
+        sorted(pair) for pair in manifest["aliased_state_dict_keys"]
+    )
+    generator = torch.Generator().manual_seed(0)
+    state = {key: torch.randn(shape, generator=generator) * 0.05 for key, shape in released.items()}
+    for alias, canonical in aliases.items():
+        state[alias] = state[canonical].clone()  # the released file stores the shared block under both keys
+    fresh = from_official_args(manifest["configuration"]).eval()
+    load_network_weights(fresh, state, "a released one-block WavU-Net")
+    fresh.load_state_dict(state, strict=True)
+    for key, tensor in fresh.state_dict().items():
+        torch.testing.assert_close(tensor, state[key], atol=0, rtol=0)

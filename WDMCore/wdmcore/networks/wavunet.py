@@ -18,7 +18,8 @@ class WavUNet(DiffusionNetwork):
     a ResBlock, a second ResBlock, then *the same* second ResBlock again followed by a wavelet up-ResBlock.
     That reuse is how the released network is built (its state dict stores the shared block under two keys);
     it is one module here too, so both keys load into it and it runs twice, as released. With one ResBlock
-    per level the decoder level is that block, then the same block again followed by the up-ResBlock.
+    per level the decoder level is that block, then the same block again followed by the up-ResBlock. After
+    the decoder, ``num_res_blocks`` ResBlocks at full resolution precede the output head.
     """
 
     def __init__(self, config: NetworkConfig):
@@ -54,7 +55,9 @@ class WavUNet(DiffusionNetwork):
             self.output_blocks.append(Stage([shared]))
             self.output_blocks.append(Stage([shared, res(ch, resample="up")]))
 
-        self.out_res = nn.ModuleList([Stage([res(ch)]), Stage([res(ch)])])
+        # One full-resolution ResBlock per num_res_blocks before the output head, as released (two for the
+        # released models; a one-block configuration has one, and its state dict has no out_res.1).
+        self.out_res = nn.ModuleList([Stage([res(ch)]) for _ in range(config.num_res_blocks)])
         self.out = nn.Sequential(GroupNorm32(config.num_groups, ch), SiLUAfterNorm(), conv3(ch, config.out_channels))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
