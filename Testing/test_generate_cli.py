@@ -99,3 +99,31 @@ def test_the_default_output_folder_is_ignored_by_git():
     # `wdm sample` without --out (and scripts/demo.sh) writes into ./wdm_samples.
     result = subprocess.run(["git", "check-ignore", "-q", "wdm_samples/sample_seed0000.nii.gz"], cwd=root)
     assert result.returncode == 0
+
+
+def test_demo_script_runs_twice_and_replaces_only_its_own_output(tmp_path):
+    # scripts/demo.sh is the README's first command: a second run must succeed (it replaces its own output), and
+    # with a user's own --out it keeps the rule of `wdm sample` (existing files are refused).
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "demo.sh"
+    env = {**os.environ, "WDM_VENV": sys.prefix, "WDM_SKIP_SETUP": "1", "WDM_DEMO_OUT": str(tmp_path / "demo")}
+    if not (Path(sys.prefix) / "bin" / "wdm").exists():
+        pytest.skip("the wdm command is not installed in this environment")
+    args = ["bash", str(script), "--steps", "2", "--progress", "none"]
+    for _ in range(2):
+        run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert "phantom model" in run.stderr
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["sample_seed0000.json", "sample_seed0000.nii.gz"]
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sample_seed0000.nii.gz").write_bytes(b"keep me")
+    run = subprocess.run([*args, "--out", str(own)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "already exist" in run.stderr
+    assert (own / "sample_seed0000.nii.gz").read_bytes() == b"keep me"
