@@ -82,6 +82,30 @@ def set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
         write_records(cache, records)
 
 
+HISTORY_LIMIT = 20  # digests a record remembers from the files it replaced
+
+
+def with_history(record: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """``record`` (the new file's) carrying the digests the model's file had before it, oldest first.
+
+    The history of ``previous`` is kept; ``previous`` itself joins it when its digest differs from the new one,
+    with the time it was replaced, so that ``records.json`` shows every content a name has stood for.
+    """
+    history = list((previous or {}).get("history") or [])
+    if previous and previous.get("sha256") and previous["sha256"] != record.get("sha256"):
+        history.append(
+            {
+                "sha256": previous["sha256"],
+                "source": previous.get("source"),
+                "recorded_at": previous.get("recorded_at"),
+                "replaced_at": record.get("recorded_at") or now(),
+            }
+        )
+    if history:
+        record = {**record, "history": history[-HISTORY_LIMIT:]}
+    return record
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -9,7 +9,8 @@ local file:
   place only when complete and verified), resuming with HTTP ``Range`` requests when the connection drops;
 * every file is checked against a SHA-256: the catalogue's digest when it has one, otherwise the digest
   recorded on the first download (trust on first use, announced with a warning), kept in ``records.json``
-  in the cache folder. A cached file that no longer matches its digest is an error, never silently used.
+  in the cache folder. A cached file that no longer matches its digest is an error, never silently used; a
+  download with another digest is refused unless forced, and a forced one says that the file changed.
 
 Files fetched by hand (for example on a machine without internet access) enter the same cache through
 :func:`import_model`. Environment variables: ``WDM_CACHE_DIR`` moves the cache, ``WDM_HUB_URL`` replaces the
@@ -40,6 +41,7 @@ from .cache import (
     set_record,
     sha256_of,
     unknown_model,
+    with_history,
 )
 from .catalogue import Catalogue, CatalogueEntry, base_url_of, load_catalogue
 
@@ -84,7 +86,9 @@ def fetch(
         catalogue: another catalogue than the shipped ``models.json``.
         base_url: replaces the hub's base URL (default: ``$WDM_HUB_URL`` or the catalogue's ``hub_url``).
         force: download again even when the file is cached, and record the new file's digest (the cached
-            file stays until the new one has arrived and passed the catalogue's digest, if any).
+            file stays until the new one has arrived and passed the catalogue's digest, if any). A new file
+            whose digest differs from the recorded one is accepted with a warning that names both digests; the
+            old digest stays in the record's ``history``.
         verify: check the SHA-256 of an already cached file (a download is always checked).
 
     Raises:
@@ -104,8 +108,10 @@ def fetch(
         return _bundled_path(entry, verify)
 
     target = cache / entry.filename
-    # With force, a recorded digest is not held against the new download (the catalogue's still is).
-    expected, origin = _expected_digest(entry, None if force else records.get(entry.name))
+    record = records.get(entry.name)
+    # With force, a recorded digest is not held against the new download (the catalogue's still is): a
+    # different file is accepted, and said to be different (old and new digest) below.
+    expected, origin = _expected_digest(entry, None if force else record)
 
     if target.is_file() and not force:
         if expected is None:
@@ -132,8 +138,11 @@ def fetch(
     if previous is not None:
         previous.unlink()
     digest = expected or sha256_of(target)
-    _record_download(cache, entry, target, digest, url=url, final_url=final_url)
-    if expected is None:
+    _record_download(cache, entry, target, digest, url=url, final_url=final_url, previous=record)
+    recorded = (record or {}).get("sha256")
+    if expected is None and recorded and recorded != digest:
+        _warn_replaced(entry, record, digest, on_progress)
+    elif expected is None and not recorded:
         _warn_recorded(entry, target, digest, on_progress, first_download=True)
     return target
 
@@ -184,8 +193,8 @@ def _download(
             + (
                 "the catalogue describes: update wdmcore."
                 if origin == "catalogue"
-                else "downloaded before: if that is intended, run `wdm download "
-                f"{entry.name} --force` to forget the recorded digest."
+                else "downloaded before: if the new file is intended, run `wdm download "
+                f"{entry.name} --force` to accept it (the old and the new digest are shown and both kept)."
             )
         ) from exc
 
@@ -203,7 +212,13 @@ def _quiet_pooch() -> Iterator[None]:
 
 
 def _record_download(
-    cache: Path, entry: CatalogueEntry, target: Path, digest: str, url: str | None, final_url: str | None = None
+    cache: Path,
+    entry: CatalogueEntry,
+    target: Path,
+    digest: str,
+    url: str | None,
+    final_url: str | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> None:
     record = {
         "file": target.name,
@@ -216,7 +231,7 @@ def _record_download(
     }
     if final_url and final_url != url:  # redirected: say where the bytes whose digest is pinned came from
         record["final_url"] = final_url
-    set_record(cache, entry.name, record)
+    set_record(cache, entry.name, with_history(record, previous))
 
 
 def _size_limit(entry: CatalogueEntry) -> int | None:
@@ -243,6 +258,28 @@ def _warn_recorded(
     )
     log.warning(message)
     emit(on_progress, "warning", model=entry.name, sha256=digest, message=message)
+
+
+def _warn_replaced(
+    entry: CatalogueEntry, previous: dict[str, Any], digest: str, on_progress: ProgressCallback | None
+) -> None:
+    """A forced download brought a file whose digest differs from the one recorded before."""
+    since = f", recorded {previous['recorded_at']}" if previous.get("recorded_at") else ""
+    message = (
+        f"the forced download of {entry.name!r} differs from the file recorded before: old sha256 "
+        f"{previous['sha256']}{since}; new sha256 {digest}. The new file replaces the old one and its digest is "
+        f"checked from now on (the old one stays in the history in {RECORDS_FILE}). If you did not expect the "
+        f"model to change, compare the new digest with the SHA-256 shown on {entry.page_url() or 'the source page'}."
+    )
+    log.warning(message)
+    emit(
+        on_progress,
+        "warning",
+        model=entry.name,
+        sha256=digest,
+        previous_sha256=previous["sha256"],
+        message=message,
+    )
 
 
 def _verify_cached(entry: CatalogueEntry, target: Path, expected: str, origin: str | None) -> None:
