@@ -5,6 +5,7 @@ what each cached file is (origin, SHA-256 recorded on first download or import).
 import json
 import logging
 import os
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -139,6 +140,17 @@ class ModelInfo:
     sha256_origin: str | None = None
     """``"catalogue"``, ``"recorded"`` (first download or import) or None (not known yet)."""
     card: dict[str, Any] = field(default_factory=dict)
+    license_url: str | None = None
+    citation: str | None = None
+    page_url: str | None = None
+    """The file's page on the Hub, which shows its SHA-256 (hub models)."""
+    record: dict[str, Any] = field(default_factory=dict)
+    """What ``records.json`` holds about the model (empty when nothing was recorded yet)."""
+
+    @property
+    def task(self) -> str:
+        """The task the network was trained for (the card's ``task``; ``generate`` when the card does not say)."""
+        return str(self.card.get("task", "generate"))
 
 
 def list_models(*, catalogue: Catalogue | None = None, base_url: str | None = None) -> list[ModelInfo]:
@@ -201,6 +213,10 @@ def _entry_info(entry: CatalogueEntry, record: dict | None, cache: Path, base_ur
         sha256=digest,
         sha256_origin=origin,
         card=card,
+        license_url=entry.license_url,
+        citation=entry.citation,
+        page_url=entry.page_url(),
+        record=dict(record or {}),
     )
 
 
@@ -221,7 +237,15 @@ def _imported_info(name: str, record: dict[str, Any], cache: Path) -> ModelInfo:
         sha256=record.get("sha256"),
         sha256_origin="recorded" if record.get("sha256") else None,
         card=card,
+        license_url=card.get("license_url"),
+        record=dict(record),
     )
+
+
+def import_command(name: str, file: str, preset: str | None) -> str:
+    """The `wdm import-model` command line that makes ``file`` (fetched by hand) the cached model ``name``."""
+    command = f"wdm import-model {shlex.quote(file)} --name {name}"
+    return f"{command} --preset {preset}" if preset else command
 
 
 def unknown_model(name: str, cat: Catalogue, records: dict) -> ConfigError:

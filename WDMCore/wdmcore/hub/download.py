@@ -36,6 +36,7 @@ from ..interrupts import sigterm_unwinds
 from .cache import (
     RECORDS_FILE,
     cache_dir,
+    import_command,
     now,
     read_records,
     set_record,
@@ -171,6 +172,7 @@ def _download(
         on_progress=on_progress,
         progressbar=progressbar,
         max_bytes=_size_limit(entry),
+        preset=entry.preset,
     )
     log.info("downloading %s from %s to %s", entry.name, url, cache)
     try:
@@ -299,7 +301,7 @@ def _fetch_imported(name: str, record: dict[str, Any], cache: Path, verify: bool
     if not record.get("file") or not path.is_file():
         raise CheckpointError(
             f"model {name!r} was imported but its file {path} is no longer in the cache; "
-            f"import it again with `wdm import-model FILE --name {name} --preset PRESET`."
+            f"import it again with `{_import_again(name, record)}`."
         )
     if verify and record.get("sha256"):
         found = sha256_of(path)
@@ -307,9 +309,14 @@ def _fetch_imported(name: str, record: dict[str, Any], cache: Path, verify: bool
             raise DownloadError(
                 f"the cached file {path} of imported model {name!r} does not match the digest recorded at "
                 f"import (expected sha256 {record['sha256']}, found {found}): it was changed or damaged. "
-                f"Import a good copy again with `wdm import-model FILE --name {name} --preset PRESET`."
+                f"Import a good copy again with `{_import_again(name, record)}`."
             )
     return path
+
+
+def _import_again(name: str, record: dict[str, Any]) -> str:
+    """The command that imports model ``name`` again: from where it was imported, under its recorded preset."""
+    return import_command(name, record.get("imported_from") or "FILE", record.get("preset"))
 
 
 def _bundled_path(entry: CatalogueEntry, verify: bool) -> Path:
@@ -440,8 +447,10 @@ class ResumableHTTPDownloader:
         progressbar: bool | Any = False,
         retries: int | None = None,
         max_bytes: int | None = None,
+        preset: str | None = None,
     ):
         self.model = model
+        self.preset = preset  # named in the import command that the error messages suggest
         self.on_progress = on_progress
         self.progressbar = progressbar
         self.retries = DOWNLOAD_RETRIES if retries is None else retries
@@ -553,6 +562,10 @@ class ResumableHTTPDownloader:
                 out.truncate()
                 raise _Retry(f"server sent more bytes than announced ({total})")
 
+    def _import_command(self, url: str) -> str:
+        """The import command for the file this URL serves, as a browser or `curl -O` names it when saved."""
+        return import_command(self.model, Path(urlsplit(url).path).name or "FILE", self.preset)
+
     def _too_big(self, url: str, what: str) -> str:
         return (
             f"the download of {self.model!r} from {urlsplit(url).netloc} was stopped: {what}, more than the "
@@ -565,8 +578,7 @@ class ResumableHTTPDownloader:
         return DownloadError(
             f"no network: cannot reach {host} ({_short(error)}). This computer seems to be offline, or a "
             f"firewall/proxy blocks the connection. Connect and try again, or download {url} on a machine with "
-            f"internet access and import the file here with `wdm import-model FILE --name {self.model} "
-            "--preset PRESET` (see docs/models.md)."
+            f"internet access and import the file here with `{self._import_command(url)}` (see docs/models.md)."
         )
 
     def _http_message(self, url: str, status: int, reason: str) -> str:
@@ -579,7 +591,7 @@ class ResumableHTTPDownloader:
         return (
             f"cannot download {self.model!r}: {url} answered {status} {reason}; {hint}. "
             "Alternatively download the file by hand and import it with "
-            f"`wdm import-model FILE --name {self.model} --preset PRESET`."
+            f"`{self._import_command(url)}`."
         )
 
     def _give_up(
@@ -588,7 +600,7 @@ class ResumableHTTPDownloader:
         host = urlsplit(url).netloc
         manual = (
             f"try again later, or download {url} on a machine with internet access and import the file here "
-            f"with `wdm import-model FILE --name {self.model} --preset PRESET` (see docs/models.md)."
+            f"with `{self._import_command(url)}` (see docs/models.md)."
         )
         if _is_timeout(error):
             return DownloadError(
