@@ -68,9 +68,10 @@ def write_records(cache: Path, records: dict[str, dict[str, Any]]) -> None:
         raise
 
 
-def set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
+def set_record(cache: Path, name: str, record: dict[str, Any] | None, *, keep_history: bool = False) -> None:
     """Add, replace or (``record=None``) remove one record. The read-modify-write runs under a file lock, so
-    processes downloading or importing at the same time never lose each other's records."""
+    processes downloading or importing at the same time never lose each other's records. ``keep_history``:
+    the replaced record's digest joins the new record's ``history`` (see :func:`with_history`)."""
     from filelock import FileLock
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
         if record is None:
             records.pop(name, None)
         else:
-            records[name] = record
+            records[name] = with_history(record, records.get(name)) if keep_history else record
         write_records(cache, records)
 
 

@@ -42,7 +42,6 @@ from .cache import (
     set_record,
     sha256_of,
     unknown_model,
-    with_history,
 )
 from .catalogue import Catalogue, CatalogueEntry, base_url_of, load_catalogue
 
@@ -139,7 +138,7 @@ def fetch(
     if previous is not None:
         previous.unlink()
     digest = expected or sha256_of(target)
-    _record_download(cache, entry, target, digest, url=url, final_url=final_url, previous=record)
+    _record_download(cache, entry, target, digest, url=url, final_url=final_url)
     recorded = (record or {}).get("sha256")
     if expected is None and recorded and recorded != digest:
         _warn_replaced(entry, record, digest, on_progress)
@@ -220,7 +219,6 @@ def _record_download(
     digest: str,
     url: str | None,
     final_url: str | None = None,
-    previous: dict[str, Any] | None = None,
 ) -> None:
     record = {
         "file": target.name,
@@ -233,7 +231,7 @@ def _record_download(
     }
     if final_url and final_url != url:  # redirected: say where the bytes whose digest is pinned came from
         record["final_url"] = final_url
-    set_record(cache, entry.name, with_history(record, previous))
+    set_record(cache, entry.name, record, keep_history=True)
 
 
 def _size_limit(entry: CatalogueEntry) -> int | None:

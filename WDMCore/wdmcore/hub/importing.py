@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import CheckpointError, ConfigError
 from ..filemodes import set_default_mode
 from ..models.cards import validate_card
-from .cache import RECORDS_FILE, cache_dir, now, read_records, set_record, sha256_of, with_history
+from .cache import RECORDS_FILE, cache_dir, now, read_records, set_record, sha256_of
 from .catalogue import KNOWN_PRESETS, NAME_RE, Catalogue, load_catalogue
 from .download import CHUNK_SIZE
 
@@ -99,7 +99,7 @@ def import_model(
         "card": card or {},
         "recorded_at": now(),
     }
-    set_record(cache, name, with_history(record, previous))
+    set_record(cache, name, record, keep_history=True)
     log.info("imported %s as model %r (%s, sha256 %s) into %s", src, name, preset, digest, dest)
     return dest
 
