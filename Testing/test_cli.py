@@ -199,7 +199,8 @@ def test_catalogue_names_work_in_inspect_and_load_model(capsys):
 
     assert main(["inspect", "demo_phantom_64"]) == 0
     out = capsys.readouterr().out
-    assert out.count("preset:") == 1 and "preset: none (a custom network); image size 64^3" in out
+    assert out.count("preset:") == 1 and "preset: none (the file carries its network)" in out
+    assert "parameters, a custom network, image size 64^3" in out
     assert "demo_phantom_64" in out and "preset: None" not in out
     model = wdmcore.load_model("demo_phantom_64")
     assert model.image_size == 64 and model.card["name"] == "demo_phantom_64"

@@ -308,7 +308,7 @@ def test_download_that_keeps_failing_gives_up_and_leaves_nothing(tmp_path, serve
     server.drops = [0, 0, 0, 0]
     with pytest.raises(
         DownloadError,
-        match=r"kept failing.*3 attempts.*wdm import-model FILE --name model_a",
+        match=r"kept failing.*3 attempts.*wdm import-model model_a.pt --name model_a --preset unet-128",
     ):
         hub.fetch("model_a", catalogue=cat)
     assert len(server.requests) == 3
@@ -326,7 +326,7 @@ def test_offline_gives_a_clear_message_naming_the_manual_route(tmp_path, monkeyp
         hub.fetch("model_a", catalogue=cat)
     message = str(info.value)
     assert "connection refused" in message and "offline" in message
-    assert "wdm import-model FILE --name model_a --preset PRESET" in message
+    assert "wdm import-model model_a.pt --name model_a --preset unet-128" in message
     assert f"127.0.0.1:{port}/{REPO}/resolve/main/{FILE_A}" in message
     assert _cache_files() == []
 

@@ -17,7 +17,12 @@ def add_parser(subparsers: Any) -> None:
         description="Download a model of the catalogue into the cache and verify its SHA-256.",
     )
     p.add_argument("name", help="model name (see `wdm models`)")
-    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="download again even if cached; a file whose SHA-256 differs from the one recorded before is accepted "
+        "with a warning naming both digests (without --force it is refused)",
+    )
     p.add_argument("--hub-url", default=None, help="base URL of a mirror of https://huggingface.co")
     add_progress_option(p)
     p.set_defaults(handler=run_download)

@@ -212,13 +212,17 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or args.fake.parent / f"{args.fake.name}_evaluation.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(data, indent=2) + "\n")
+    except ModuleNotFoundError as exc:  # an optional package imported outside the evaluation's own checks
+        from ..evaluation.dependencies import OPTIONAL_PACKAGES, missing_package
+
+        package = (exc.name or "").split(".")[0]
+        if package not in OPTIONAL_PACKAGES:
+            raise
+        close()
+        return _fail(missing_package(package, "wdm evaluate"), progress, args.progress)
     except WDMError as exc:
         close()
-        if args.progress == "jsonl":
-            emit(progress, "error", kind=type(exc).__name__, message=str(exc))
-        else:
-            print(f"wdm: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, progress, args.progress)
     close()
     print(report.format_table(), file=table_stream)
     print(f"report: {out}", file=table_stream)
@@ -234,3 +238,11 @@ def run(args: argparse.Namespace) -> int:
         n_fake=report.n_fake,
     )
     return 0
+
+
+def _fail(exc: WDMError, progress: Any, mode: str) -> int:
+    if mode == "jsonl":
+        emit(progress, "error", kind=type(exc).__name__, message=str(exc))
+    else:
+        print(f"wdm: error: {exc}", file=sys.stderr)
+    return EXIT_USAGE

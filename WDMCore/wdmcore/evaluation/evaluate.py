@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import InputShapeError
+from ..errors import InputShapeError, WDMError
 from ..events import ProgressCallback, ProgressTracker
 from .fid import (
     FID_RECOMMENDED_N,
@@ -40,7 +40,7 @@ from .fid import (
     small_sample_message,
 )
 from .medicalnet import NETWORK_NAME, MedicalNetFeatureExtractor
-from .ms_ssim import MSSSIMResult, MSSSIMSettings, ms_ssim_diversity
+from .ms_ssim import MSSSIMResult, MSSSIMSettings, ms_ssim_diversity, require_ms_ssim
 from .volumes import NiftiReader, VolumeReader, reader_config
 
 logger = logging.getLogger(__name__)
@@ -266,6 +266,14 @@ def evaluate(
     """
     real_reader = real_reader or NiftiReader()
     fake_reader = fake_reader or NiftiReader()
+    # Everything that can be known before reading a volume fails now: a missing package, too few volumes.
+    if ms_ssim_pairs is not None:
+        require_ms_ssim()
+    measures = ([] if ms_ssim_pairs is None else ["MS-SSIM diversity"]) + ([] if extractor is None else ["FID"])
+    if measures and len(fake) < 2:
+        raise InputShapeError(too_few_volumes(" and ".join(measures), fake, generated=True))
+    if extractor is not None and len(real) < 2:
+        raise InputShapeError(too_few_volumes("FID", real, generated=False))
     if ms_ssim_pairs is not None and not ms_ssim_reduced and fake:
         # Fail before the (long) embedding rather than after it.
         shape = fake_reader(Path(fake[0])).shape
@@ -330,6 +338,35 @@ def evaluate(
         warnings=notes,
         timings_s={k: round(v, 3) for k, v in timings.items()},
     )
+
+
+def too_few_volumes(what: str, files: Sequence[str | Path], generated: bool) -> str:
+    """The error for a set of fewer than 2 volumes, with the command that makes more."""
+    got = f"got {len(files)}" + (f" in {Path(files[0]).parent}" if files else "")
+    if not generated:
+        return f"{what} needs at least 2 real volumes, {got}: give --real a folder with more (1000 in the paper)."
+    folder = Path(files[0]).parent if files else Path("wdm_samples")
+    more = folder.with_name(f"{folder.name}_4") if folder.name else Path("wdm_samples_4")
+    model = _model_of(files[0]) if files else None
+    sample = f"wdm sample{f' --model {model}' if model else ''} --num 4 --out {more}"
+    return (
+        f"{what} needs at least 2 generated volumes, {got}: generate more, e.g. `{sample}`, then evaluate them "
+        f"with `--fake {more}`" + ("" if what == "FID" else "; or skip MS-SSIM with `--ms-ssim-pairs none`") + "."
+    )
+
+
+def _model_of(volume: str | Path) -> str | None:
+    """The model named in the JSON sidecar `wdm sample` wrote beside ``volume``, when it is a model name."""
+    import json
+
+    from ..models.model import is_model_name
+    from ..volumes.writing import sidecar_path
+
+    try:
+        model = json.loads(sidecar_path(volume).read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError, WDMError):  # no sidecar, or not one of ours
+        return None
+    return model if isinstance(model, str) and model != "unnamed" and is_model_name(model) else None
 
 
 NO_FEATURES = "needs the MedicalNet weights (--medicalnet resnet_50_23dataset.pth; see docs/evaluation.md)"

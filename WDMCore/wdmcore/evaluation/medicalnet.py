@@ -18,8 +18,10 @@ The network always runs in eval mode (batch norm uses its running statistics) an
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputShapeError
+from .dependencies import import_optional
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +38,19 @@ FEATURE_DIM = 2048
 NETWORK_NAME = "MedicalNet ResNet-50 (shortcut B, layer3/4 dilated 2/4), global-average-pooled layer4, 2048-d"
 #: Dilation of every 3^3 convolution in layer3 and layer4 of MedicalNet (the layers themselves do not stride).
 MEDICALNET_DILATION = {"layer3": 2, "layer4": 4}
+#: Where MedicalNet's weights are published, and the file the FID protocol uses.
+MEDICALNET_URL = "https://github.com/Tencent/MedicalNet"
+WEIGHTS_FILE = "resnet_50_23dataset.pth"
+WHERE_TO_GET = (
+    f"MedicalNet's weights are published at {MEDICALNET_URL}: the pretrained-model archive linked from its README "
+    f"holds pretrain/{WEIGHTS_FILE} (the ResNet-50 trained on 23 datasets, about 185 MB)"
+)
 #: Parameter-free keys of MedicalNet's segmentation head that may appear in a full checkpoint and are dropped.
 _HEAD_PREFIXES = ("conv_seg.", "fc.")
 
 
 def _require_monai():
-    try:
-        from monai.networks.nets import resnet50
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError(
-            "The FID feature network needs MONAI, which is not installed. "
-            "Install it with `pip install monai` (or `pip install wdmcore[eval]`)."
-        ) from exc
-    return resnet50
+    return import_optional("monai.networks.nets", "The FID feature network (MedicalNet ResNet-50)").resnet50
 
 
 def build_medicalnet_resnet50() -> nn.Module:
@@ -84,25 +87,25 @@ def load_medicalnet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     The file is read with ``weights_only=True`` (no arbitrary objects are unpickled).
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
         raise CheckpointError(
-            f"MedicalNet weights not found at {path}. Download resnet_50_23dataset.pth from the MedicalNet "
-            "release (Tencent/MedicalNet, the 23-dataset ResNet-50) and pass its path."
+            f"{path} is a folder, not the MedicalNet weights file: pass the file itself "
+            f"(e.g. {path / 'pretrain' / WEIGHTS_FILE} in the unpacked archive). {WHERE_TO_GET}."
         )
+    if not path.is_file():
+        raise CheckpointError(f"MedicalNet weights not found at {path}. {WHERE_TO_GET}; pass the file's path.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"Could not read MedicalNet weights from {path} ({exc}). The file must be the PyTorch checkpoint "
-            "resnet_50_23dataset.pth (a dict with a 'state_dict' entry); re-download it if it is truncated."
+            f"Could not read MedicalNet weights from {path}: {_unreadable_reason(path, exc)}. {WHERE_TO_GET}."
         ) from exc
     if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CheckpointError(
             f"{path} does not hold a state dict of tensors (neither at the top level nor under "
-            "'state_dict'). "
-            "Pass MedicalNet's resnet_50_23dataset.pth."
+            f"'state_dict'). Pass MedicalNet's {WEIGHTS_FILE}: {WHERE_TO_GET}."
         )
     state: dict[str, torch.Tensor] = {}
     dropped = []
@@ -115,6 +118,50 @@ def load_medicalnet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if dropped:
         logger.info("Ignoring %d head entries of %s (the feature network has no head)", len(dropped), path)
     return state
+
+
+def _unreadable_reason(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load`` could not read ``path``, in words (the exception's own text is often empty)."""
+    from ..models.checkpoints import torch_load_reason
+
+    if isinstance(exc, OSError) and exc.errno != errno.EINVAL:  # EINVAL: torch seeking past a truncated end
+        return f"{exc.strerror or exc} ({type(exc).__name__})"
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes): the download or copy did not finish"
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if head.startswith(b"PK\x03\x04") and _is_the_medicalnet_archive(path):
+        return f"it is MedicalNet's archive, not the weights: unpack it and pass pretrain/{WEIGHTS_FILE} from it"
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        page = "; it looks like a web page saved instead of the file" if head.lstrip()[:1] == b"<" else ""
+        return f"it is not a PyTorch checkpoint (neither a zip archive nor a pickle{page}; {size:,} bytes)"
+    reason = torch_load_reason(exc)
+    if "global" in reason.lower():
+        return f"it holds Python objects besides tensors, which are never unpickled here ({reason})"
+    truncated_zip = head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path)  # no central directory
+    if truncated_zip or isinstance(exc, EOFError) or "central directory" in reason or "failed reading" in reason:
+        return f"it is truncated or corrupt ({size:,} bytes; {reason}): download it again"
+    return f"torch.load refused it ({reason}; {size:,} bytes)"
+
+
+def _misfit(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """How a state dict differs from the network's: missing, unexpected and reshaped tensors, with an example."""
+    expected = model.state_dict()
+    groups = (
+        ("missing", [k for k in expected if k not in state]),
+        ("unexpected", [k for k in state if k not in expected]),
+        ("of another shape", [k for k in state if k in expected and state[k].shape != expected[k].shape]),
+    )
+    return "; ".join(f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in groups if keys) or "no difference found"
+
+
+def _is_the_medicalnet_archive(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(f"pretrain/{WEIGHTS_FILE}") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -193,8 +240,8 @@ class MedicalNetFeatureExtractor:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(
-                f"The weights do not fit MedicalNet's ResNet-50 ({exc}). Use resnet_50_23dataset.pth "
-                "(ResNet-50, 23 datasets); other depths or the 8-dataset files have other layers."
+                f"The weights do not fit MedicalNet's ResNet-50 ({_misfit(model, state)}). Use {WEIGHTS_FILE} "
+                f"(ResNet-50, 23 datasets); other depths or the 8-dataset files have other layers. {WHERE_TO_GET}."
             ) from exc
         self.model = model.to(device=self.device, dtype=dtype).eval()
 

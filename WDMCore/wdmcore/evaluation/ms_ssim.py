@@ -25,10 +25,17 @@ import torch
 
 from ..errors import ConfigError, InputShapeError
 from ..events import ProgressCallback, ProgressTracker
+from .dependencies import import_optional
 from .medicalnet import resolve_device
 from .volumes import VolumeReader
 
 RELEASED_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_NEEDS = "MS-SSIM (MONAI's MultiScaleSSIMMetric)"
+
+
+def require_ms_ssim() -> None:
+    """Fail now, with the install command, when MS-SSIM's package is missing (before any volume is read)."""
+    import_optional("monai.metrics", MS_SSIM_NEEDS)
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ def ms_ssim(
     device: str | torch.device | None = "cpu",
 ) -> torch.Tensor:
     """MS-SSIM of volume pairs: ``a`` and ``b`` are [D, H, W] or [B, 1, D, H, W]; returns [B] (float32)."""
-    from monai.metrics import MultiScaleSSIMMetric
+    MultiScaleSSIMMetric = import_optional("monai.metrics", MS_SSIM_NEEDS).MultiScaleSSIMMetric  # noqa: N806
 
     settings = settings or MSSSIMSettings()
     dev = resolve_device(device)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputShapeError
+from .dependencies import import_optional
 
 VolumeReader = Callable[[Path], np.ndarray]
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -53,10 +54,7 @@ class NiftiReader:
 
             array, _ = load_volume(path, dtype=np.float32)
             return self._check(path, np.asarray(array, dtype=np.float32))
-        try:
-            import nibabel as nib
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ConfigError("Reading NIfTI files needs nibabel: `pip install nibabel`.") from exc
+        nib = import_optional("nibabel", "Reading NIfTI files")
         try:
             image = nib.load(str(path))
             volume = np.asarray(image.get_fdata(dtype=np.float32))

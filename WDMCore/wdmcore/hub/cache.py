@@ -5,6 +5,7 @@ what each cached file is (origin, SHA-256 recorded on first download or import).
 import json
 import logging
 import os
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -67,9 +68,10 @@ def write_records(cache: Path, records: dict[str, dict[str, Any]]) -> None:
         raise
 
 
-def set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
+def set_record(cache: Path, name: str, record: dict[str, Any] | None, *, keep_history: bool = False) -> None:
     """Add, replace or (``record=None``) remove one record. The read-modify-write runs under a file lock, so
-    processes downloading or importing at the same time never lose each other's records."""
+    processes downloading or importing at the same time never lose each other's records. ``keep_history``:
+    the replaced record's digest joins the new record's ``history`` (see :func:`with_history`)."""
     from filelock import FileLock
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -78,8 +80,32 @@ def set_record(cache: Path, name: str, record: dict[str, Any] | None) -> None:
         if record is None:
             records.pop(name, None)
         else:
-            records[name] = record
+            records[name] = with_history(record, records.get(name)) if keep_history else record
         write_records(cache, records)
+
+
+HISTORY_LIMIT = 20  # digests a record remembers from the files it replaced
+
+
+def with_history(record: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """``record`` (the new file's) carrying the digests the model's file had before it, oldest first.
+
+    The history of ``previous`` is kept; ``previous`` itself joins it when its digest differs from the new one,
+    with the time it was replaced, so that ``records.json`` shows every content a name has stood for.
+    """
+    history = list((previous or {}).get("history") or [])
+    if previous and previous.get("sha256") and previous["sha256"] != record.get("sha256"):
+        history.append(
+            {
+                "sha256": previous["sha256"],
+                "source": previous.get("source"),
+                "recorded_at": previous.get("recorded_at"),
+                "replaced_at": record.get("recorded_at") or now(),
+            }
+        )
+    if history:
+        record = {**record, "history": history[-HISTORY_LIMIT:]}
+    return record
 
 
 def now() -> str:
@@ -115,6 +141,17 @@ class ModelInfo:
     sha256_origin: str | None = None
     """``"catalogue"``, ``"recorded"`` (first download or import) or None (not known yet)."""
     card: dict[str, Any] = field(default_factory=dict)
+    license_url: str | None = None
+    citation: str | None = None
+    page_url: str | None = None
+    """The file's page on the Hub, which shows its SHA-256 (hub models)."""
+    record: dict[str, Any] = field(default_factory=dict)
+    """What ``records.json`` holds about the model (empty when nothing was recorded yet)."""
+
+    @property
+    def task(self) -> str:
+        """The task the network was trained for (the card's ``task``; ``generate`` when the card does not say)."""
+        return str(self.card.get("task", "generate"))
 
 
 def list_models(*, catalogue: Catalogue | None = None, base_url: str | None = None) -> list[ModelInfo]:
@@ -177,6 +214,10 @@ def _entry_info(entry: CatalogueEntry, record: dict | None, cache: Path, base_ur
         sha256=digest,
         sha256_origin=origin,
         card=card,
+        license_url=entry.license_url,
+        citation=entry.citation,
+        page_url=entry.page_url(),
+        record=dict(record or {}),
     )
 
 
@@ -197,7 +238,15 @@ def _imported_info(name: str, record: dict[str, Any], cache: Path) -> ModelInfo:
         sha256=record.get("sha256"),
         sha256_origin="recorded" if record.get("sha256") else None,
         card=card,
+        license_url=card.get("license_url"),
+        record=dict(record),
     )
+
+
+def import_command(name: str, file: str, preset: str | None) -> str:
+    """The `wdm import-model` command line that makes ``file`` (fetched by hand) the cached model ``name``."""
+    command = f"wdm import-model {shlex.quote(file)} --name {name}"
+    return f"{command} --preset {preset}" if preset else command
 
 
 def unknown_model(name: str, cat: Catalogue, records: dict) -> ConfigError:

@@ -9,7 +9,8 @@ local file:
   place only when complete and verified), resuming with HTTP ``Range`` requests when the connection drops;
 * every file is checked against a SHA-256: the catalogue's digest when it has one, otherwise the digest
   recorded on the first download (trust on first use, announced with a warning), kept in ``records.json``
-  in the cache folder. A cached file that no longer matches its digest is an error, never silently used.
+  in the cache folder. A cached file that no longer matches its digest is an error, never silently used; a
+  download with another digest is refused unless forced, and a forced one says that the file changed.
 
 Files fetched by hand (for example on a machine without internet access) enter the same cache through
 :func:`import_model`. Environment variables: ``WDM_CACHE_DIR`` moves the cache, ``WDM_HUB_URL`` replaces the
@@ -35,6 +36,7 @@ from ..interrupts import sigterm_unwinds
 from .cache import (
     RECORDS_FILE,
     cache_dir,
+    import_command,
     now,
     read_records,
     set_record,
@@ -84,7 +86,9 @@ def fetch(
         catalogue: another catalogue than the shipped ``models.json``.
         base_url: replaces the hub's base URL (default: ``$WDM_HUB_URL`` or the catalogue's ``hub_url``).
         force: download again even when the file is cached, and record the new file's digest (the cached
-            file stays until the new one has arrived and passed the catalogue's digest, if any).
+            file stays until the new one has arrived and passed the catalogue's digest, if any). A new file
+            whose digest differs from the recorded one is accepted with a warning that names both digests; the
+            old digest stays in the record's ``history``.
         verify: check the SHA-256 of an already cached file (a download is always checked).
 
     Raises:
@@ -104,8 +108,10 @@ def fetch(
         return _bundled_path(entry, verify)
 
     target = cache / entry.filename
-    # With force, a recorded digest is not held against the new download (the catalogue's still is).
-    expected, origin = _expected_digest(entry, None if force else records.get(entry.name))
+    record = records.get(entry.name)
+    # With force, a recorded digest is not held against the new download (the catalogue's still is): a
+    # different file is accepted, and said to be different (old and new digest) below.
+    expected, origin = _expected_digest(entry, None if force else record)
 
     if target.is_file() and not force:
         if expected is None:
@@ -133,7 +139,10 @@ def fetch(
         previous.unlink()
     digest = expected or sha256_of(target)
     _record_download(cache, entry, target, digest, url=url, final_url=final_url)
-    if expected is None:
+    recorded = (record or {}).get("sha256")
+    if expected is None and recorded and recorded != digest:
+        _warn_replaced(entry, record, digest, on_progress)
+    elif expected is None and not recorded:
         _warn_recorded(entry, target, digest, on_progress, first_download=True)
     return target
 
@@ -162,6 +171,7 @@ def _download(
         on_progress=on_progress,
         progressbar=progressbar,
         max_bytes=_size_limit(entry),
+        preset=entry.preset,
     )
     log.info("downloading %s from %s to %s", entry.name, url, cache)
     try:
@@ -184,8 +194,8 @@ def _download(
             + (
                 "the catalogue describes: update wdmcore."
                 if origin == "catalogue"
-                else "downloaded before: if that is intended, run `wdm download "
-                f"{entry.name} --force` to forget the recorded digest."
+                else "downloaded before: if the new file is intended, run `wdm download "
+                f"{entry.name} --force` to accept it (the old and the new digest are shown and both kept)."
             )
         ) from exc
 
@@ -203,7 +213,12 @@ def _quiet_pooch() -> Iterator[None]:
 
 
 def _record_download(
-    cache: Path, entry: CatalogueEntry, target: Path, digest: str, url: str | None, final_url: str | None = None
+    cache: Path,
+    entry: CatalogueEntry,
+    target: Path,
+    digest: str,
+    url: str | None,
+    final_url: str | None = None,
 ) -> None:
     record = {
         "file": target.name,
@@ -216,7 +231,7 @@ def _record_download(
     }
     if final_url and final_url != url:  # redirected: say where the bytes whose digest is pinned came from
         record["final_url"] = final_url
-    set_record(cache, entry.name, record)
+    set_record(cache, entry.name, record, keep_history=True)
 
 
 def _size_limit(entry: CatalogueEntry) -> int | None:
@@ -245,6 +260,28 @@ def _warn_recorded(
     emit(on_progress, "warning", model=entry.name, sha256=digest, message=message)
 
 
+def _warn_replaced(
+    entry: CatalogueEntry, previous: dict[str, Any], digest: str, on_progress: ProgressCallback | None
+) -> None:
+    """A forced download brought a file whose digest differs from the one recorded before."""
+    since = f", recorded {previous['recorded_at']}" if previous.get("recorded_at") else ""
+    message = (
+        f"the forced download of {entry.name!r} differs from the file recorded before: old sha256 "
+        f"{previous['sha256']}{since}; new sha256 {digest}. The new file replaces the old one and its digest is "
+        f"checked from now on (the old one stays in the history in {RECORDS_FILE}). If you did not expect the "
+        f"model to change, compare the new digest with the SHA-256 shown on {entry.page_url() or 'the source page'}."
+    )
+    log.warning(message)
+    emit(
+        on_progress,
+        "warning",
+        model=entry.name,
+        sha256=digest,
+        previous_sha256=previous["sha256"],
+        message=message,
+    )
+
+
 def _verify_cached(entry: CatalogueEntry, target: Path, expected: str, origin: str | None) -> None:
     found = sha256_of(target)
     if found != expected:
@@ -262,7 +299,7 @@ def _fetch_imported(name: str, record: dict[str, Any], cache: Path, verify: bool
     if not record.get("file") or not path.is_file():
         raise CheckpointError(
             f"model {name!r} was imported but its file {path} is no longer in the cache; "
-            f"import it again with `wdm import-model FILE --name {name} --preset PRESET`."
+            f"import it again with `{_import_again(name, record)}`."
         )
     if verify and record.get("sha256"):
         found = sha256_of(path)
@@ -270,9 +307,14 @@ def _fetch_imported(name: str, record: dict[str, Any], cache: Path, verify: bool
             raise DownloadError(
                 f"the cached file {path} of imported model {name!r} does not match the digest recorded at "
                 f"import (expected sha256 {record['sha256']}, found {found}): it was changed or damaged. "
-                f"Import a good copy again with `wdm import-model FILE --name {name} --preset PRESET`."
+                f"Import a good copy again with `{_import_again(name, record)}`."
             )
     return path
+
+
+def _import_again(name: str, record: dict[str, Any]) -> str:
+    """The command that imports model ``name`` again: from where it was imported, under its recorded preset."""
+    return import_command(name, record.get("imported_from") or "FILE", record.get("preset"))
 
 
 def _bundled_path(entry: CatalogueEntry, verify: bool) -> Path:
@@ -403,8 +445,10 @@ class ResumableHTTPDownloader:
         progressbar: bool | Any = False,
         retries: int | None = None,
         max_bytes: int | None = None,
+        preset: str | None = None,
     ):
         self.model = model
+        self.preset = preset  # named in the import command that the error messages suggest
         self.on_progress = on_progress
         self.progressbar = progressbar
         self.retries = DOWNLOAD_RETRIES if retries is None else retries
@@ -516,6 +560,10 @@ class ResumableHTTPDownloader:
                 out.truncate()
                 raise _Retry(f"server sent more bytes than announced ({total})")
 
+    def _import_command(self, url: str) -> str:
+        """The import command for the file this URL serves, as a browser or `curl -O` names it when saved."""
+        return import_command(self.model, Path(urlsplit(url).path).name or "FILE", self.preset)
+
     def _too_big(self, url: str, what: str) -> str:
         return (
             f"the download of {self.model!r} from {urlsplit(url).netloc} was stopped: {what}, more than the "
@@ -528,8 +576,7 @@ class ResumableHTTPDownloader:
         return DownloadError(
             f"no network: cannot reach {host} ({_short(error)}). This computer seems to be offline, or a "
             f"firewall/proxy blocks the connection. Connect and try again, or download {url} on a machine with "
-            f"internet access and import the file here with `wdm import-model FILE --name {self.model} "
-            "--preset PRESET` (see docs/models.md)."
+            f"internet access and import the file here with `{self._import_command(url)}` (see docs/models.md)."
         )
 
     def _http_message(self, url: str, status: int, reason: str) -> str:
@@ -542,7 +589,7 @@ class ResumableHTTPDownloader:
         return (
             f"cannot download {self.model!r}: {url} answered {status} {reason}; {hint}. "
             "Alternatively download the file by hand and import it with "
-            f"`wdm import-model FILE --name {self.model} --preset PRESET`."
+            f"`{self._import_command(url)}`."
         )
 
     def _give_up(
@@ -551,7 +598,7 @@ class ResumableHTTPDownloader:
         host = urlsplit(url).netloc
         manual = (
             f"try again later, or download {url} on a machine with internet access and import the file here "
-            f"with `wdm import-model FILE --name {self.model} --preset PRESET` (see docs/models.md)."
+            f"with `{self._import_command(url)}` (see docs/models.md)."
         )
         if _is_timeout(error):
             return DownloadError(

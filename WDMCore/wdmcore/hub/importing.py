@@ -89,20 +89,17 @@ def import_model(
     if copied != digest:  # the source changed while we read it
         dest.unlink(missing_ok=True)
         raise CheckpointError(f"{src} changed while it was being imported; import it again.")
-    set_record(
-        cache,
-        name,
-        {
-            "file": dest.name,
-            "sha256": digest,
-            "size_bytes": dest.stat().st_size,
-            "source": "import",
-            "imported_from": str(src.resolve()),
-            "preset": preset,
-            "card": card or {},
-            "recorded_at": now(),
-        },
-    )
+    record = {
+        "file": dest.name,
+        "sha256": digest,
+        "size_bytes": dest.stat().st_size,
+        "source": "import",
+        "imported_from": str(src.resolve()),
+        "preset": preset,
+        "card": card or {},
+        "recorded_at": now(),
+    }
+    set_record(cache, name, record, keep_history=True)
     log.info("imported %s as model %r (%s, sha256 %s) into %s", src, name, preset, digest, dest)
     return dest
 
