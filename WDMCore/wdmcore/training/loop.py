@@ -20,7 +20,8 @@ Files in the output folder::
 
     config.json                   the resolved configuration
     model_<step>.safetensors      EMA weights + model card (open with wdmcore.load_model)
-    state_<step>.pt               raw weights, optimiser, EMA, step, RNG states, data order (for --resume)
+    state_<step>.pt               raw weights, optimiser, step, RNG states, data order (for --resume; the EMA
+                                  weights are the model file's)
     previews/preview_<step>.nii.gz, .png
     events.jsonl, tensorboard/    (TensorBoard only when installed)
 """
@@ -50,6 +51,7 @@ from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import ConfigError, DataError
 from ..events import ProgressCallback, emit
 from ..models.cards import validate_card
+from ..models.checkpoints import shared_parameter_aliases
 from ..networks import NetworkConfig, build_network
 from .checkpoints import (
     atomic_write_text,
@@ -446,7 +448,10 @@ def _train(
     )
     if state is not None:
         network.load_state_dict(state["network"])
-        ema.network.load_state_dict(state["ema"])
+        ema_weights = dict(state["ema"])  # a model file leaves out the names of tied tensors: name them again
+        ema_weights.update({alias: ema_weights[first] for alias, first in shared_parameter_aliases(ema.network).items()
+                            if alias not in ema_weights})  # fmt: skip
+        ema.network.load_state_dict(ema_weights)
         ema.updates = int(state["ema_updates"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -633,16 +638,14 @@ def _complete_checkpoints(out_dir: Path) -> list[tuple[int, Path, Path | None]]:
 
 
 def checkpoint_bytes(network: torch.nn.Module, ema: EMA) -> int:
-    """About the disk one checkpoint takes: the model file (EMA weights) and the training state (raw weights,
-    EMA weights and AdamW's two moments of every parameter)."""
+    """About the disk one checkpoint takes: the model file (EMA weights) and the training state (raw weights and
+    AdamW's two moments of every parameter)."""
 
     def size(tensors) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     return (
-        2 * size(ema.network.state_dict().values())
-        + size(network.state_dict().values())
-        + 2 * size(network.parameters())
+        size(ema.network.state_dict().values()) + size(network.state_dict().values()) + 2 * size(network.parameters())
     )
 
 
