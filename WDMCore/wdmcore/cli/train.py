@@ -149,7 +149,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     hyper.add_argument(
         "--adam-betas", dest="train_adam_betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas"
     )
-    hyper.add_argument("--precision", dest="train_precision", choices=("auto", "fp32", "bf16"), help="precision")
+    hyper.add_argument(
+        "--precision",
+        dest="train_precision",
+        choices=("auto", "fp32", "bf16"),
+        help="bf16 autocasts the network (refused on the CPU); default auto: bf16 on CUDA, fp32 elsewhere",
+    )
     hyper.add_argument("--no-ema-warmup", dest="train_ema_warmup", action="store_false", help="constant EMA rate")
     hyper.add_argument(
         "--activation-checkpointing",
