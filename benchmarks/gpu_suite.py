@@ -711,9 +711,13 @@ class Suite:
         # the slow compiles cannot starve them of budget.
         eager = [("bf16", False), ("tf32", False), ("bf16", True), ("tf32", True), ("fp32", False)]
         compiled = [("bf16", False), ("bf16", True), ("tf32", False)]
+        if self.device.type == "cpu":  # wdm train refuses bf16 on the CPU (docs/training.md): not measured there
+            eager = [item for item in eager if item[0] != "bf16"]
+            compiled = [item for item in compiled if item[0] != "bf16"]
+            part.note("bf16 rows left out on the CPU, where wdm train refuses bf16.")
         plan = [(case, p, c, False) for case in cases for p, c in eager]
         if self.tiny:  # the dry run's second network runs the same code: one setting is enough there
-            plan = [item for item in plan if item[0] == cases[0] or item[1:3] == ("bf16", False)]
+            plan = [item for item in plan if item[0] == cases[0] or item[1:3] == eager[0]]
         plan += [(case, p, c, True) for case in cases for p, c in compiled]
         for (name, batch, size), precision, checkpointing, compiling in plan:
             what = {"network": name, "image": size, "batch": batch, "precision": precision,

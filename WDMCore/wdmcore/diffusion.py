@@ -226,11 +226,15 @@ class Diffusion:
         """
         if noise_image is None:
             noise_image = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
-        x_t, target = self.training_inputs(image, t, noise_image)
-        if condition is not None:
-            x_t = torch.cat([x_t, condition.to(x_t.dtype)], dim=1)
+        # Under a caller's autocast only the network runs in reduced precision: the Haar transform is a matmul,
+        # which autocast would otherwise run in bf16, rounding the target and the noise of every sample.
+        with torch.autocast(image.device.type, enabled=False):
+            x_t, target = self.training_inputs(image, t, noise_image)
+            if condition is not None:
+                x_t = torch.cat([x_t, condition.to(x_t.dtype)], dim=1)
         prediction = model(x_t, self.model_timesteps(t))
-        per_band = (target - prediction.float()).pow(2).mean(dim=(2, 3, 4)).mean(dim=0)
+        with torch.autocast(image.device.type, enabled=False):
+            per_band = (target - prediction.float()).pow(2).mean(dim=(2, 3, 4)).mean(dim=0)
         return per_band.mean(), per_band
 
     # -- reverse process ------------------------------------------------------------------------------------

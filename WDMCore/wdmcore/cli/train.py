@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,7 +149,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     hyper.add_argument(
         "--adam-betas", dest="train_adam_betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas"
     )
-    hyper.add_argument("--precision", dest="train_precision", choices=("auto", "fp32", "bf16"), help="precision")
+    hyper.add_argument(
+        "--precision",
+        dest="train_precision",
+        choices=("auto", "fp32", "bf16"),
+        help="bf16 autocasts the network (refused on the CPU); default auto: bf16 on CUDA, fp32 elsewhere",
+    )
     hyper.add_argument("--no-ema-warmup", dest="train_ema_warmup", action="store_false", help="constant EMA rate")
     hyper.add_argument(
         "--activation-checkpointing",
@@ -329,6 +335,19 @@ def build_dataset(config: TrainConfig, data: dict[str, Any], out_dir: Path, on_e
     return dataset
 
 
+def _with_cost_line(on_event):
+    """The bar display plus the training's cost line (time per step, ETA, checkpoint disk), printed above it."""
+
+    def display(event: dict[str, Any]) -> None:
+        if event.get("event") == "cost":
+            from tqdm.auto import tqdm
+
+            tqdm.write(str(event["message"]), file=sys.stderr)
+        on_event(event)
+
+    return display
+
+
 def _fit_spacing(cases, size: int, read_header, on_event=None) -> float:
     """The isotropic spacing (mm) at which the largest physical extent among the volumes spans ``size`` voxels."""
     import numpy as np
@@ -352,10 +371,13 @@ def _fit_spacing(cases, size: int, read_header, on_event=None) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..devices import resolve_device
     from ..training import train
+    from ..training.loop import autocast_dtype
     from ..volumes.writing import ensure_output_folder
 
     config, data = resolve(args)
+    autocast_dtype(config.precision, resolve_device(config.device))  # bf16 on the CPU is refused before any data
     out_dir = Path(args.out)
     ensure_output_folder(out_dir)  # a file or a read-only folder is reported before any data is read
     saved_config = out_dir / "config.json"
@@ -365,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
         # Before the (possibly long) preprocessing; train() checks against the training state again.
         check_same_data(read_config_file(saved_config).get("data") or {}, config.data, out_dir)
     on_event, close = progress_display(args.progress)
+    if args.progress == "bar":
+        on_event = _with_cost_line(on_event)
     try:
         dataset = build_dataset(config, data, out_dir, on_event)
     except BaseException:

@@ -15,12 +15,15 @@ import torch
 
 from ..errors import CheckpointError
 from ..filemodes import set_default_mode
-from ..models.checkpoints import save_model_file, torch_load_reason
+from ..models.checkpoints import read_model_file, save_model_file, torch_load_reason
 
 log = logging.getLogger(__name__)
 
 
-STATE_FORMAT = 1
+# Format 2 leaves out the EMA weights: they are the model file's, so each checkpoint holds them once (format 1
+# wrote them into both files; such states are still read).
+STATE_FORMAT = 2
+READABLE_STATE_FORMATS = (1, 2)
 # A stop request: while a run trains, a file of this name in its folder makes it write a checkpoint after the
 # current step and return (docs/training.md). It needs no signal, so it reaches the trainer whatever process
 # started it (Slicer's PythonSlicer is a launcher that passes no signal on).
@@ -88,7 +91,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``state_<step>.pt`` file (tensors and plain values only; nothing is executed)."""
+    """Read a ``state_<step>.pt`` file (tensors and plain values only; nothing is executed), with the EMA weights
+    (from its model file since format 2) under ``"ema"``."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -97,8 +101,17 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
             f"the training state {path} could not be read ({torch_load_reason(exc)}); "
             "delete it to resume from the checkpoint before it."
         ) from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_STATE_FORMATS:
         raise CheckpointError(f"{path} is not a WaveletDiffusion training state (format {STATE_FORMAT}).")
+    if "ema" not in state:
+        model_file = path.with_name(f"model_{int(state['step']):07d}.safetensors")
+        try:
+            state["ema"] = read_model_file(model_file)[0]
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"the EMA weights of the training state {path} are in its model file, which could not be used "
+                f"({str(exc).rstrip('.')}); delete both files to resume from the checkpoint before them."
+            ) from None
     return state
 
 
@@ -142,7 +155,6 @@ def save_checkpoint(out_dir, step, network, ema, optimizer, config, card_base) -
         "step": step,
         "config": config.to_dict(),
         "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-        "ema": {k: v.detach().cpu() for k, v in ema.network.state_dict().items()},
         "ema_updates": ema.updates,
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),

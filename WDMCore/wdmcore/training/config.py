@@ -52,7 +52,7 @@ class TrainConfig:
     log_interval: int = 10
     seed: int = 0
     num_workers: int = 0
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16"
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16" (refused on the CPU)
     activation_checkpointing: bool = False
     max_nonfinite_steps: int = 10  # raise after this many non-finite losses in a row
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...

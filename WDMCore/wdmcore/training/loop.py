@@ -20,7 +20,8 @@ Files in the output folder::
 
     config.json                   the resolved configuration
     model_<step>.safetensors      EMA weights + model card (open with wdmcore.load_model)
-    state_<step>.pt               raw weights, optimiser, EMA, step, RNG states, data order (for --resume)
+    state_<step>.pt               raw weights, optimiser, step, RNG states, data order (for --resume; the EMA
+                                  weights are the model file's)
     previews/preview_<step>.nii.gz, .png
     events.jsonl, tensorboard/    (TensorBoard only when installed)
 """
@@ -50,6 +51,7 @@ from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import ConfigError, DataError
 from ..events import ProgressCallback, emit
 from ..models.cards import validate_card
+from ..models.checkpoints import shared_parameter_aliases
 from ..networks import NetworkConfig, build_network
 from .checkpoints import (
     atomic_write_text,
@@ -183,8 +185,20 @@ def _sample_draws(seed: int, positions: list[int], image_shape, num_timesteps: i
 # -- EMA ----------------------------------------------------------------------------------------------------
 
 
-def _precision(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if config.precision == "fp32" or (config.precision == "auto" and device.type != "cuda"):
+# bf16 autocast of the network on the CPU is refused: the CPUs with native bf16 kernels (AVX-512 BF16) gave a
+# non-finite loss within a few steps at the default learning rate, which a CPU without them (where PyTorch
+# emulates bf16) cannot reproduce, so no run here can show that the native path trains as fp32 does.
+CPU_BF16_REFUSAL = (
+    "bf16 training is not supported on the CPU (its bf16 kernels differ from one CPU to the next and diverged "
+    "within a few steps on CPUs with AVX-512 BF16); use --precision fp32 (the CPU's default) or bf16 on a CUDA GPU."
+)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the network is autocast to in training (None: fp32); bf16 on the CPU is refused."""
+    if precision == "bf16" and device.type == "cpu":
+        raise ConfigError(CPU_BF16_REFUSAL)
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     return torch.bfloat16
 
@@ -381,6 +395,7 @@ def _train(
 ) -> TrainResult:
     if len(dataset) < 1:
         raise ConfigError("the dataset is empty.")
+    network_dtype = autocast_dtype(config.precision, device)  # before anything is read or written
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*out_dir.glob(".model_*.tmp"), *out_dir.glob(".state_*.tmp")]:
@@ -433,7 +448,10 @@ def _train(
     )
     if state is not None:
         network.load_state_dict(state["network"])
-        ema.network.load_state_dict(state["ema"])
+        ema_weights = dict(state["ema"])  # a model file leaves out the names of tied tensors: name them again
+        ema_weights.update({alias: ema_weights[first] for alias, first in shared_parameter_aliases(ema.network).items()
+                            if alias not in ema_weights})  # fmt: skip
+        ema.network.load_state_dict(ema_weights)
         ema.updates = int(state["ema_updates"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -446,7 +464,6 @@ def _train(
         model = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None
         )
-    autocast_dtype = _precision(config, device)
     logger = _Logger(config, out_dir, on_event, dist.main)
     card_base = _make_card(config, network_config, 0, dataset)
     batches = StreamBatches(len(dataset), config.batch_size, config.seed, start_step, config.max_steps,
@@ -465,6 +482,7 @@ def _train(
     last_saved = start_step if resume else None
     window_start, window_steps, window_loss = time.perf_counter(), 0, []
     session_start, session_steps = time.perf_counter(), 0
+    reported = {"step": step, "at": time.perf_counter()}  # the last progress event
     logger.event("start", step=step, max_steps=config.max_steps, out_dir=str(out_dir), world_size=dist.world,
                  device=str(device), parameters=sum(p.numel() for p in network.parameters()))  # fmt: skip
 
@@ -479,10 +497,14 @@ def _train(
                 # Its state was not written, so it is not a checkpoint: remove the half.
                 checkpoint_path(out_dir, at_step).unlink(missing_ok=True)
                 previous = [c for c in list_checkpoints(out_dir) if c[2] is not None]
-                kept = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no checkpoint exists"
+                if previous:
+                    kept = f"the previous checkpoint {previous[-1][1]} is intact. Free space (or fix the folder) and "
+                    kept += "continue with --resume."
+                else:
+                    kept = "no checkpoint exists yet. Free space (or fix the folder) and start the run again."
                 raise DataError(
                     f"cannot write the checkpoint of step {at_step} into {out_dir}: {describe_os_error(exc, out_dir)}; "
-                    f"{kept}. Free space (or fix the folder) and continue with --resume."
+                    f"{kept}"
                 ) from exc
             prune(out_dir, config.keep_last)
             logger.event("checkpoint", step=at_step, path=str(path))
@@ -493,24 +515,51 @@ def _train(
     def stop_now() -> bool:
         return stop_requested(out_dir) or (stop is not None and bool(stop()))
 
+    def forward_backward(item: Any, at_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = _check_item(item, config.image_size).to(device, non_blocking=True)
+        t, noise = _sample_draws(
+            config.seed, batches.positions(at_step), image_shape, diffusion.num_timesteps, config.low_noise_share
+        )
+        t, noise = t.to(device), noise.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, network_dtype):
+            loss, per_band = diffusion.training_loss(model, image, t, noise_image=noise)
+        loss.backward()
+        return loss, per_band
+
+    def report(now: float, per_band: torch.Tensor | None) -> None:
+        nonlocal window_start, window_steps, window_loss
+        it_s = window_steps / max(now - window_start, 1e-9)
+        session_rate = session_steps / max(now - session_start, 1e-9)
+        fields = {
+            "loss": sum(window_loss) / len(window_loss) if window_loss else last_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "it_s": round(it_s, 4),
+            "elapsed_s": round(now - session_start, 3),
+            "eta_s": round((config.max_steps - step) / session_rate, 1) if session_steps else None,
+            "skipped": skipped,
+        }
+        if device.type == "cuda":
+            fields["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+        logger.event("progress", task="train", done=step, total=config.max_steps, **fields)
+        if per_band is not None and fields["loss"] is not None:
+            scalars = {"loss": fields["loss"], "lr": fields["lr"], "it_per_s": it_s}
+            scalars.update({f"loss_band/{i}": float(v) for i, v in enumerate(per_band.detach().cpu())})
+            logger.scalars(step, scalars)
+        window_start, window_steps, window_loss = now, 0, []
+        reported.update(step=step, at=now)
+
     model.train()
     model_path = None
     try:
+        step_start = time.perf_counter()
         for item in loader:
             if _should_stop(stop_now, dist, device):
                 stopped = True
                 break
-            image = _check_item(item, config.image_size).to(device, non_blocking=True)
-            t, noise = _sample_draws(
-                config.seed, batches.positions(step), image_shape, diffusion.num_timesteps, config.low_noise_share
-            )
-            t, noise = t.to(device), noise.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, step)
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, autocast_dtype):
-                loss, per_band = diffusion.training_loss(model, image, t, noise_image=noise)
-            loss.backward()
+            loss, per_band = forward_backward(item, step)
             grad_norm = None
             if config.grad_clip is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip))
@@ -523,11 +572,16 @@ def _train(
                 logger.event("nonfinite", step=step, loss=loss_value, in_a_row=nonfinite_run)
                 log.warning("step %d: non-finite loss %s, step skipped (%d in a row)", step, loss_value, nonfinite_run)
                 if nonfinite_run >= config.max_nonfinite_steps:
+                    if last_saved is None:  # nothing to resume: a resume would only say so
+                        then = "then start the run again (no checkpoint was written yet)."
+                    else:
+                        then = f"then continue from the checkpoint of step {last_saved} with --resume."
                     raise TrainingError(
                         f"{nonfinite_run} steps in a row had a non-finite loss (last at step {step}); training "
                         "diverged. Lower the learning rate, enable grad_clip (e.g. 1.0), use fp32 precision, "
-                        "or check the data for NaN/inf values; then resume from the last checkpoint."
+                        f"or check the data for NaN/inf values; {then}"
                     )
+                step_start = time.perf_counter()
                 continue
             nonfinite_run = 0
             optimizer.step()
@@ -536,27 +590,24 @@ def _train(
             window_steps += 1
             session_steps += 1
             window_loss.append(loss_value)
+            if session_steps == 1:
+                # The cost first, before the first step's result: the whole first step (reading its batch, the
+                # optimiser's and the EMA's update included) is the warm-up that measures the time per step.
+                seconds = time.perf_counter() - step_start
+                cost = training_cost(seconds, config, start_step, network, ema, len(_complete_checkpoints(out_dir)))
+                log.info("%s", cost["message"])
+                logger.event("cost", **cost)
 
-            # The first step of a session is reported too, so that a bar moves long before the first interval.
-            if step % config.log_interval == 0 or step == config.max_steps or session_steps == 1:
-                now = time.perf_counter()
-                it_s = window_steps / max(now - window_start, 1e-9)
-                session_rate = session_steps / max(now - session_start, 1e-9)
-                fields = {
-                    "loss": sum(window_loss) / len(window_loss),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "it_s": round(it_s, 4),
-                    "elapsed_s": round(now - session_start, 3),
-                    "eta_s": round((config.max_steps - step) / session_rate, 1),
-                    "skipped": skipped,
-                }
-                if device.type == "cuda":
-                    fields["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-                logger.event("progress", task="train", done=step, total=config.max_steps, **fields)
-                scalars = {"loss": fields["loss"], "lr": fields["lr"], "it_per_s": it_s}
-                scalars.update({f"loss_band/{i}": float(v) for i, v in enumerate(per_band.detach().cpu())})
-                logger.scalars(step, scalars)
-                window_start, window_steps, window_loss = now, 0, []
+            # Every log_interval steps, and every step that comes a second or more after the last report, so that
+            # the bar of a slow run moves every step while a fast one does not flood the events.
+            now = time.perf_counter()
+            if (
+                step % config.log_interval == 0
+                or step == config.max_steps
+                or session_steps == 1
+                or now - reported["at"] >= REPORT_EVERY_S
+            ):
+                report(now, per_band)
 
             if config.preview_interval and step % config.preview_interval == 0 and dist.main:
                 card = {**card_base, "training": {**card_base["training"], "step": step}}
@@ -566,6 +617,9 @@ def _train(
             if step % config.checkpoint_interval == 0 and step != config.max_steps:
                 save(step)
                 last_saved = step
+            step_start = time.perf_counter()
+        if step != reported["step"]:  # the last event says where the run really ended (a stop, skipped steps)
+            report(time.perf_counter(), None)
         model_path = save(step) if step != last_saved else checkpoint_path(out_dir, step)
         if dist.main:
             if stopped:
@@ -574,6 +628,70 @@ def _train(
     finally:
         logger.close()
     return TrainResult(model_path if dist.main else None, step, stopped, skipped, last_loss)
+
+
+REPORT_EVERY_S = 1.0  # a progress event at least this often (every step when steps are slower)
+
+
+def _complete_checkpoints(out_dir: Path) -> list[tuple[int, Path, Path | None]]:
+    return [c for c in list_checkpoints(out_dir) if c[2] is not None]
+
+
+def checkpoint_bytes(network: torch.nn.Module, ema: EMA) -> int:
+    """About the disk one checkpoint takes: the model file (EMA weights) and the training state (raw weights and
+    AdamW's two moments of every parameter)."""
+
+    def size(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    return (
+        size(ema.network.state_dict().values()) + size(network.state_dict().values()) + 2 * size(network.parameters())
+    )
+
+
+def checkpoints_kept(config: TrainConfig, start_step: int, existing: int) -> int:
+    """How many checkpoints the folder holds at the end of a run from ``start_step`` to ``max_steps``."""
+    if config.max_steps <= start_step:
+        return min(config.keep_last, existing)
+    interval = config.checkpoint_interval
+    written = (config.max_steps - 1) // interval - start_step // interval + 1  # the intervals', then the last step's
+    return min(config.keep_last, existing + written)
+
+
+def training_cost(
+    step_s: float, config: TrainConfig, start_step: int, network: torch.nn.Module, ema: EMA, existing: int
+) -> dict[str, Any]:
+    """The figures of the ``cost`` event, and its one-line ``message``."""
+    steps = max(0, config.max_steps - start_step)
+    each = checkpoint_bytes(network, ema)
+    kept = checkpoints_kept(config, start_step, existing)
+    eta_s = step_s * steps
+    message = (
+        f"about {_seconds(step_s)} s per step: {steps} steps ≈ {format_duration(eta_s)}; each checkpoint "
+        f"{format_bytes(each)}, {kept} kept = {format_bytes(each * kept)}"
+    )
+    return {"step_s": round(step_s, 4), "steps": steps, "eta_s": round(eta_s, 1), "checkpoint_bytes": each,
+            "checkpoints_kept": kept, "checkpoints_total_bytes": each * kept, "message": message}  # fmt: skip
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def format_bytes(count: int) -> str:
+    value, unit = next(((count / scale, unit) for scale, unit in ((1e9, "GB"), (1e6, "MB"))
+                        if count >= scale), (count / 1e3, "kB"))  # fmt: skip
+    return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
 
 
 def _should_stop(stop: Callable[[], bool], dist: _Dist, device: torch.device) -> bool:
