@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InputShapeError
+from ..errors import ConfigError
 
 VolumeReader = Callable[[Path], np.ndarray]
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -42,37 +42,17 @@ def list_volumes(directory: str | Path, suffixes: tuple[str, ...] = VOLUME_SUFFI
 
 
 class NiftiReader:
-    """Read a volume as stored, as float32 [i, j, k]; trailing singleton axes are dropped. NIfTI files are read
-    with nibabel, NRRD and MetaImage files through :func:`wdmcore.volumes.reading.load_volume`."""
+    """Read a volume as stored, as float32 [i, j, k]; trailing singleton axes are dropped. Every format goes
+    through :func:`wdmcore.volumes.reading.load_volume`, which checks the header against the file's size and
+    the free memory before allocating, and refuses images that are not single 3-D volumes."""
 
     config: dict[str, Any] = {"reader": "nifti", "preprocessing": "none (values as stored)"}
 
     def __call__(self, path: Path) -> np.ndarray:
-        if any(Path(path).name.lower().endswith(s) for s in ITK_SUFFIXES):
-            from ..volumes.reading import load_volume
+        from ..volumes.reading import load_volume
 
-            array, _ = load_volume(path, dtype=np.float32)
-            return self._check(path, np.asarray(array, dtype=np.float32))
-        try:
-            import nibabel as nib
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ConfigError("Reading NIfTI files needs nibabel: `pip install nibabel`.") from exc
-        try:
-            image = nib.load(str(path))
-            volume = np.asarray(image.get_fdata(dtype=np.float32))
-        except Exception as exc:
-            raise ConfigError(f"Could not read {path} as NIfTI ({exc}). Check that the file is complete.") from exc
-        return self._check(path, volume)
-
-    @staticmethod
-    def _check(path: Path, volume: np.ndarray) -> np.ndarray:
-        while volume.ndim > 3 and volume.shape[-1] == 1:
-            volume = volume[..., 0]
-        if volume.ndim != 3:
-            raise InputShapeError(
-                f"{path} holds an array of shape {volume.shape}; the evaluation needs one 3-D scalar volume per file."
-            )
-        return volume
+        array, _ = load_volume(path, dtype=np.float32)
+        return np.asarray(array, dtype=np.float32)
 
 
 def reader_config(reader: VolumeReader) -> dict[str, Any]:
