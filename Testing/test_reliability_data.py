@@ -187,3 +187,53 @@ def test_training_on_a_really_full_cache_disk(folder, tmp_path, capsys):
         assert len(_cache_files(cache)) == 2
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+# -- what is passed over is said ----------------------------------------------------------------------------------
+
+
+def test_summarize_lists_the_files_it_does_not_read(tmp_path, capsys):
+    import json
+
+    from wdmcore.cli.main import main
+
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    _save(data / "good.nii.gz", rng.random((16, 16, 16)), np.eye(4))
+    nib.save(nib.MGHImage(rng.random((16, 16, 16)).astype(np.float32), np.eye(4)), str(data / "sub" / "brain.mgz"))
+    (data / "notes.txt").write_text("acquired 2024\n")
+    assert main(["summarize", str(data), "--progress", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "1 image file(s) in a format wdm does not read" in out
+    assert f"{data / 'sub' / 'brain.mgz'}: a FreeSurfer MGZ volume" in out and "mri_convert" in out
+    assert "other files, not volumes: 1 (.txt 1)" in out
+    assert main(["summarize", str(data), "--progress", "none", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["path"] for s in listed["not_read"]] == [str(data / "sub" / "brain.mgz")]
+    assert main(["summarize", str(data / "sub" / "brain.mgz"), "--progress", "none"]) == 2
+    assert "FreeSurfer MGZ volume" in capsys.readouterr().err
+
+
+def test_preprocess_lidc_on_a_folder_without_dicom_prints_only_the_error(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import wdmcore
+
+    pytest.importorskip("SimpleITK")
+    empty, other = tmp_path / "empty", tmp_path / "other" / "sub"
+    empty.mkdir()
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("not DICOM\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(wdmcore.__file__).resolve().parents[1])}
+    script = "import sys\nfrom wdmcore.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+    for folder in (empty, other.parent):
+        done = subprocess.run([sys.executable, "-c", script, "preprocess-lidc", str(folder), str(tmp_path / "out")],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"wdm: error: {folder}: no DICOM series found (searched all subfolders); check the path"
+        ], done.stderr
