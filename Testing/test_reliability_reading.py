@@ -154,7 +154,11 @@ def test_a_volume_larger_than_the_free_memory_is_refused_before_reading(tmp_path
     files, _ = _truthful_files(tmp_path)
     monkeypatch.setattr(reading, "available_memory_bytes", lambda: 100_000)
     with pytest.raises(DataError, match=r"needs about 110,880 bytes of memory, but only 100,000 bytes is free"):
-        reading.load_volume(files["v.nii.gz"])  # 20x21x22 float32 stored + float64 read = 12 bytes a voxel
+        reading.load_volume(files["v.nii"])  # 20x21x22 float32 stored + float64 read = 12 bytes a voxel
+    with pytest.raises(DataError, match=r"needs about 147,840 bytes of memory"):
+        reading.load_volume(files["v.nii.gz"])  # and the decompressed file kept for the reader: 16 bytes a voxel
+    with pytest.raises(DataError, match=r"needs about 110,880 bytes of memory"):
+        reading.load_volume(files["vz.nrrd"])
 
 
 def test_the_free_memory_is_known_on_this_machine():

@@ -281,16 +281,23 @@ def available_memory_bytes() -> int | None:
     return min(found)
 
 
-def _decompressed_bytes(storage: VoxelStorage, needed: int) -> tuple[int, str]:
+def _decompressed_bytes(storage: VoxelStorage, needed: int, keep: bool = False) -> tuple[int, str, bytes | None]:
     """(bytes the compressed stream of ``storage`` decompresses to, counted up to a little past ``needed`` and
-    no further; how it ended: "complete", "truncated" (the file ends inside the stream), "damaged" or "more").
-    Decompresses chunk by chunk and keeps none of it; concatenated gzip members are followed. The trailer of
-    the stream is read too when the claim is met, so that a file cut by a few bytes is found."""
+    no further; how it ended: "complete", "truncated" (the file ends inside the stream), "damaged" or "more";
+    with ``keep`` the decompressed bytes, else None).
+
+    Decompresses chunk by chunk, so what is kept grows only with what the file really holds, never with what its
+    header claims; concatenated gzip members are followed. The trailer of the stream is read too when the claim
+    is met, so that a file cut by a few bytes is found."""
 
     def decompressor():
         return zlib.decompressobj(wbits=47) if storage.encoding == DEFLATE else bz2.BZ2Decompressor()
 
-    seen = 0
+    seen, kept = 0, []
+
+    def result(ending: str) -> tuple[int, str, bytes | None]:
+        return seen, ending, b"".join(kept) if keep else None
+
     with open(storage.data_file, "rb") as f:
         f.seek(storage.stream_start)
         stream, pending = decompressor(), b""
@@ -299,30 +306,37 @@ def _decompressed_bytes(storage: VoxelStorage, needed: int) -> tuple[int, str]:
                 if stream.eof:
                     pending = stream.unused_data or f.read(_STREAM_CHUNK)
                     if not pending.strip(b"\0"):
-                        return seen, "complete"  # the end of the file, or padding after the last member
+                        return result("complete")  # the end of the file, or padding after the last member
                     stream = decompressor()
                 elif not pending and getattr(stream, "needs_input", True):
                     pending = f.read(_STREAM_CHUNK)
                     if not pending:
-                        return seen, "truncated"
+                        return result("truncated")
                 if seen > needed + _OUTPUT_CHUNK:
-                    return seen, "more"  # the file holds more than the claim: enough, stop decompressing
-                seen += len(stream.decompress(pending, _OUTPUT_CHUNK))
+                    return result("more")  # the file holds more than the claim: enough, stop decompressing
+                chunk = stream.decompress(pending, _OUTPUT_CHUNK)
+                seen += len(chunk)
+                if keep:
+                    kept.append(chunk)
                 pending = getattr(stream, "unconsumed_tail", b"")
         except (zlib.error, OSError, EOFError, ValueError):
-            return seen, "damaged"
+            return result("damaged")
 
 
-def check_voxel_bytes(header: VolumeHeader, out_itemsize: int | None, *, count_compressed: bool = True) -> None:
+def check_voxel_bytes(
+    header: VolumeHeader, out_itemsize: int | None, *, count_compressed: bool = True, keep_decompressed: bool = False
+) -> bytes | None:
     """Refuse a volume before its array is allocated when the file cannot hold what its header claims, or when
     reading it (as values of ``out_itemsize`` bytes) would not fit in the memory left.
 
     Raw data are compared with the file's size from the data's offset; compressed data are decompressed chunk
     by chunk and counted until the claim is reached or the stream ends (with ``count_compressed=False`` only
     the deflate bound is applied, which reads nothing). Headers whose data could not be located are checked
-    against memory only."""
+    against memory only. With ``keep_decompressed`` the decompressed file (header and voxels) of a compressed
+    volume is returned, so that it is not decompressed a second time; None otherwise."""
     claimed = header.claimed_bytes
     storage = header.storage
+    compressed = storage is not None and storage.encoding in (DEFLATE, BZIP2)
     if claimed == 0 or storage is None:
         pass
     elif not storage.data_file.is_file():
@@ -338,35 +352,38 @@ def check_voxel_bytes(header: VolumeHeader, out_itemsize: int | None, *, count_c
                 "the file is truncated or its header is wrong. Export it again or remove it"
             )
     elif storage.encoding == DEFLATE:
-        compressed = storage.data_file.stat().st_size - storage.stream_start
-        if claimed + storage.offset > MAX_DEFLATE_RATIO * compressed + 4096:
+        packed = storage.data_file.stat().st_size - storage.stream_start
+        if claimed + storage.offset > MAX_DEFLATE_RATIO * packed + 4096:
             raise DataError(
-                f"{header.path}: {_claim(header)}, but the file holds only {_human(max(compressed, 0))} of "
-                f"compressed data, which cannot decompress to more than {_human(MAX_DEFLATE_RATIO * compressed)}; "
+                f"{header.path}: {_claim(header)}, but the file holds only {_human(max(packed, 0))} of "
+                f"compressed data, which cannot decompress to more than {_human(MAX_DEFLATE_RATIO * packed)}; "
                 "the file is truncated or its header is wrong. Export it again or remove it"
             )
     if out_itemsize is not None:
-        # The stored values and the array they are converted to are both in memory for a moment.
-        needed = claimed + header.value_count * out_itemsize
+        # The stored values and the array they are converted to are in memory together for a moment (and the
+        # decompressed file, when it is kept for the reader).
+        needed = claimed * (2 if keep_decompressed and compressed else 1) + header.value_count * out_itemsize
         free = available_memory_bytes()
         if free is not None and needed > free:
             raise DataError(
                 f"{header.path}: {_claim(header)}; reading it needs about {_human(needed)} of memory, but only "
                 f"{_human(free)} is free. Free memory, or crop/downsample the volume first"
             )
-    if count_compressed and claimed and storage is not None and storage.encoding in (DEFLATE, BZIP2):
-        needed = claimed + (0 if storage.at_end else storage.offset)
-        held, ending = _decompressed_bytes(storage, needed)
-        if held < needed or ending in ("truncated", "damaged"):
-            held_voxels = _human(max(held - storage.offset, 0))
-            holds = {
-                "damaged": f"its compressed data are damaged after {held_voxels} of voxels",
-                "truncated": f"the file ends inside its compressed data (after {held_voxels} of voxels)",
-            }.get(ending, f"its compressed data hold only {held_voxels} of voxels")
-            raise DataError(
-                f"{header.path}: {_claim(header)}, but {holds}; the file is truncated or its header is wrong. "
-                "Export it again or remove it"
-            )
+    if not (count_compressed and claimed and compressed):
+        return None
+    needed = claimed + (0 if storage.at_end else storage.offset)
+    held, ending, data = _decompressed_bytes(storage, needed, keep=keep_decompressed)
+    if held < needed or ending in ("truncated", "damaged"):
+        held_voxels = _human(max(held - storage.offset, 0))
+        holds = {
+            "damaged": f"its compressed data are damaged after {held_voxels} of voxels",
+            "truncated": f"the file ends inside its compressed data (after {held_voxels} of voxels)",
+        }.get(ending, f"its compressed data hold only {held_voxels} of voxels")
+        raise DataError(
+            f"{header.path}: {_claim(header)}, but {holds}; the file is truncated or its header is wrong. "
+            "Export it again or remove it"
+        )
+    return data
 
 
 def check_usable_voxels(data: np.ndarray) -> None:
@@ -396,12 +413,16 @@ def load_volume(path: str | Path, dtype=np.float64) -> tuple[np.ndarray, np.ndar
     header = read_header(path)
     check_real_values(header)
     shape = check_3d(header.shape, path)
-    check_voxel_bytes(header, np.dtype(dtype).itemsize)
     suffix = volume_suffix(path)
+    # A .nii.gz is decompressed once: the counted stream is what nibabel reads.
+    decompressed = check_voxel_bytes(header, np.dtype(dtype).itemsize, keep_decompressed=suffix == ".nii.gz")
     try:
         if suffix in NIFTI_SUFFIXES:
             nib = _need_nibabel()
             img = nib.load(str(path))
+            if decompressed is not None:
+                img = type(img).from_bytes(decompressed)
+                del decompressed
             data = np.asarray(img.get_fdata(dtype=dtype))
             affine = np.asarray(img.affine, dtype=np.float64)
         else:
