@@ -161,6 +161,7 @@ def test_a_volume_larger_than_the_free_memory_is_refused_before_reading(tmp_path
         reading.load_volume(files["vz.nrrd"])
 
 
+@pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="reads /proc/meminfo")
 def test_the_free_memory_is_known_on_this_machine():
     from wdmcore.volumes.reading import available_memory_bytes
 

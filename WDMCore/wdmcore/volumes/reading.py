@@ -14,7 +14,6 @@ imaginary part.
 
 from __future__ import annotations
 
-import bz2
 import logging
 import os
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, InputShapeError
-from .storage import BZIP2, DEFLATE, HEX, RAW, TEXT, VoxelStorage, metaimage_storage, nifti_storage, nrrd_storage
+from .storage import DEFLATE, HEX, RAW, TEXT, VoxelStorage, metaimage_storage, nifti_storage, nrrd_storage
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +290,7 @@ def _decompressed_bytes(storage: VoxelStorage, needed: int, keep: bool = False) 
     is met, so that a file cut by a few bytes is found."""
 
     def decompressor():
-        return zlib.decompressobj(wbits=47) if storage.encoding == DEFLATE else bz2.BZ2Decompressor()
+        return zlib.decompressobj(wbits=47)  # gzip or zlib, told by the stream's own header
 
     seen, kept = 0, []
 
@@ -308,7 +307,7 @@ def _decompressed_bytes(storage: VoxelStorage, needed: int, keep: bool = False) 
                     if not pending.strip(b"\0"):
                         return result("complete")  # the end of the file, or padding after the last member
                     stream = decompressor()
-                elif not pending and getattr(stream, "needs_input", True):
+                elif not pending:
                     pending = f.read(_STREAM_CHUNK)
                     if not pending:
                         return result("truncated")
@@ -318,8 +317,8 @@ def _decompressed_bytes(storage: VoxelStorage, needed: int, keep: bool = False) 
                 seen += len(chunk)
                 if keep:
                     kept.append(chunk)
-                pending = getattr(stream, "unconsumed_tail", b"")
-        except (zlib.error, OSError, EOFError, ValueError):
+                pending = stream.unconsumed_tail
+        except (zlib.error, OSError):
             return result("damaged")
 
 
@@ -336,7 +335,7 @@ def check_voxel_bytes(
     volume is returned, so that it is not decompressed a second time; None otherwise."""
     claimed = header.claimed_bytes
     storage = header.storage
-    compressed = storage is not None and storage.encoding in (DEFLATE, BZIP2)
+    compressed = storage is not None and storage.encoding == DEFLATE
     if claimed == 0 or storage is None:
         pass
     elif not storage.data_file.is_file():

@@ -14,13 +14,12 @@ from pathlib import Path
 # How much of a file may be header text; a NRRD or MetaImage header longer than this is not looked through.
 MAX_TEXT_HEADER_BYTES = 1 << 20
 
-RAW, DEFLATE, BZIP2, TEXT, HEX = "raw", "deflate", "bzip2", "text", "hex"
+RAW, DEFLATE, TEXT, HEX = "raw", "deflate", "text", "hex"
+# bzip2 is left out: SimpleITK's NRRD reader is built without it and says so itself.
 _NRRD_ENCODINGS = {
     "raw": RAW,
     "gz": DEFLATE,
     "gzip": DEFLATE,
-    "bz2": BZIP2,
-    "bzip2": BZIP2,
     "txt": TEXT,
     "text": TEXT,
     "ascii": TEXT,
