@@ -6,10 +6,10 @@ NRRD/MetaImage files with SimpleITK, whose (k, j, i) arrays are transposed and w
 into RAS. Both libraries are imported only when a file needs them.
 
 Before either library allocates an array, the header's claim (voxel count x bytes per voxel) is held against
-what the file holds (compressed data are decompressed chunk by chunk and counted, never held) and against the
-memory the machine has free: a 4 KB file whose header claims 1024^3 voxels is refused at once, not after
-gigabytes were allocated. Complex-valued voxels are refused: a model of real images would silently lose their
-imaginary part.
+what the file holds (compressed data are decompressed chunk by chunk and counted, so nothing beyond what the
+file really holds is ever kept) and against the memory the machine has free: a 4 KB file whose header claims
+1024^3 voxels is refused at once, not after gigabytes were allocated. Complex-valued voxels are refused: a
+model of real images would silently lose their imaginary part.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def check_real_values(header: VolumeHeader) -> None:
 # Deflate (gzip, zlib) never expands data more than this: its longest match, 258 bytes, costs at least 2 bits.
 MAX_DEFLATE_RATIO = 1032
 _STREAM_CHUNK = 1 << 18  # compressed bytes read at a time
-_OUTPUT_CHUNK = 1 << 22  # decompressed bytes produced (and dropped) at a time
+_OUTPUT_CHUNK = 1 << 22  # decompressed bytes produced at a time
 
 
 def _human(nbytes: int) -> str:
