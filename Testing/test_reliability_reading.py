@@ -148,6 +148,25 @@ def test_truthful_files_load_and_files_cut_by_a_few_bytes_are_refused(tmp_path):
         assert str(cut) in str(info.value)
 
 
+def test_a_detached_header_is_held_against_its_data_file(tmp_path):
+    from wdmcore.volumes.reading import load_volume
+
+    array = np.random.default_rng(5).random((12, 13, 14)).astype(np.float32)
+    for suffix in (".nhdr", ".mhd"):
+        folder = tmp_path / suffix[1:]
+        folder.mkdir()
+        header = folder / f"v{suffix}"
+        sitk.WriteImage(sitk.GetImageFromArray(array.transpose(2, 1, 0)), str(header))
+        np.testing.assert_array_equal(load_volume(header, np.float32)[0], array)
+        (data,) = [p for p in folder.iterdir() if p != header]
+        data.write_bytes(data.read_bytes()[:-3])
+        with pytest.raises(DataError, match="holds only 8,733 bytes of voxel data"):
+            load_volume(header)
+        data.unlink()
+        with pytest.raises(DataError, match=data.name.replace(".", r"\.")):  # ITK or the size check names it
+            load_volume(header)
+
+
 def test_a_volume_larger_than_the_free_memory_is_refused_before_reading(tmp_path, monkeypatch):
     import wdmcore.volumes.reading as reading
 

@@ -48,9 +48,9 @@ def nifti_storage(path: Path, vox_offset: int, gzipped: bool) -> VoxelStorage:
     return VoxelStorage(path, DEFLATE if gzipped else RAW, offset=int(vox_offset))
 
 
-def _read_text_header(path: Path) -> tuple[list[bytes], int]:
-    """The lines of a text header up to the first blank line (or the end of what was read), and the byte at
-    which the data after that blank line start."""
+def _read_text_header(path: Path) -> tuple[list[bytes], int | None]:
+    """The lines of a text header up to the first blank line, and the byte at which the data after that blank
+    line start (None when no blank line ends the header within what is read: a detached header)."""
     with open(path, "rb") as f:
         head = f.read(MAX_TEXT_HEADER_BYTES)
     lines, pos = [], 0
@@ -58,13 +58,13 @@ def _read_text_header(path: Path) -> tuple[list[bytes], int]:
         end = head.find(b"\n", pos)
         if end < 0:
             lines.append(head[pos:])
-            return lines, len(head)
+            break
         line = head[pos:end].rstrip(b"\r")
         pos = end + 1
         if not line.strip():
             return lines, pos
         lines.append(line)
-    return lines, pos
+    return lines, None
 
 
 def _detached(header_path: Path, name: str) -> Path | None:
@@ -99,6 +99,8 @@ def nrrd_storage(path: Path) -> VoxelStorage | None:
         return None
     name = fields.get("datafile")
     if name is None:
+        if data_start is None:
+            return None  # attached data, but the header's end was not found
         data_file, stream_start = path, data_start
     else:
         data_file = _detached(path, name)
