@@ -100,3 +100,140 @@ def test_spacing_advice_names_the_command_line_option(tmp_path):
     _save(tmp_path / "b.nii.gz", rng.random((16, 16, 16)), np.diag([2.0, 2.0, 2.0, 1.0]))
     (warning,) = summarize(tmp_path).warnings
     assert "--spacing MM" in warning
+
+
+# -- a full cache disk is not a bad file -------------------------------------------------------------------------
+
+
+def _cache_files(cache):
+    return sorted(p.name for p in cache.iterdir())
+
+
+def _assert_cache_consistent(cache):
+    names = _cache_files(cache)
+    assert not [n for n in names if ".tmp-" in n], names  # no half-written entry left behind
+    keys = {n.rsplit(".", 1)[0] for n in names}
+    assert names == sorted(f"{k}.{ext}" for k in keys for ext in ("json", "npy")), names
+    for key in keys:
+        assert np.load(cache / f"{key}.npy").shape == (16, 16, 16)
+
+
+@pytest.fixture(params=["ENOSPC", "EDQUOT"])
+def disk_full_after_one_volume(request, monkeypatch):
+    """The cache's writes: the first volume is written, the second fails half-way (a full disk or quota)."""
+    import errno
+
+    import wdmcore.data.cache as cache_module
+
+    real_save, calls = cache_module.np.save, []
+
+    def save_until_full(f, array, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"\x93NUMPY" + b"\0" * 100)
+            raise OSError(getattr(errno, request.param), "No space left on device")
+        return real_save(f, array, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module.np, "save", save_until_full)
+
+
+def test_a_full_cache_disk_stops_the_run_instead_of_skipping_files(folder, tmp_path, disk_full_after_one_volume):
+    from wdmcore.errors import DiskFullError
+
+    cache = tmp_path / "cache"
+    with pytest.raises(DiskFullError, match="the disk is full") as info:
+        _dataset(folder, tmp_path, "--skip-bad-files", "--cache", str(cache))
+    assert "--cache DIR" in str(info.value)
+    _assert_cache_consistent(cache)
+    assert len(_cache_files(cache)) == 2  # the first volume stays cached; nothing of the second
+
+
+def test_wdm_train_on_a_full_cache_disk_exits_2_and_skips_nothing(folder, tmp_path, disk_full_after_one_volume, capsys):
+    from wdmcore.cli.main import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(folder), "--format", "folder", "--image-size", "16", "--channel-mult", "1,2",
+            "--out", str(out), "--skip-bad-files", "--max-steps", "1", "--progress", "none"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "wdm: error: " in err and "the disk is full" in err and "good_b" not in err
+    assert not list(out.rglob("*.safetensors"))
+
+
+def test_training_on_a_really_full_cache_disk(folder, tmp_path, capsys):
+    import os
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        (mount / "filler").write_bytes(b"\0" * (200 * 1024 - 28 * 1024))  # room for one 16^3 entry, not two
+        cache = mount / "cache"
+        from wdmcore.cli.main import main
+
+        argv = ["train", "--data", str(folder), "--format", "folder", "--image-size", "16", "--channel-mult", "1,2",
+                "--out", str(tmp_path / "run"), "--cache", str(cache), "--skip-bad-files", "--max-steps", "1",
+                "--progress", "none"]  # fmt: skip
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "wdm: error: " in err and "the disk is full" in err, err
+        assert "cannot be used" not in err and "skipped" not in err
+        _assert_cache_consistent(cache)
+        assert len(_cache_files(cache)) == 2
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+# -- what is passed over is said ----------------------------------------------------------------------------------
+
+
+def test_summarize_lists_the_files_it_does_not_read(tmp_path, capsys):
+    import json
+
+    from wdmcore.cli.main import main
+
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    _save(data / "good.nii.gz", rng.random((16, 16, 16)), np.eye(4))
+    nib.save(nib.MGHImage(rng.random((16, 16, 16)).astype(np.float32), np.eye(4)), str(data / "sub" / "brain.mgz"))
+    (data / "notes.txt").write_text("acquired 2024\n")
+    assert main(["summarize", str(data), "--progress", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "1 image file(s) in a format wdm does not read" in out
+    assert f"{data / 'sub' / 'brain.mgz'}: a FreeSurfer MGZ volume" in out and "mri_convert" in out
+    assert "other files, not volumes: 1 (.txt 1)" in out
+    assert main(["summarize", str(data), "--progress", "none", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["path"] for s in listed["not_read"]] == [str(data / "sub" / "brain.mgz")]
+    assert main(["summarize", str(data / "sub" / "brain.mgz"), "--progress", "none"]) == 2
+    assert "FreeSurfer MGZ volume" in capsys.readouterr().err
+
+
+def test_preprocess_lidc_on_a_folder_without_dicom_prints_only_the_error(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import wdmcore
+
+    pytest.importorskip("SimpleITK")
+    empty, other = tmp_path / "empty", tmp_path / "other" / "sub"
+    empty.mkdir()
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("not DICOM\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(wdmcore.__file__).resolve().parents[1])}
+    script = "import sys\nfrom wdmcore.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
+    for folder in (empty, other.parent):
+        done = subprocess.run([sys.executable, "-c", script, "preprocess-lidc", str(folder), str(tmp_path / "out")],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"wdm: error: {folder}: no DICOM series found (searched all subfolders); check the path"
+        ], done.stderr

@@ -28,6 +28,11 @@ class DataError(WDMError):
     """Input data (a folder, a list file, a volume file) is missing, unreadable or unusable."""
 
 
+class DiskFullError(WDMError):
+    """A disk (or the user's quota) is full. Never a property of the file being processed: the run stops and
+    keeps what it finished, instead of skipping files as bad."""
+
+
 class OutOfMemoryError(WDMError, MemoryError):
     """The device ran out of memory (for example while generating a batch of volumes)."""
 

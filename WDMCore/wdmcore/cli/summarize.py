@@ -15,8 +15,8 @@ def add_parser(subparsers) -> None:
         "summarize",
         help="what a dataset folder holds: layout, cases, sizes, spacings, intensities, unusable files",
         description="Summarize a dataset as `wdm train --data PATH` would find it: the detected layout, the number "
-        "of usable volumes, their sizes, voxel spacings and intensity ranges, and each file that cannot be used "
-        "with the reason.",
+        "of usable volumes, their sizes, voxel spacings and intensity ranges, each file that cannot be used "
+        "with the reason, and the files in formats wdm does not read (e.g. .mgz) with what to do about them.",
     )
     parser.add_argument("data", help="dataset folder, list file or volume file")
     parser.add_argument("--format", choices=COMMAND_FORMATS, default="auto", help="dataset layout (default auto)")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, DiskFullError
+from ..volumes.writing import describe_os_error, disk_is_full
 from .discovery import Case
 from .preprocess import PreparedVolume, PreprocessConfig, SourceInfo, preprocess_01
 
@@ -54,6 +55,9 @@ class PreprocessCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if disk_is_full(exc, self.root.parent):
+                reason = describe_os_error(exc, self.root.parent)
+                raise DiskFullError(f"cannot create the cache folder {self.root}: {reason}") from exc
             raise DataError(f"{self.root}: cannot create the cache folder ({exc}); choose a writable folder") from exc
 
     def paths(self, key: str) -> tuple[Path, Path]:
@@ -97,6 +101,12 @@ class PreprocessCache:
         except OSError as exc:
             for p in (tmp_npy, tmp_meta):
                 p.unlink(missing_ok=True)
+            if disk_is_full(exc, self.root):  # not the volume's fault: never let it be skipped as a bad file
+                raise DiskFullError(
+                    f"cannot write a cache entry into {self.root}: {describe_os_error(exc, self.root)} (the cache "
+                    "folder is chosen with --cache DIR); the volumes prepared so far are kept and are not prepared "
+                    "again"
+                ) from exc
             raise DataError(
                 f"{self.root}: cannot write a cache entry ({exc}); check free space and permissions"
             ) from exc

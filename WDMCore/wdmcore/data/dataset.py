@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataError, WDMError
+from ..errors import ConfigError, DataError, DiskFullError, WDMError
 from ..events import ProgressCallback, ProgressTracker
 from ..volumes.reading import check_usable_header, read_header, reason_without_path
 from .cache import PreprocessCache
@@ -122,6 +122,8 @@ class VolumeDataset(Dataset):
         for case in self.cases:
             try:
                 prepared, hit = self.cache.get_or_prepare(case, self.config)
+            except DiskFullError:
+                raise  # not the file's fault: skipping it (and every file after it) would lose data silently
             except (WDMError, ValueError, RuntimeError) as exc:  # numpy/torch failures on odd files: skipped too
                 self._skip(case, exc)
                 self._summaries.pop(str(case.path), None)

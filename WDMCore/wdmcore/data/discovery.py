@@ -56,6 +56,46 @@ def _brats_sequence(path: Path) -> str | None:
     return seq if seq in BRATS_SEQUENCES else None
 
 
+# Image formats found beside volumes that wdm does not read, and what to do with such a file.
+_TO_NIFTI = "convert it to NIfTI (.nii.gz) to use it"
+UNREAD_IMAGE_FORMATS = {
+    ".mgz": f"a FreeSurfer MGZ volume, which wdm does not read; {_TO_NIFTI} (e.g. `mri_convert X.mgz X.nii.gz`)",
+    ".mgh": f"a FreeSurfer MGH volume, which wdm does not read; {_TO_NIFTI} (e.g. `mri_convert X.mgh X.nii.gz`)",
+    ".img": f"an Analyze image, which wdm does not read; {_TO_NIFTI}",
+    ".hdr": f"an Analyze header, which wdm does not read; {_TO_NIFTI}",
+    ".mnc": f"a MINC volume, which wdm does not read; {_TO_NIFTI} (e.g. `mnc2nii`)",
+    ".dcm": "a DICOM file; convert CT series with `wdm preprocess-lidc`, other series to NIfTI (e.g. dcm2niix)",
+    ".npy": f"a NumPy array without voxel geometry; {_TO_NIFTI} with its affine",
+    ".npz": f"NumPy arrays without voxel geometry; {_TO_NIFTI} with its affine",
+    ".nii.bz2": "a bzip2-compressed NIfTI file, which wdm does not read; recompress it as .nii.gz",
+    ".nii.zst": "a zstd-compressed NIfTI file, which wdm does not read; recompress it as .nii.gz",
+    ".gipl": f"a GIPL volume, which wdm does not read; {_TO_NIFTI}",
+    ".vtk": f"a VTK file, which wdm does not read as a volume; {_TO_NIFTI}",
+}
+
+
+def files_passed_over(root: str | Path) -> tuple[list[tuple[Path, str]], dict[str, int]]:
+    """What discovery does not read below a dataset folder: (image files in another format, each with what to do
+    about it; how many other files there are, by ending). Hidden files and folders are left out, as discovery
+    leaves them out."""
+    root = Path(root)
+    if not root.is_dir():
+        return [], {}
+    images: list[tuple[Path, str]] = []
+    others: dict[str, int] = {}
+    for f in _visible_files(root):
+        if volume_suffix(f) is not None:
+            continue
+        name = f.name.lower()
+        suffix = next((s for s in UNREAD_IMAGE_FORMATS if name.endswith(s)), None)
+        if suffix is not None:
+            images.append((f, UNREAD_IMAGE_FORMATS[suffix]))
+        else:
+            ending = f.suffix.lower() or "(no ending)"
+            others[ending] = others.get(ending, 0) + 1
+    return images, dict(sorted(others.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _looks_like_brats(files: list[Path]) -> bool:
     return any(_brats_sequence(f) is not None for f in files)
 
@@ -200,6 +240,9 @@ def discover(path: str | Path, format: str = "auto", sequence: str = "t1n") -> l
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; check the dataset path")
     if path.is_file():
+        unread = next((why for s, why in UNREAD_IMAGE_FORMATS.items() if path.name.lower().endswith(s)), None)
+        if unread is not None:
+            raise DataError(f"{path}: is {unread}")
         if volume_suffix(path) is not None and format != "list":
             fmt = "brats" if _brats_sequence(path) else "folder"
             return [Case(id=strip_volume_suffix(path.name), path=path, format=fmt, sequence=_brats_sequence(path))]

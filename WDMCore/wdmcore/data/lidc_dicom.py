@@ -98,12 +98,21 @@ def find_series(input_dir: str | Path) -> list[tuple[Path, str, list[str]]]:
 
     input_dir = Path(input_dir)
     found = []
-    for folder, dirs, _files in os.walk(input_dir):
-        dirs.sort()
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or ():
-            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
-            if files:
-                found.append((Path(folder), uid, files))
+    # ITK warns on stderr about every folder without a series ("No Series were found"); folders without DICOM
+    # files are normal here (patient and study folders), and an input without any series gets one clear error.
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        for folder, dirs, files_here in os.walk(input_dir):
+            dirs.sort()
+            if not files_here:
+                continue
+            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) or ():
+                files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+                if files:
+                    found.append((Path(folder), uid, files))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     return found
 
 

@@ -21,10 +21,12 @@ from ..volumes.reading import (
     read_header,
     reason_without_path,
 )
-from .discovery import Case, discover
+from .discovery import Case, discover, files_passed_over
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
+
+MAX_LISTED = 20  # files in another format listed one by one in the text report
 
 
 @dataclass
@@ -63,6 +65,10 @@ class DatasetSummary:
     config: dict[str, Any] | None = None
     output_shape: tuple[int, int, int] | None = None
     warnings: list[str] = field(default_factory=list)
+    # Files below the folder that are not volumes wdm reads: image files in other formats (with what to do),
+    # and a count of the other files by ending.
+    not_read: list[SkippedFile] = field(default_factory=list)
+    other_files: dict[str, int] = field(default_factory=dict)
 
     @property
     def shapes(self) -> dict[str, int]:
@@ -109,6 +115,8 @@ class DatasetSummary:
             config=d.get("config"),
             output_shape=tuple(d["output_shape"]) if d.get("output_shape") else None,
             warnings=list(d.get("warnings", [])),
+            not_read=[SkippedFile(**s) for s in d.get("not_read", [])],
+            other_files=dict(d.get("other_files", {})),
         )
 
     @classmethod
@@ -116,7 +124,10 @@ class DatasetSummary:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def to_text(self) -> str:
-        lines = [f"{self.count} usable volume(s), {len(self.skipped)} skipped"]
+        first = f"{self.count} usable volume(s), {len(self.skipped)} skipped"
+        if self.not_read:
+            first += f", {len(self.not_read)} image file(s) in a format wdm does not read"
+        lines = [first]
         if self.config:
             cfg = ", ".join(f"{k}={v}" for k, v in self.config.items())
             lines.append(f"preprocessing: {cfg}")
@@ -133,6 +144,14 @@ class DatasetSummary:
         if self.skipped:
             lines.append("skipped:")
             lines.extend(f"  {s.path}: {s.reason}" for s in self.skipped)
+        if self.not_read:
+            lines.append("not read (not a volume format wdm reads):")
+            lines.extend(f"  {s.path}: {s.reason}" for s in self.not_read[:MAX_LISTED])
+            if len(self.not_read) > MAX_LISTED:
+                lines.append(f"  (+{len(self.not_read) - MAX_LISTED} more; --json lists them all)")
+        if self.other_files:
+            endings = ", ".join(f"{ending} {n}" for ending, n in self.other_files.items())
+            lines.append(f"other files, not volumes: {sum(self.other_files.values())} ({endings})")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -231,4 +250,7 @@ def summarize_path(
     if layout == "auto":
         layout = detect_format(path)
     cases = discover(path, format=layout, sequence=sequence)
-    return layout, summarize(cases, read_voxels=read_voxels, progress=progress)
+    summary = summarize(cases, read_voxels=read_voxels, progress=progress)
+    images, summary.other_files = files_passed_over(path)
+    summary.not_read = [SkippedFile(str(f), reason) for f, reason in images]
+    return layout, summary

@@ -43,24 +43,20 @@ def list_volumes(directory: str | Path, suffixes: tuple[str, ...] = VOLUME_SUFFI
 
 
 class NiftiReader:
-    """Read a volume as stored, as float32 [i, j, k]; trailing singleton axes are dropped. NIfTI files are read
-    with nibabel, NRRD and MetaImage files through :func:`wdmcore.volumes.reading.load_volume`."""
+    """Read a volume as stored, as float32 [i, j, k]; trailing singleton axes are dropped. Every format goes
+    through :func:`wdmcore.volumes.reading.load_volume`, which checks the header against the file's size and
+    the free memory before allocating, and refuses images that are not single 3-D volumes."""
 
     config: dict[str, Any] = {"reader": "nifti", "preprocessing": "none (values as stored)"}
 
     def __call__(self, path: Path) -> np.ndarray:
-        if any(Path(path).name.lower().endswith(s) for s in ITK_SUFFIXES):
-            from ..volumes.reading import load_volume
+        from ..volumes.reading import load_volume
 
-            array, _ = load_volume(path, dtype=np.float32)
-            return self._check(path, np.asarray(array, dtype=np.float32))
-        nib = import_optional("nibabel", "Reading NIfTI files")
-        try:
-            image = nib.load(str(path))
-            volume = np.asarray(image.get_fdata(dtype=np.float32))
-        except Exception as exc:
-            raise ConfigError(f"Could not read {path} as NIfTI ({exc}). Check that the file is complete.") from exc
-        return self._check(path, volume)
+        if not any(Path(path).name.lower().endswith(s) for s in ITK_SUFFIXES):
+            import_optional("nibabel", "Reading NIfTI files")  # a clear message with the pip command
+        # load_volume bounds the file (its header against its size and the free memory) before allocating.
+        array, _ = load_volume(path, dtype=np.float32)
+        return self._check(path, np.asarray(array, dtype=np.float32))
 
     @staticmethod
     def _check(path: Path, volume: np.ndarray) -> np.ndarray:

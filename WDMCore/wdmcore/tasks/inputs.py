@@ -56,7 +56,13 @@ def read_input(value: Any, name: str) -> InputVolume:
 
 
 def _checked(array: Any, affine: Any, name: str, source: str) -> InputVolume:
-    array = np.asarray(array.numpy() if hasattr(array, "numpy") else array, dtype=np.float64)
+    array = np.asarray(array.numpy() if hasattr(array, "numpy") else array)
+    if np.iscomplexobj(array):  # the cast below would drop the imaginary part without a word
+        raise DataError(
+            f"input {name!r} holds complex values ({array.dtype}); give a real-valued volume (its magnitude or "
+            "real part)."
+        )
+    array = np.asarray(array, dtype=np.float64)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3 or min(array.shape) < 2:

@@ -4,17 +4,27 @@ Every reader returns the voxel array in NIfTI index order (i, j, k) and a 4x4 vo
 the file format. NIfTI files are read with nibabel (exactly what ``get_fdata`` gives, no reorientation);
 NRRD/MetaImage files with SimpleITK, whose (k, j, i) arrays are transposed and whose LPS geometry is turned
 into RAS. Both libraries are imported only when a file needs them.
+
+Before either library allocates an array, the header's claim (voxel count x bytes per voxel) is held against
+what the file holds (compressed data are decompressed chunk by chunk and counted, so nothing beyond what the
+file really holds is ever kept) and against the memory the machine has free: a 4 KB file whose header claims
+1024^3 voxels is refused at once, not after gigabytes were allocated. Complex-valued voxels are refused: a
+model of real images would silently lose their imaginary part.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError, InputShapeError
+from .storage import DEFLATE, HEX, RAW, TEXT, VoxelStorage, metaimage_storage, nifti_storage, nrrd_storage
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +56,23 @@ class VolumeHeader:
     path: Path
     shape: tuple[int, ...]
     affine: np.ndarray
+    voxel_type: str = ""  # what the header says a value is, e.g. "float32" or "complex of 32-bit float"
+    bytes_per_value: int = 0  # bytes of one element of ``shape`` as stored (0: unknown)
+    complex_values: bool = False
+    storage: VoxelStorage | None = None  # where the voxel bytes are (None: not located, not checked)
 
     @property
     def spacing(self) -> tuple[float, ...]:
         return affine_spacing(self.affine)
+
+    @property
+    def value_count(self) -> int:
+        return int(np.prod(self.shape, dtype=object))
+
+    @property
+    def claimed_bytes(self) -> int:
+        """The bytes of voxel data the header claims (0 when the voxel type is unknown)."""
+        return self.value_count * self.bytes_per_value
 
 
 def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -101,7 +124,17 @@ def read_header(path: str | Path) -> VolumeHeader:
         if suffix in NIFTI_SUFFIXES:
             nib = _need_nibabel()
             img = nib.load(str(path))
-            return VolumeHeader(path, tuple(int(n) for n in img.shape), np.asarray(img.affine, np.float64))
+            dtype = np.dtype(img.header.get_data_dtype())
+            return VolumeHeader(
+                path,
+                tuple(int(n) for n in img.shape),
+                np.asarray(img.affine, np.float64),
+                voxel_type=str(dtype),
+                bytes_per_value=dtype.itemsize,
+                complex_values=dtype.kind == "c",
+                # The image's own header copy forgets the offset; the data proxy keeps the file's.
+                storage=nifti_storage(path, int(getattr(img.dataobj, "offset", 0)), suffix == ".nii.gz"),
+            )
         sitk = _need_sitk()
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -110,7 +143,18 @@ def read_header(path: str | Path) -> VolumeHeader:
         if reader.GetNumberOfComponents() > 1:
             shape = shape + (int(reader.GetNumberOfComponents()),)
         affine = sitk_affine(reader) if reader.GetDimension() == 3 else np.eye(4)
-        return VolumeHeader(path, shape, affine)
+        voxel_type = sitk.GetPixelIDValueAsString(reader.GetPixelID())  # "32-bit float", "complex of 64-bit float"
+        bits = re.search(r"(\d+)-bit", voxel_type)
+        storage = nrrd_storage(path) if suffix in (".nrrd", ".nhdr") else metaimage_storage(path)
+        return VolumeHeader(
+            path,
+            shape,
+            affine,
+            voxel_type=voxel_type,
+            bytes_per_value=int(bits.group(1)) // 8 if bits else 0,
+            complex_values="complex" in voxel_type,
+            storage=storage,
+        )
     except DataError:
         raise
     except Exception as exc:
@@ -144,7 +188,9 @@ def check_usable_header(header: VolumeHeader, path: str | Path) -> tuple[int, in
 
     The one header check shared by training (files that fail it never count, not even for the ``fit`` spacing)
     and ``wdm summarize``: a single 3-D volume, at least 8 voxels per axis, at most 2^30 voxels, and an affine
-    that is finite with non-zero spacing and an invertible orientation."""
+    that is finite with non-zero spacing and an invertible orientation, real voxel values, and a file that holds
+    at least as many bytes as the header claims (compressed data are counted when the voxels are read)."""
+    check_real_values(header)
     shape = check_3d(header.shape, path)
     if min(shape) < MIN_AXIS_VOXELS:
         raise InputShapeError(
@@ -165,7 +211,178 @@ def check_usable_header(header: VolumeHeader, path: str | Path) -> tuple[int, in
             f"{path}: its voxel spacing {tuple(round(float(s), 6) for s in spacing)} mm has a zero, or its "
             "orientation is singular; fix the header (pixdim / spacing) or remove it"
         )
+    check_voxel_bytes(header, None, count_compressed=False)
     return shape
+
+
+def check_real_values(header: VolumeHeader) -> None:
+    """Refuse complex-valued voxels: every model here learns real images, and a cast would drop the imaginary
+    part without a word."""
+    if header.complex_values:
+        raise DataError(
+            f"{header.path}: holds complex-valued voxels ({header.voxel_type}); the models learn real-valued "
+            "images. Save the magnitude (or the real part) as a real volume and use that file"
+        )
+
+
+# Deflate (gzip, zlib) never expands data more than this: its longest match, 258 bytes, costs at least 2 bits.
+MAX_DEFLATE_RATIO = 1032
+_STREAM_CHUNK = 1 << 18  # compressed bytes read at a time
+_OUTPUT_CHUNK = 1 << 22  # decompressed bytes produced at a time
+
+
+def _human(nbytes: int) -> str:
+    """Bytes for a message: exact below 10 MB (a truncated file differs from its claim by a few bytes)."""
+    if nbytes < 10 << 20:
+        return f"{nbytes:,} bytes"
+    return f"{nbytes / (1 << 30):.1f} GB" if nbytes >= 1 << 30 else f"{nbytes / (1 << 20):.1f} MB"
+
+
+def _claim(header: VolumeHeader) -> str:
+    return (
+        f"its header claims {'x'.join(map(str, header.shape))} voxels of {header.voxel_type} "
+        f"({_human(header.claimed_bytes)})"
+    )
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may still take (bytes): the kernel's MemAvailable, lowered to the room left under a
+    cgroup memory limit (containers, batch jobs); the free physical pages where /proc is missing; None when
+    nothing says."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < (1 << 60):  # "max" or a huge number: no limit
+            found.append(max(int(limit) - usage, 0))
+        break
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            return None
+    return min(found)
+
+
+def _decompressed_bytes(storage: VoxelStorage, needed: int, keep: bool = False) -> tuple[int, str, bytes | None]:
+    """(bytes the compressed stream of ``storage`` decompresses to, counted up to a little past ``needed`` and
+    no further; how it ended: "complete", "truncated" (the file ends inside the stream), "damaged" or "more";
+    with ``keep`` the decompressed bytes, else None).
+
+    Decompresses chunk by chunk, so what is kept grows only with what the file really holds, never with what its
+    header claims; concatenated gzip members are followed. The trailer of the stream is read too when the claim
+    is met, so that a file cut by a few bytes is found."""
+
+    def decompressor():
+        return zlib.decompressobj(wbits=47)  # gzip or zlib, told by the stream's own header
+
+    seen, kept = 0, []
+
+    def result(ending: str) -> tuple[int, str, bytes | None]:
+        return seen, ending, b"".join(kept) if keep else None
+
+    with open(storage.data_file, "rb") as f:
+        f.seek(storage.stream_start)
+        stream, pending = decompressor(), b""
+        try:
+            while True:
+                if stream.eof:
+                    pending = stream.unused_data or f.read(_STREAM_CHUNK)
+                    if not pending.strip(b"\0"):
+                        return result("complete")  # the end of the file, or padding after the last member
+                    stream = decompressor()
+                elif not pending:
+                    pending = f.read(_STREAM_CHUNK)
+                    if not pending:
+                        return result("truncated")
+                if seen > needed + _OUTPUT_CHUNK:
+                    return result("more")  # the file holds more than the claim: enough, stop decompressing
+                chunk = stream.decompress(pending, _OUTPUT_CHUNK)
+                seen += len(chunk)
+                if keep:
+                    kept.append(chunk)
+                pending = stream.unconsumed_tail
+        except (zlib.error, OSError):
+            return result("damaged")
+
+
+def check_voxel_bytes(
+    header: VolumeHeader, out_itemsize: int | None, *, count_compressed: bool = True, keep_decompressed: bool = False
+) -> bytes | None:
+    """Refuse a volume before its array is allocated when the file cannot hold what its header claims, or when
+    reading it (as values of ``out_itemsize`` bytes) would not fit in the memory left.
+
+    Raw data are compared with the file's size from the data's offset; compressed data are decompressed chunk
+    by chunk and counted until the claim is reached or the stream ends (with ``count_compressed=False`` only
+    the deflate bound is applied, which reads nothing). Headers whose data could not be located are checked
+    against memory only. With ``keep_decompressed`` the decompressed file (header and voxels) of a compressed
+    volume is returned, so that it is not decompressed a second time; None otherwise."""
+    claimed = header.claimed_bytes
+    storage = header.storage
+    compressed = storage is not None and storage.encoding == DEFLATE
+    if claimed == 0 or storage is None:
+        pass
+    elif not storage.data_file.is_file():
+        raise DataError(f"{header.path}: its data file {storage.data_file} is missing; put it beside the header")
+    elif storage.encoding in (RAW, TEXT, HEX):
+        # Text holds at least one character per value, hex two per byte.
+        on_disk = {RAW: claimed, TEXT: header.value_count, HEX: 2 * claimed}[storage.encoding]
+        size = storage.data_file.stat().st_size
+        held = size if storage.at_end else size - storage.offset
+        if held < on_disk:
+            raise DataError(
+                f"{header.path}: {_claim(header)}, but the file holds only {_human(max(held, 0))} of voxel data; "
+                "the file is truncated or its header is wrong. Export it again or remove it"
+            )
+    elif storage.encoding == DEFLATE:
+        packed = storage.data_file.stat().st_size - storage.stream_start
+        if claimed + storage.offset > MAX_DEFLATE_RATIO * packed + 4096:
+            raise DataError(
+                f"{header.path}: {_claim(header)}, but the file holds only {_human(max(packed, 0))} of "
+                f"compressed data, which cannot decompress to more than {_human(MAX_DEFLATE_RATIO * packed)}; "
+                "the file is truncated or its header is wrong. Export it again or remove it"
+            )
+    if out_itemsize is not None:
+        # The stored values and the array they are converted to are in memory together for a moment (and the
+        # decompressed file, when it is kept for the reader).
+        needed = claimed * (2 if keep_decompressed and compressed else 1) + header.value_count * out_itemsize
+        free = available_memory_bytes()
+        if free is not None and needed > free:
+            raise DataError(
+                f"{header.path}: {_claim(header)}; reading it needs about {_human(needed)} of memory, but only "
+                f"{_human(free)} is free. Free memory, or crop/downsample the volume first"
+            )
+    if not (count_compressed and claimed and compressed):
+        return None
+    needed = claimed + (0 if storage.at_end else storage.offset)
+    held, ending, data = _decompressed_bytes(storage, needed, keep=keep_decompressed)
+    if held < needed or ending in ("truncated", "damaged"):
+        held_voxels = _human(max(held - storage.offset, 0))
+        holds = {
+            "damaged": f"its compressed data are damaged after {held_voxels} of voxels",
+            "truncated": f"the file ends inside its compressed data (after {held_voxels} of voxels)",
+        }.get(ending, f"its compressed data hold only {held_voxels} of voxels")
+        raise DataError(
+            f"{header.path}: {_claim(header)}, but {holds}; the file is truncated or its header is wrong. "
+            "Export it again or remove it"
+        )
+    return data
 
 
 def check_usable_voxels(data: np.ndarray) -> None:
@@ -193,12 +410,18 @@ def load_volume(path: str | Path, dtype=np.float64) -> tuple[np.ndarray, np.ndar
     """
     path = Path(path)
     header = read_header(path)
+    check_real_values(header)
     shape = check_3d(header.shape, path)
     suffix = volume_suffix(path)
+    # A .nii.gz is decompressed once: the counted stream is what nibabel reads.
+    decompressed = check_voxel_bytes(header, np.dtype(dtype).itemsize, keep_decompressed=suffix == ".nii.gz")
     try:
         if suffix in NIFTI_SUFFIXES:
             nib = _need_nibabel()
             img = nib.load(str(path))
+            if decompressed is not None:
+                img = type(img).from_bytes(decompressed)
+                del decompressed
             data = np.asarray(img.get_fdata(dtype=dtype))
             affine = np.asarray(img.affine, dtype=np.float64)
         else:

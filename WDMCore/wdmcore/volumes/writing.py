@@ -330,20 +330,31 @@ def ensure_output_folder(folder: str | os.PathLike, *, create: bool = True) -> P
 def describe_os_error(exc: BaseException, folder: str | os.PathLike | None = None) -> str:
     """A short reason for a failed write, naming the common causes plainly. Libraries that wrap the OSError
     (torch.save raises RuntimeError) are looked through; with ``folder``, an almost full disk is named too."""
+    if disk_is_full(exc, folder):
+        return "the disk is full (no space left on the device); free some space or write elsewhere"
+    if _errno(exc) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied (the folder is read-only or belongs to someone else)"
+    return str(exc) or type(exc).__name__
+
+
+def _errno(exc: BaseException) -> int | None:
     errno_ = getattr(exc, "errno", None)
     cause = exc.__cause__ or exc.__context__
     if errno_ is None and isinstance(cause, OSError):
         errno_ = cause.errno
+    return errno_
+
+
+def disk_is_full(exc: BaseException, folder: str | os.PathLike | None = None) -> bool:
+    """Whether a write failed because the disk or the quota is full. Some writers lose the errno (numpy's
+    "4096 requested and 992 written"): with ``folder``, an almost full disk there counts as the cause."""
+    errno_ = _errno(exc)
     text = str(exc)
     full = errno_ in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text.lower()
     if not full and errno_ is None and folder is not None:
         with contextlib.suppress(OSError):
             full = shutil.disk_usage(folder).free < (16 << 20)
-    if full:
-        return "the disk is full (no space left on the device); free some space or write elsewhere"
-    if errno_ in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "permission denied (the folder is read-only or belongs to someone else)"
-    return text or type(exc).__name__
+    return full
 
 
 def _json_default(value: Any) -> Any:
