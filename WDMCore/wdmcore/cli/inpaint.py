@@ -36,11 +36,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.inpaint import inpaint
-
     return run_task(
         args,
-        inpaint,
+        "inpaint",
         {"--image": args.image, "--mask": args.mask},
         args.image,
         args.mask,

@@ -111,12 +111,12 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.seed <= MAX_SEED - max(0, args.num - 1):
+        raise ConfigError(f"--seed must lie between 0 and {MAX_SEED - max(0, args.num - 1)}, got {args.seed}.")
+    check_outputs(args)  # an unusable --out is reported at once, before PyTorch and the model are loaded
     from ..tasks.generate import generate, resolve_device, resolve_model
     from ..volumes.writing import card_geometry, save_volume
 
-    if not 0 <= args.seed <= MAX_SEED - max(0, args.num - 1):
-        raise ConfigError(f"--seed must lie between 0 and {MAX_SEED - max(0, args.num - 1)}, got {args.seed}.")
-    check_outputs(args)  # an unusable --out is reported before any sampling, not after it
     callback, close = progress_display(args.progress)
 
     def write(volume) -> None:

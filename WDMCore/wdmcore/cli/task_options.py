@@ -81,17 +81,20 @@ def write_result(args: argparse.Namespace, volume, on_progress) -> int:
     return 0
 
 
-def run_task(args: argparse.Namespace, task, inputs: Mapping[str, Any], *positional, **settings) -> int:
-    """Check the outputs, then run ``task(args.model, *positional, seed=..., device=..., **settings)`` with the
-    chosen progress display and write its result: the part every task command shares. ``inputs``: option ->
-    input file; the first one's grid is the previews' grid."""
+def run_task(args: argparse.Namespace, task: str, inputs: Mapping[str, Any], *positional, **settings) -> int:
+    """Check the outputs, then run ``wdmcore.tasks.<task>.<task>(args.model, *positional, seed=..., device=...,
+    **settings)`` with the chosen progress display and write its result: the part every task command shares.
+    ``inputs``: option -> input file; the first one's grid is the previews' grid."""
+    check_task_outputs(args, inputs)  # before importing the task: PyTorch alone takes seconds to import
+    import importlib
+
     from ..tasks.inputs import read_input
 
-    check_task_outputs(args, inputs)
+    run = getattr(importlib.import_module(f"wdmcore.tasks.{task}"), task)
     grid_path = next(iter(inputs.values()))
     on_progress, on_preview, close = callbacks(args, lambda: read_input(grid_path, "input").affine)
     try:
-        volume = task(
+        volume = run(
             args.model,
             *positional,
             seed=args.seed,
