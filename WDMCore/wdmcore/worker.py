@@ -395,16 +395,14 @@ class Worker:
         from .volumes.outputs import check_outputs, existing_file, plain_name
         from .volumes.writing import ensure_output_folder
 
-        folder = request.get("output_dir")
-        if folder is None or folder == "":
-            folder = tempfile.mkdtemp(prefix=f"wdm-{task}-")
-        elif not isinstance(folder, str):
-            raise _BadRequest(f"'output_dir' must be a folder path, got {folder!r:.100}")
         overwrite = request.get("overwrite", False)
         if not isinstance(overwrite, bool):
             raise _BadRequest(f"'overwrite' must be true or false, got {overwrite!r:.100}")
         name = _safe_name(plain_name(request.get("name") or ("volume" if task == "generate" else task), "'name'"))
-        folder = Path(folder)
+        folder = request.get("output_dir")
+        if folder is not None and not isinstance(folder, str):
+            raise _BadRequest(f"'output_dir' must be a folder path, got {folder!r:.100}")
+        folder = Path(folder or tempfile.mkdtemp(prefix=f"wdm-{task}-"))
         results = [folder / file_name for file_name in file_names(name)]
         model = request.get("model") or (self.model_key[0] if self.model_key else None)
         check_outputs(

@@ -64,8 +64,6 @@ def task_output_paths(out: str | os.PathLike, *, preview: bool) -> list[Path]:
     """Every file a task command writes for ``--out``: the volume, its sidecar and, with ``preview``, the preview
     file. The format must be known from the name (ConfigError at once otherwise)."""
     out = Path(out)
-    if not out.name or out.name in (".", ".."):
-        raise ConfigError(f"--out {str(out)!r} names no file; give a file such as result.nii.gz.")
     paths = [out, sidecar_path(out)]
     if preview:
         paths.append(preview_path(out))
