@@ -170,9 +170,11 @@ def test_overwrite_replaces_the_volume_its_sidecar_and_preview(command, inputs, 
 
 @pytest.mark.parametrize("command", ["synthesize", "inpaint", "vary"])
 @pytest.mark.parametrize(("out", "message"), [("x.png", "cannot tell the file format"),
-                                              ("file/x.nii.gz", "is a file, not a folder")])  # fmt: skip
+                                              ("file/x.nii.gz", "is a file, not a folder"),
+                                              ("folder.nii.gz", "is a folder")])  # fmt: skip
 def test_an_unusable_out_fails_before_the_model(command, out, message, inputs, tmp_path, capsys, model_never_runs):
     (tmp_path / "file").write_text("a file where a folder should be")
+    (tmp_path / "folder.nii.gz").mkdir()
     # A model that does not exist: the output's error must come first, before any look-up of the model.
     assert main(task_argv(command, inputs, tmp_path / out, model="no_such_model")) == 2
     err = capsys.readouterr().err
