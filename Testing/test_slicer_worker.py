@@ -211,6 +211,14 @@ def test_generate_two_volumes_as_nodes_with_geometry_and_attributes(logic, scene
     assert scene.GetFirstNodeByName("WaveletDiffusion preview") is None
 
 
+def test_an_output_name_with_path_characters_names_the_node_not_a_path(logic, scene, model_file, tmp_path):  # noqa: F811
+    # The worker takes plain file names only; the Lib sends one, and the node keeps the name as typed.
+    (node,) = logic.generate(model=model_file, count=1, seed=2, steps=1, device="cpu", sampler="ddim",
+                             output_name="../escape/x")  # fmt: skip
+    assert node.GetName() == "../escape/x_seed2"
+    assert not (tmp_path.parent / "escape").exists()
+
+
 def test_non_blocking_generation_with_preview_and_cancel_in_the_middle(logic, scene, model_file):  # noqa: F811
     progress, previews, finished = [], [], []
     job = logic.start_generation(

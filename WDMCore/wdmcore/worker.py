@@ -28,6 +28,12 @@ Requests::
 Events the worker sends on its own: ``ready`` when it has started, ``error`` (``kind``, ``message``,
 ``detail``) when a request fails (the worker stays alive), ``log`` for warnings.
 
+Outputs: ``name`` is a plain file name (no path separator, ``..`` or absolute path); the results (and, with
+``preview_every``, ``preview.npy``) go into ``output_dir`` (a new temporary folder when it is not given). Before
+any model is loaded, a request whose outputs would be one of its inputs (image, mask, contrasts, model file, in
+any spelling or through a link) is refused, and so is one whose outputs exist, unless it has ``"overwrite":
+true`` (:mod:`wdmcore.volumes.outputs`).
+
 Big arrays never travel through the pipe: a preview is written to a ``.npy`` file (replaced atomically) and
 its path is sent; each generated volume is written as a NIfTI file whose path, affine, seed and meta are sent.
 The tasks' inputs arrive the same way: volume files (NRRD or NIfTI, with their geometry) that the parent wrote
@@ -57,6 +63,7 @@ from . import hugepages
 from .interrupts import EXIT_CODE, Terminated
 
 PROTOCOL_VERSION = 1
+PREVIEW_FILE = "preview.npy"  # in the request's output_dir, replaced at every preview
 
 log = logging.getLogger("wdmcore.worker")
 
@@ -257,6 +264,10 @@ class Worker:
         num = _int_field(request, "num", 1, minimum=1)
         seed = _int_field(request, "seed", 0, minimum=0)
         batch_size = _int_field(request, "batch_size", 1, minimum=1)
+        preview_every = int(request.get("preview_every") or 0)
+        output_dir, paths, overwrite = self._plan_outputs(
+            request, "generate", lambda name: [f"{name}_seed{seed + i}.nii.gz" for i in range(num)], {}, preview_every
+        )
         if "model" in request:
             self._ensure_model(request)
         if self.model is None:
@@ -265,10 +276,6 @@ class Worker:
         steps = request.get("steps")
         precision = request.get("precision", "fp32")
         device = request.get("device", self.model_key[1] if self.model_key else "cpu")
-        preview_every = int(request.get("preview_every") or 0)
-        output_dir = Path(request.get("output_dir") or tempfile.mkdtemp(prefix="wdm-generate-"))
-        output_dir.mkdir(parents=True, exist_ok=True)
-        name = _safe_name(request.get("name") or "volume")
 
         progress = _JobProgress(self, job_id, num)
         preview_affine = None
@@ -297,8 +304,8 @@ class Worker:
                 kwargs["preview_every"] = preview_every
             volumes = generate(self.model, count, **kwargs)
             for offset, volume in enumerate(volumes):
-                path = output_dir / f"{name}_seed{volume.seed}.nii.gz"
-                written.append(self._write_result(job_id, path, volume, start + offset, num))
+                path = paths[start + offset]
+                written.append(self._write_result(job_id, path, volume, start + offset, num, overwrite=overwrite))
         self.send("done", id=job_id, paths=written, elapsed_s=round(time.perf_counter() - progress.start, 3))
 
     def _do_synthesize(self, request: dict[str, Any]) -> None:
@@ -311,7 +318,7 @@ class Worker:
             if not isinstance(value, str) or not value:
                 raise _BadRequest(f"input {key!r} must be a volume file path, got {value!r:.100}")
         options = {"sampler": request["sampler"]} if request.get("sampler") else {}
-        self._run_task(request, "synthesize", 1, next(iter(inputs.values())),
+        self._run_task(request, "synthesize", 1, {f"input {key!r}": path for key, path in inputs.items()},
                        lambda index, **kw: synthesize(self.model, inputs, **options, **kw))  # fmt: skip
 
     def _do_inpaint(self, request: dict[str, Any]) -> None:
@@ -319,7 +326,7 @@ class Worker:
 
         image, mask = _path_field(request, "image"), _path_field(request, "mask")
         resample = _int_field(request, "resample", 5, minimum=1)
-        self._run_task(request, "inpaint", 1, image,
+        self._run_task(request, "inpaint", 1, {"'image'": image, "'mask'": mask},
                        lambda index, **kw: inpaint(self.model, image, mask, resample=resample, **kw))  # fmt: skip
 
     def _do_vary(self, request: dict[str, Any]) -> None:
@@ -332,13 +339,14 @@ class Worker:
             raise _BadRequest(f"'strength' must be a number in (0, 1], got {strength!r:.100}")
         options = {"sampler": request["sampler"]} if request.get("sampler") else {}
         strength = float(strength)
-        self._run_task(request, "vary", count, image,
+        self._run_task(request, "vary", count, {"'image'": image},
                        lambda index, **kw: vary(self.model, image, strength=strength, **options, **kw))  # fmt: skip
 
-    def _run_task(self, request: dict[str, Any], task: str, num: int, grid_path: str, run) -> None:
-        """The common part of synthesize, inpaint and vary: model, progress, previews, results, done.
+    def _run_task(self, request: dict[str, Any], task: str, num: int, inputs: dict[str, str], run) -> None:
+        """The common part of synthesize, inpaint and vary: outputs, model, progress, previews, results, done.
 
-        ``run(index, seed=..., steps=..., ...)`` returns one GeneratedVolume; volume ``index`` uses seed + index."""
+        ``inputs``: label -> input file (the first one's grid is the previews' grid). ``run(index, seed=...,
+        steps=..., ...)`` returns one GeneratedVolume; volume ``index`` uses seed + index."""
         job_id = request.get("id")
         seed = _int_field(request, "seed", 0, minimum=0)
         steps = request.get("steps")
@@ -348,12 +356,15 @@ class Worker:
         precision = request.get("precision") or "fp32"
         progress = _JobProgress(self, job_id, num, task=task)
         progress.started()  # the parent knows at once that the job runs (loading the model can take a while)
+
+        def file_names(name: str) -> list[str]:
+            return [f"{name}.nii.gz"] if num == 1 else [f"{name}_{i + 1}.nii.gz" for i in range(num)]
+
+        output_dir, paths, overwrite = self._plan_outputs(request, task, file_names, inputs, preview_every)
+        grid_path = next(iter(inputs.values()))
         self._ensure_model(request)
         if precision != "fp32":
             self.send("log", id=job_id, message=f"{task} runs in fp32 (precision {precision} applies to generate)")
-        output_dir = Path(request.get("output_dir") or tempfile.mkdtemp(prefix=f"wdm-{task}-"))
-        output_dir.mkdir(parents=True, exist_ok=True)
-        name = _safe_name(request.get("name") or task)
         written = []
         for index in range(num):
             progress.begin_chunk(index, 1)
@@ -369,15 +380,46 @@ class Worker:
                 kwargs["on_preview"] = progress.preview_callback(output_dir, lambda: _file_affine(grid_path))
                 kwargs["preview_every"] = preview_every
             volume = run(index, **kwargs)
-            path = output_dir / (f"{name}.nii.gz" if num == 1 else f"{name}_{index + 1}.nii.gz")
-            written.append(self._write_result(job_id, path, volume, index, num, task=task))
+            written.append(self._write_result(job_id, paths[index], volume, index, num, overwrite=overwrite, task=task))
         self.send("done", id=job_id, paths=written, elapsed_s=round(time.perf_counter() - progress.start, 3))
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def _write_result(self, job_id: Any, path: Path, volume, index: int, num: int, **extra: Any) -> str:
+    def _plan_outputs(
+        self, request: dict[str, Any], task: str, file_names, inputs: dict[str, str], preview_every: int
+    ) -> tuple[Path, list[Path], bool]:
+        """(output folder, result paths, overwrite) of a request, checked before any model is loaded: ``name`` is a
+        plain file name, no output (results, the preview file) is an input, the model file or, unless the request
+        says ``"overwrite": true``, an existing file, and the folder can be written. ``file_names(name)``: the
+        results' file names. Without ``output_dir`` the results go to a new temporary folder."""
+        from .volumes.outputs import check_outputs, existing_file, plain_name
+        from .volumes.writing import ensure_output_folder
+
+        overwrite = request.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise _BadRequest(f"'overwrite' must be true or false, got {overwrite!r:.100}")
+        name = _safe_name(plain_name(request.get("name") or ("volume" if task == "generate" else task), "'name'"))
+        folder = request.get("output_dir")
+        if folder is not None and not isinstance(folder, str):
+            raise _BadRequest(f"'output_dir' must be a folder path, got {folder!r:.100}")
+        folder = Path(folder or tempfile.mkdtemp(prefix=f"wdm-{task}-"))
+        results = [folder / file_name for file_name in file_names(name)]
+        model = request.get("model") or (self.model_key[0] if self.model_key else None)
+        check_outputs(
+            [*results, *([folder / PREVIEW_FILE] if preview_every > 0 else [])],
+            inputs={**inputs, "'model'": existing_file(model)},
+            overwrite=overwrite,
+            overwrite_hint='send "overwrite": true to replace them',
+            rename_hint="choose another 'output_dir' or 'name'",
+        )
+        ensure_output_folder(folder)  # previews are written into it from the first step
+        return folder, results, overwrite
+
+    def _write_result(
+        self, job_id: Any, path: Path, volume, index: int, num: int, *, overwrite: bool, **extra: Any
+    ) -> str:
         """Write one finished volume (atomically) and report it with a "result" event; returns its path."""
-        write_nifti(path, volume.array, volume.affine)
+        write_nifti(path, volume.array, volume.affine, overwrite=overwrite)
         self.send("result", id=job_id, **extra, index=index, num=num, path=path, affine=volume.affine,
                   seed=volume.seed, shape=list(volume.array.shape), meta=dict(volume.meta))  # fmt: skip
         return str(path)
@@ -460,7 +502,7 @@ class _JobProgress:
         """``on_preview(index, image)`` of :func:`wdmcore.tasks.generate.generate` (and of the other tasks): the
         current x0 estimate of volume ``index`` of this chunk, written to ``preview.npy`` (replaced atomically) and
         announced. ``affine``: the preview's voxel-to-RAS affine, or a callable giving it (read once, when needed)."""
-        path = output_dir / "preview.npy"
+        path = output_dir / PREVIEW_FILE
         known: list[Any] = []
 
         def on_preview(index: int, image: Any) -> None:
@@ -555,30 +597,16 @@ def environment_info() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- files
 
 
-def write_nifti(path: str | os.PathLike, array: Any, affine: Any) -> Path:
-    """Write an (i, j, k) array with its voxel-to-RAS affine as NIfTI (nibabel, or SimpleITK as in Slicer)."""
+def write_nifti(path: str | os.PathLike, array: Any, affine: Any, *, overwrite: bool = True) -> Path:
+    """Write an (i, j, k) array with its voxel-to-RAS affine as NIfTI (nibabel, or SimpleITK as in Slicer's
+    Python) under a temporary name, renamed into place when complete; ``overwrite=False`` refuses an existing
+    file."""
     import numpy as np
 
-    path = Path(path)
+    from .volumes.writing import save_volume
+
     array = np.asarray(array, dtype=np.float32)
-    affine = np.asarray(affine, dtype=np.float64)
-    tmp = path.with_name(f".{path.name}.part{os.getpid()}.nii.gz")
-    try:
-        from .volumes.writing import save_nifti
-
-        save_nifti(array, affine, tmp)
-    except ImportError:  # no nibabel (Slicer's Python): SimpleITK, which Slicer ships
-        import SimpleITK as sitk
-
-        spacing = np.linalg.norm(affine[:3, :3], axis=0)
-        lps = np.diag([-1.0, -1.0, 1.0])
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-        image.SetSpacing([float(s) for s in spacing])
-        image.SetDirection([float(v) for v in (lps @ (affine[:3, :3] / spacing)).ravel()])
-        image.SetOrigin([float(v) for v in lps @ affine[:3, 3]])
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-    os.replace(tmp, path)
-    return path
+    return save_volume(array, np.asarray(affine, dtype=np.float64), path, sidecar=False, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------------- errors

@@ -80,6 +80,11 @@ class GenerationCancelled(GenerationError):
         super().__init__(message, kind="Cancelled")
 
 
+def file_name(text: str, default: str = "volume") -> str:
+    """``text`` as a plain file name (letters, digits, '-' and '_'; anything else, separators included, is '_')."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or default
+
+
 @dataclass
 class Job:
     """One request to the worker and what came back."""
@@ -393,7 +398,7 @@ class WaveletDiffusionLogic(PolledLogic):
             precision=params.precision,
             preview_every=int(params.preview_every) if params.preview else 0,
             output_dir=str(output_dir),
-            name=params.node_name(),
+            name=file_name(params.node_name()),  # the worker takes plain file names only; nodes keep the name
         )
 
     def cancel(self, job: Job | None = None, *, force: bool = False) -> None:
@@ -712,8 +717,7 @@ class WaveletDiffusionLogic(PolledLogic):
 
     @staticmethod
     def _input_path(job: Job, name: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "input"
-        return job.output_dir / "inputs" / f"{safe}.nrrd"
+        return job.output_dir / "inputs" / f"{file_name(name, 'input')}.nrrd"
 
     def _submit_task(self, job: Job, export: Callable[[], dict[str, Any]]) -> Job:
         """Write the inputs (``export`` returns the request's file fields) and send the request. When writing

@@ -36,6 +36,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.inpaint import inpaint
-
-    return run_task(args, inpaint, args.image, args.image, args.mask, steps=args.steps, resample=args.resample)
+    return run_task(
+        args,
+        "inpaint",
+        {"--image": args.image, "--mask": args.mask},
+        args.image,
+        args.mask,
+        steps=args.steps,
+        resample=args.resample,
+    )

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError, OutOfMemoryError
+from ..errors import ConfigError, OutOfMemoryError
 from ..events import emit
 from ..interrupts import Terminated, sigterm_unwinds
 from ..vocabulary import (
@@ -77,32 +77,46 @@ def add_parser(subparsers: Any) -> None:
 
 
 def output_paths(args: argparse.Namespace) -> list[Path]:
-    return [args.out / f"{args.prefix}_seed{args.seed + i:04d}.{args.format}" for i in range(max(0, args.num))]
+    """Every file the run writes: each volume, its sidecar and, with previews, its preview file."""
+    from ..volumes.outputs import plain_name
+    from ..volumes.writing import sidecar_path
+
+    prefix = plain_name(args.prefix, "--prefix")
+    volumes = [args.out / f"{prefix}_seed{args.seed + i:04d}.{args.format}" for i in range(max(0, args.num))]
+    paths = [p for volume in volumes for p in (volume, sidecar_path(volume))]
+    if writes_previews(args):
+        paths += [preview_path(args, args.seed + i) for i in range(max(0, args.num))]
+    return paths
+
+
+def writes_previews(args: argparse.Namespace) -> bool:
+    return args.progress == "jsonl" and args.preview_every > 0
+
+
+def preview_path(args: argparse.Namespace, seed: int) -> Path:
+    return args.out / "previews" / f"{args.prefix}_preview_seed{seed:04d}.nii"
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """Before sampling: the output folder must be writable and, without --overwrite, no output may exist."""
-    from ..volumes.writing import ensure_output_folder, sidecar_path
+    """Before sampling: a plain --prefix, a writable output folder and, without --overwrite, no existing output."""
+    from ..volumes.outputs import check_outputs as check
+    from ..volumes.outputs import existing_file
 
-    ensure_output_folder(args.out, create=False)
-    if args.overwrite:
-        return
-    existing = [p for path in output_paths(args) for p in (path, sidecar_path(path)) if p.exists()]
-    if existing:
-        shown = ", ".join(str(p) for p in existing[:3]) + (f" (+{len(existing) - 3} more)" if len(existing) > 3 else "")
-        raise DataError(
-            f"{len(existing)} output file(s) already exist: {shown}. Nothing was sampled; pass --overwrite to "
-            "replace them, or choose another --out or --prefix."
-        )
+    check(
+        output_paths(args),
+        inputs={"--model": existing_file(args.model)},
+        overwrite=args.overwrite,
+        rename_hint="choose another --out or --prefix",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.seed <= MAX_SEED - max(0, args.num - 1):
+        raise ConfigError(f"--seed must lie between 0 and {MAX_SEED - max(0, args.num - 1)}, got {args.seed}.")
+    check_outputs(args)  # an unusable --out is reported at once, before PyTorch and the model are loaded
     from ..tasks.generate import generate, resolve_device, resolve_model
     from ..volumes.writing import card_geometry, save_volume
 
-    if not 0 <= args.seed <= MAX_SEED - max(0, args.num - 1):
-        raise ConfigError(f"--seed must lie between 0 and {MAX_SEED - max(0, args.num - 1)}, got {args.seed}.")
-    check_outputs(args)  # an unusable --out is reported before any sampling, not after it
     callback, close = progress_display(args.progress)
 
     def write(volume) -> None:
@@ -126,14 +140,12 @@ def run(args: argparse.Namespace) -> int:
             device = resolve_device(args.device)
             model = resolve_model(args.model, preset=args.preset, device=device, on_progress=callback)
             on_preview = None
-            if args.progress == "jsonl" and args.preview_every > 0:
+            if writes_previews(args):
                 size = model.image_size
                 preview_affine = card_geometry(model.card, (size, size, size)).affine
-                preview_dir = args.out / "previews"
 
                 def on_preview(index: int, image) -> None:
-                    name = f"{args.prefix}_preview_seed{args.seed + index:04d}.nii"
-                    path = save_volume(image, preview_affine, preview_dir / name, sidecar=False)
+                    path = save_volume(image, preview_affine, preview_path(args, args.seed + index), sidecar=False)
                     emit(callback, "preview", index=index, seed=args.seed + index, path=str(path.resolve()))
 
             generate(

@@ -81,12 +81,10 @@ def gather_inputs(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.synthesize import synthesize
-
     inputs = gather_inputs(args)
     if not inputs:
         raise ConfigError("give the model's inputs, e.g. --t1c A.nii.gz --t2w B.nii.gz --t2f C.nii.gz.")
-    first = next(iter(inputs.values()))
+    options = {f"--{name}" if name in args.input_names else f"--input {name}": path for name, path in inputs.items()}
     return run_task(
-        args, synthesize, first, inputs, sampler=args.sampler, steps=args.steps, postprocess=args.postprocess
+        args, "synthesize", options, inputs, sampler=args.sampler, steps=args.steps, postprocess=args.postprocess
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,12 @@ from .progress import progress_display
 def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> None:
     parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--out", type=Path, required=True, help="output file (.nii.gz, .nii or .nrrd)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output, sidecar or preview file (without it, an existing file is an error "
+        "before the model is loaded; an input is never replaced)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
     parser.add_argument(
@@ -34,8 +41,10 @@ def callbacks(args: argparse.Namespace, affine_of_input) -> tuple[Any, Any, Any]
     """(on_progress, on_preview, close) for the chosen --progress mode."""
     on_progress, close = progress_display(args.progress)
     on_preview = None
-    if args.progress == "jsonl" and args.preview_every > 0:
-        preview = args.out.parent / f"{args.out.name.split('.')[0]}_preview.nii"
+    if writes_preview(args):
+        from ..volumes.outputs import preview_path
+
+        preview = preview_path(args.out)
 
         def on_preview(index: int, image) -> None:
             from ..volumes.writing import save_volume
@@ -46,8 +55,25 @@ def callbacks(args: argparse.Namespace, affine_of_input) -> tuple[Any, Any, Any]
     return on_progress, on_preview, close
 
 
+def writes_preview(args: argparse.Namespace) -> bool:
+    return args.progress == "jsonl" and args.preview_every > 0
+
+
+def check_task_outputs(args: argparse.Namespace, inputs: Mapping[str, Any]) -> None:
+    """Before the model is loaded: --out's format, folder and files (volume, sidecar, preview) may be written,
+    none of them is an input (``inputs``: option -> path, the model file included) and, without --overwrite,
+    none exists."""
+    from ..volumes.outputs import check_outputs, existing_file, task_output_paths
+
+    check_outputs(
+        task_output_paths(args.out, preview=writes_preview(args)),
+        inputs={**inputs, "--model": existing_file(args.model)},
+        overwrite=args.overwrite,
+    )
+
+
 def write_result(args: argparse.Namespace, volume, on_progress) -> int:
-    path = volume.save(args.out)
+    path = volume.save(args.out, overwrite=args.overwrite)
     if args.progress == "jsonl":
         emit(on_progress, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
     else:
@@ -55,14 +81,20 @@ def write_result(args: argparse.Namespace, volume, on_progress) -> int:
     return 0
 
 
-def run_task(args: argparse.Namespace, task, inputs_path, *positional, **settings) -> int:
-    """Run ``task(args.model, *positional, seed=..., device=..., **settings)`` with the chosen progress display and
-    write its result: the part every task command shares. ``inputs_path``: the input whose grid previews use."""
+def run_task(args: argparse.Namespace, task: str, inputs: Mapping[str, Any], *positional, **settings) -> int:
+    """Check the outputs, then run ``wdmcore.tasks.<task>.<task>(args.model, *positional, seed=..., device=...,
+    **settings)`` with the chosen progress display and write its result: the part every task command shares.
+    ``inputs``: option -> input file; the first one's grid is the previews' grid."""
+    check_task_outputs(args, inputs)  # before importing the task: PyTorch alone takes seconds to import
+    import importlib
+
     from ..tasks.inputs import read_input
 
-    on_progress, on_preview, close = callbacks(args, lambda: read_input(inputs_path, "input").affine)
+    run = getattr(importlib.import_module(f"wdmcore.tasks.{task}"), task)
+    grid_path = next(iter(inputs.values()))
+    on_progress, on_preview, close = callbacks(args, lambda: read_input(grid_path, "input").affine)
     try:
-        volume = task(
+        volume = run(
             args.model,
             *positional,
             seed=args.seed,

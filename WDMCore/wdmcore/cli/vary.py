@@ -34,6 +34,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.vary import vary
-
-    return run_task(args, vary, args.image, args.image, strength=args.strength, sampler=args.sampler, steps=args.steps)
+    return run_task(
+        args,
+        "vary",
+        {"--image": args.image},
+        args.image,
+        strength=args.strength,
+        sampler=args.sampler,
+        steps=args.steps,
+    )
