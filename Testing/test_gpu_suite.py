@@ -106,7 +106,7 @@ def test_the_suite_counts_the_engines_default_calls():
     # The per-volume figures are step time x the default sampler's calls: they must follow the engine's default.
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     try:
-        import gpu_suite
+        from gpu_bench import generation as gpu_suite
     finally:
         sys.path.remove(str(REPO_ROOT / "benchmarks"))
     from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS
