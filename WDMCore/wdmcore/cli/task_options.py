@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import emit
+from ..interrupts import sigterm_unwinds
 from .progress import progress_display
 
 
@@ -30,17 +31,25 @@ def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> N
     )
 
 
-def callbacks(args: argparse.Namespace, affine_of_input) -> tuple[Any, Any, Any]:
-    """(on_progress, on_preview, close) for the chosen --progress mode."""
+def preview_path(args: argparse.Namespace) -> Path:
+    """Where ``--preview-every`` writes the current estimate: ``<out stem>_preview.nii`` beside ``--out``."""
+    return args.out.parent / f"{args.out.name.split('.')[0]}_preview.nii"
+
+
+def callbacks(args: argparse.Namespace, affine_of_input, written: list[Path]) -> tuple[Any, Any, Any]:
+    """(on_progress, on_preview, close) for the chosen --progress mode. Each preview file written is added to
+    ``written``, so that a run that does not finish can remove it."""
     on_progress, close = progress_display(args.progress)
     on_preview = None
     if args.progress == "jsonl" and args.preview_every > 0:
-        preview = args.out.parent / f"{args.out.name.split('.')[0]}_preview.nii"
+        preview = preview_path(args)
 
         def on_preview(index: int, image) -> None:
             from ..volumes.writing import save_volume
 
             path = save_volume(image, affine_of_input(), preview, sidecar=False)
+            if path not in written:
+                written.append(path)
             emit(on_progress, "preview", index=index, path=str(path.resolve()))
 
     return on_progress, on_preview, close
@@ -57,22 +66,36 @@ def write_result(args: argparse.Namespace, volume, on_progress) -> int:
 
 def run_task(args: argparse.Namespace, task, inputs_path, *positional, **settings) -> int:
     """Run ``task(args.model, *positional, seed=..., device=..., **settings)`` with the chosen progress display and
-    write its result: the part every task command shares. ``inputs_path``: the input whose grid previews use."""
+    write its result: the part every task command shares. ``inputs_path``: the input whose grid previews use.
+
+    SIGTERM unwinds like Ctrl-C (:func:`wdmcore.interrupts.sigterm_unwinds`; the command exits with 143), and a
+    run that ends without its result (a signal, an error) removes the preview file it wrote: a preview is an
+    estimate of an unfinished result, not an output."""
     from ..tasks.inputs import read_input
 
-    on_progress, on_preview, close = callbacks(args, lambda: read_input(inputs_path, "input").affine)
+    previews: list[Path] = []
+    on_progress, on_preview, close = callbacks(args, lambda: read_input(inputs_path, "input").affine, previews)
+    finished = False
     try:
-        volume = task(
-            args.model,
-            *positional,
-            seed=args.seed,
-            device=args.device,
-            on_progress=on_progress,
-            on_preview=on_preview,
-            preview_every=max(1, args.preview_every),
-            **settings,
-        )
+        with sigterm_unwinds():
+            try:
+                volume = task(
+                    args.model,
+                    *positional,
+                    seed=args.seed,
+                    device=args.device,
+                    on_progress=on_progress,
+                    on_preview=on_preview,
+                    preview_every=max(1, args.preview_every),
+                    **settings,
+                )
+            finally:
+                if close is not None:
+                    close()
+            code = write_result(args, volume, on_progress)
+            finished = True
+            return code
     finally:
-        if close is not None:
-            close()
-    return write_result(args, volume, on_progress)
+        if not finished:
+            for path in previews:
+                path.unlink(missing_ok=True)
