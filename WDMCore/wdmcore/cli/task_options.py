@@ -8,17 +8,18 @@ from typing import Any
 
 from ..events import emit
 from ..interrupts import sigterm_unwinds
+from ..limits import option_type
 from .progress import progress_display
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> None:
     parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--out", type=Path, required=True, help="output file (.nii.gz, .nii or .nrrd)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
+    parser.add_argument("--seed", type=option_type("seed"), default=0, help="random seed [0]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
     parser.add_argument(
         "--preview-every",
-        type=int,
+        type=option_type("preview_every"),
         default=0,
         help="with --progress jsonl: write the current estimate every N steps next to OUT and report a 'preview' "
         "event [0: off]",
