@@ -63,9 +63,9 @@ HOSTILE = [
     ({"type": "cancel", "target": [1]}, "'target' must be a string"),
     (b'\xff\xfe{"type": "ping"}', "not UTF-8"),
     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-    ({"type": "generate", "id": "g0", "num": 0}, "'num' must be a whole number of at least 1"),
-    ({"type": "generate", "id": "g-1", "num": -3}, "'num' must be a whole number of at least 1"),
-    ({"type": "generate", "id": "g-2", "num": "many"}, "'num' must be a whole number of at least 1"),
+    ({"type": "generate", "id": "g0", "num": 0}, "'num' must be a whole number from 1 to 100000"),
+    ({"type": "generate", "id": "g-1", "num": -3}, "'num' must be a whole number from 1 to 100000"),
+    ({"type": "generate", "id": "g-2", "num": "many"}, "'num' must be a whole number from 1 to 100000"),
 ]
 
 

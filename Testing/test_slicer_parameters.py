@@ -44,8 +44,11 @@ def test_step_defaults_agree_with_the_engine():
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("sampler", "euler", "unknown sampler"), ("steps", 0, "steps"), ("count", 0, "at least one"),
-     ("seed", -1, "seed"), ("model", "", "model"), ("preset", "unet-64", "preset"), ("precision", "int8", "precision")],
+    [("sampler", "euler", "unknown sampler"), ("steps", 0, "steps"), ("count", 0, "number of volumes must be"),
+     ("seed", -1, "the seed must be a whole number from 0 to 18446744073709551615, got -1"),
+     ("seed", 2**64, "the seed must be a whole number from 0 to 18446744073709551615, got 18446744073709551616"),
+     ("batch_size", 1.5, "the batch size must be a whole number"), ("preview_every", -1, "preview interval"),
+     ("model", "", "model"), ("preset", "unet-64", "preset"), ("precision", "int8", "precision")],
 )  # fmt: skip
 def test_invalid_values_say_what_to_change(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -83,7 +86,7 @@ def test_damaged_settings_fall_back_to_defaults():
     settings = DictSettings()
     settings.data["WaveletDiffusion/Generate/last"] = "{not json"
     assert load_settings(settings) == GenerationParameters()
-    settings.data["WaveletDiffusion/Generate/last"] = '{"steps": 5000, "sampler": "ddim"}'
+    settings.data["WaveletDiffusion/Generate/last"] = '{"steps": 0, "sampler": "ddim"}'
     restored = load_settings(settings)
     # the invalid value alone is dropped
     assert restored.steps == GenerationParameters.steps and restored.sampler == "ddim"

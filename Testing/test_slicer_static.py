@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import struct
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -191,7 +194,8 @@ LIB_FILES = sorted(p for name in MODULES for p in (REPO_ROOT / name / f"{name}Li
 
 @pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_lib_never_imports_gui_parts(path):
-    # wdmcore imports torch: Slicer's own process never loads it (the child processes do).
+    # wdmcore imports torch: Slicer's own process never loads it (the child processes do), except the engine's
+    # torch-free tables (TORCH_FREE_ENGINE_MODULES, checked by test_the_engine_tables_the_lib_reads_need_no_torch).
     forbidden = ("qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "wdmcore")
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -201,7 +205,26 @@ def test_lib_never_imports_gui_parts(path):
         else:
             continue
         for name in names:
+            if name in TORCH_FREE_ENGINE_MODULES:
+                continue
             assert not any(name == f or name.startswith(f + ".") for f in forbidden), f"{path.name} imports {name}"
+
+
+# Engine modules the Lib may import (inside functions: the engine is found once Slicer's paths are set up).
+TORCH_FREE_ENGINE_MODULES = ("wdmcore.limits",)
+
+
+def test_the_engine_tables_the_lib_reads_need_no_torch():
+    code = (
+        "import sys\n"
+        f"for name in {TORCH_FREE_ENGINE_MODULES!r}:\n"
+        "    __import__(name)\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'nibabel', 'SimpleITK') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "WDMCore")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 # ------------------------------------------------------------------------------------------- the widget layer

@@ -26,8 +26,10 @@ def test_defaults_are_the_recipe_with_previews():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("data_path", "", "folder of training volumes"), ("output_dir", "", "output folder"),
-     ("preset", "unet-64", "unknown preset"), ("image_size", 100, "multiple of 16"), ("max_steps", 0, "one step"),
-     ("lr", 0.0, "learning rate"), ("lr", float("nan"), "learning rate"), ("precision", "fp16", "precision"),
+     ("preset", "unet-64", "unknown preset"), ("image_size", 100, "multiple of 16"),
+     ("max_steps", 0, "number of steps"), ("lr", 0.0, "learning rate"), ("lr", float("nan"), "learning rate"),
+     ("lr", float("inf"), r"the learning rate must be a number in \(0, 1\], got inf"), ("batch_size", -1, "batch size"),
+     ("precision", "fp16", "precision"),
      ("device", "gpu", "device"), ("ema_rate", 1.0, "EMA"), ("checkpoint_interval", 0, "checkpoint"),
      ("preview_interval", -1, "preview"), ("num_workers", -2, "workers"), ("data_format", "dicom", "format"),
      ("sequence", "flair", "sequence"), ("intensity", "pet", "intensity")],

@@ -50,9 +50,12 @@ def test_preset_defaults_follow_the_released_recipe():
         ({"preset": "unet-64"}, "unknown preset"),
         ({"preset": None}, "give a preset"),
         ({"image_size": 100}, "multiple of 32"),
-        ({"lr": 0}, "lr must be positive"),
+        ({"lr": 0}, r"lr must be a number in \(0, 1\], got 0"),
+        ({"lr": float("inf")}, r"lr must be a number in \(0, 1\], got inf"),
+        ({"network": {"model_channels": 0}}, "model_channels must be a whole number from 1 to 4096, got 0"),
         ({"precision": "fp16"}, "precision"),
-        ({"low_noise_share": 1.5}, "low_noise_share must lie in"),
+        ({"low_noise_share": 1.5}, r"low_noise_share must be a number in \[0, 1\], got 1.5"),
+        ({"adam_betas": (0.9, 1.0)}, r"each of adam_betas must be a number in \[0, 1\), got 1.0"),
     ],
 )
 def test_invalid_configs_say_what_to_do(fields, message):

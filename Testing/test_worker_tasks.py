@@ -110,7 +110,8 @@ ERRORS = [
      "covers the whole volume"),
     ({"type": "inpaint", "model": "demo_phantom_inpaint_32", "mask": "FULL"}, "BadRequest", "needs 'image'"),
     ({"type": "synthesize", "model": "demo_phantom_synthesize_32", "inputs": ["T2"]}, "BadRequest", "'inputs'"),
-    ({"type": "vary", "model": "demo_phantom_64", "image": "T1", "strength": 1.5}, "ConfigError", "strength"),
+    ({"type": "vary", "model": "demo_phantom_64", "image": "T1", "strength": 1.5}, "BadRequest",
+     "'strength' must be a number in (0, 1], got 1.5"),
 ]  # fmt: skip
 NAMES = {"T1": "t1", "T2": "t2", "FLAIR": "flair", "PD": "pd", "SHIFTED": "flair_shifted", "EMPTY": "empty",
          "FULL": "full"}  # fmt: skip

@@ -60,7 +60,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import hugepages
+from .errors import WDMError
 from .interrupts import EXIT_CODE, Terminated
+from .vocabulary import MAX_SEED
 
 PROTOCOL_VERSION = 1
 PREVIEW_FILE = "preview.npy"  # in the request's output_dir, replaced at every preview
@@ -206,6 +208,8 @@ class Worker:
         handler = getattr(self, f"_do_{kind}", None)
         if handler is None:
             raise _BadRequest(f"unknown request type {kind!r}")
+        if kind not in ("ping", "info", "list_models"):  # these read no field: what else they carry is ignored
+            check_fields(request)
         handler(request)
 
     # ------------------------------------------------------------------------------------------- requests
@@ -261,10 +265,10 @@ class Worker:
         from .tasks.generate import DEFAULT_SAMPLER, generate
 
         job_id = request.get("id")
-        num = _int_field(request, "num", 1, minimum=1)
-        seed = _int_field(request, "seed", 0, minimum=0)
-        batch_size = _int_field(request, "batch_size", 1, minimum=1)
-        preview_every = int(request.get("preview_every") or 0)
+        num = _number_field(request, "num", 1)
+        seed = _number_field(request, "seed", 0)
+        batch_size = _number_field(request, "batch_size", 1)
+        preview_every = _number_field(request, "preview_every", 0)
         output_dir, paths, overwrite = self._plan_outputs(
             request, "generate", lambda name: [f"{name}_seed{seed + i}.nii.gz" for i in range(num)], {}, preview_every
         )
@@ -272,10 +276,10 @@ class Worker:
             self._ensure_model(request)
         if self.model is None:
             raise _BadRequest("no model is loaded: send load_model first, or give 'model' with the request")
-        sampler = request.get("sampler", DEFAULT_SAMPLER)
+        sampler = request.get("sampler") or DEFAULT_SAMPLER
         steps = request.get("steps")
-        precision = request.get("precision", "fp32")
-        device = request.get("device", self.model_key[1] if self.model_key else "cpu")
+        precision = request.get("precision") or "fp32"
+        device = request.get("device") or (self.model_key[1] if self.model_key else "cpu")
 
         progress = _JobProgress(self, job_id, num)
         preview_affine = None
@@ -298,7 +302,7 @@ class Worker:
                 "on_progress": progress.on_progress,
             }
             if steps is not None:
-                kwargs["steps"] = int(steps)
+                kwargs["steps"] = steps
             if preview_every > 0:
                 kwargs["on_preview"] = progress.preview_callback(output_dir, preview_affine)
                 kwargs["preview_every"] = preview_every
@@ -311,12 +315,7 @@ class Worker:
     def _do_synthesize(self, request: dict[str, Any]) -> None:
         from .tasks.synthesize import synthesize
 
-        inputs = request.get("inputs")
-        if not isinstance(inputs, dict) or not inputs:
-            raise _BadRequest("'inputs' must be an object of input name -> volume file path")
-        for key, value in inputs.items():
-            if not isinstance(value, str) or not value:
-                raise _BadRequest(f"input {key!r} must be a volume file path, got {value!r:.100}")
+        inputs = _required(request, "inputs")  # its type: check_fields
         options = {"sampler": request["sampler"]} if request.get("sampler") else {}
         self._run_task(request, "synthesize", 1, {f"input {key!r}": path for key, path in inputs.items()},
                        lambda index, **kw: synthesize(self.model, inputs, **options, **kw))  # fmt: skip
@@ -325,7 +324,7 @@ class Worker:
         from .tasks.inpaint import inpaint
 
         image, mask = _path_field(request, "image"), _path_field(request, "mask")
-        resample = _int_field(request, "resample", 5, minimum=1)
+        resample = _number_field(request, "resample", 5)
         self._run_task(request, "inpaint", 1, {"'image'": image, "'mask'": mask},
                        lambda index, **kw: inpaint(self.model, image, mask, resample=resample, **kw))  # fmt: skip
 
@@ -333,10 +332,8 @@ class Worker:
         from .tasks.vary import vary
 
         image = _path_field(request, "image")
-        count = _int_field(request, "count", 1, minimum=1)
-        strength = request.get("strength", 0.5)
-        if isinstance(strength, bool) or not isinstance(strength, int | float):
-            raise _BadRequest(f"'strength' must be a number in (0, 1], got {strength!r:.100}")
+        count = _number_field(request, "count", 1)
+        strength = _number_field(request, "strength", 0.5)
         options = {"sampler": request["sampler"]} if request.get("sampler") else {}
         strength = float(strength)
         self._run_task(request, "vary", count, {"'image'": image},
@@ -348,11 +345,11 @@ class Worker:
         ``inputs``: label -> input file (the first one's grid is the previews' grid). ``run(index, seed=...,
         steps=..., ...)`` returns one GeneratedVolume; volume ``index`` uses seed + index."""
         job_id = request.get("id")
-        seed = _int_field(request, "seed", 0, minimum=0)
+        seed = _number_field(request, "seed", 0)
         steps = request.get("steps")
         if steps is not None:
-            steps = _int_field(request, "steps", 0, minimum=1)
-        preview_every = _int_field(request, "preview_every", 0, minimum=0)
+            steps = _number_field(request, "steps", 0)
+        preview_every = _number_field(request, "preview_every", 0)
         precision = request.get("precision") or "fp32"
         progress = _JobProgress(self, job_id, num, task=task)
         progress.started()  # the parent knows at once that the job runs (loading the model can take a while)
@@ -402,7 +399,7 @@ class Worker:
         folder = request.get("output_dir")
         if folder is not None and not isinstance(folder, str):
             raise _BadRequest(f"'output_dir' must be a folder path, got {folder!r:.100}")
-        folder = Path(folder or tempfile.mkdtemp(prefix=f"wdm-{task}-"))
+        folder = _output_folder(request, task)  # a file or an uncreatable folder is refused in words
         results = [folder / file_name for file_name in file_names(name)]
         model = request.get("model") or (self.model_key[0] if self.model_key else None)
         check_outputs(
@@ -434,8 +431,8 @@ class Worker:
 
     def _ensure_model(self, request: dict[str, Any]) -> None:
         ref = _required(request, "model")
-        device = request.get("device", "cpu")
-        preset = request.get("preset")
+        device = request.get("device") or "cpu"
+        preset = request.get("preset") or None
         key = (str(ref), device, preset)
         if self.model is not None and self.model_key == key:
             return
@@ -627,6 +624,12 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
     elif isinstance(exc, ModuleNotFoundError):
         kind = "MissingPackage"
         message = f"{message}. Install the missing package into this Python ({sys.executable})."
+    elif isinstance(exc, OSError) and not isinstance(exc, WDMError):
+        # A file the request names cannot be used: say which and why, in words rather than an errno.
+        kind = "FileError"
+        where = f" {exc.filename}" if exc.filename else " a file"
+        reason = (exc.strerror or message).lower()
+        message = f"cannot use{where} ({reason}); check the paths of the request and their permissions"
     else:
         kind = name
     return {"kind": kind, "message": message, "detail": "".join(traceback.format_exception(exc))[-4000:]}
@@ -666,11 +669,82 @@ def _is_job_id(value: Any) -> bool:
     return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
 
 
-def _int_field(request: dict[str, Any], key: str, default: int, *, minimum: int) -> int:
+def _number_field(request: dict[str, Any], key: str, default: Any) -> Any:
+    """A number field (``default`` when absent), checked against its row of :data:`wdmcore.limits.LIMITS`."""
+    from .limits import LIMITS, problem
+
     value = request.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < minimum:
-        raise _BadRequest(f"{key!r} must be a whole number of at least {minimum}, got {value!r:.100}")
-    return int(value)
+    message = problem(key, value, repr(key))
+    if message:
+        raise _BadRequest(message)
+    return int(value) if LIMITS[key].whole else float(value)
+
+
+# What each text field of a request must be, in the words an error message uses. null means "not given".
+TEXT_FIELDS = {
+    "model": "a catalogue model name or the path of a checkpoint file",
+    "preset": "a network preset name such as unet-128, or null to detect it",
+    "device": "a device name: auto, cpu, cuda, cuda:N or mps",
+    "sampler": "a sampler name (ancestral, ddim, dpm++2m, dpm++2m-sde or unipc), or null for the default",
+    "precision": "fp32, bf16 or fp16",
+    "output_dir": "the path of a folder for the results, or null for a new temporary folder",
+    "name": "a file name for the results (text), or null for the default",
+    "image": "the path of a volume file",
+    "mask": "the path of a volume file",
+}
+# Number fields, checked against wdmcore.limits.LIMITS under the same names.
+NUMBER_FIELDS = ("num", "count", "seed", "steps", "batch_size", "preview_every", "strength", "resample")
+
+
+def check_fields(request: dict[str, Any]) -> None:
+    """Every known field of a request has the type it must have, before any work: a wrong one is refused with a
+    sentence that names the field and says what it must be (never a Python exception's text)."""
+    from .limits import problem
+    from .vocabulary import PRECISION_NAMES, SAMPLER_NAMES
+
+    for key, what in TEXT_FIELDS.items():
+        value = request.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _BadRequest(f"{key!r} must be {what}, got {value!r:.100}")
+    if request.get("sampler") not in (None, "", *SAMPLER_NAMES):
+        raise _BadRequest(f"'sampler' must be {TEXT_FIELDS['sampler']}, got {request['sampler']!r:.100}")
+    if request.get("precision") not in (None, "", *PRECISION_NAMES):
+        raise _BadRequest(f"'precision' must be {TEXT_FIELDS['precision']}, got {request['precision']!r:.100}")
+    for key in NUMBER_FIELDS:
+        if key in request and not (key == "steps" and request[key] is None):  # steps null: the default
+            message = problem(key, request[key], repr(key))
+            if message:
+                raise _BadRequest(message)
+    first = request.get("seed", 0)
+    count = request.get("num", request.get("count", 1))
+    if first + count - 1 > MAX_SEED:
+        raise _BadRequest(f"'seed' + the number of volumes - 1 must stay within 0 to {MAX_SEED}, got seed {first}")
+    inputs = request.get("inputs")
+    if "inputs" in request and (
+        not isinstance(inputs, dict) or not inputs or not all(isinstance(v, str) and v for v in inputs.values())
+    ):
+        raise _BadRequest(
+            f'\'inputs\' must be an object of input name -> volume file path, e.g. {{"t2": "/data/t2.nrrd"}}, '
+            f"got {inputs!r:.100}"
+        )
+
+
+def _output_folder(request: dict[str, Any], task: str) -> Path:
+    """The request's ``output_dir``, created when needed, or a new temporary folder."""
+    value = request.get("output_dir")
+    if not value:
+        return Path(tempfile.mkdtemp(prefix=f"wdm-{task}-"))
+    folder = Path(value)
+    if folder.exists() and not folder.is_dir():
+        raise _BadRequest(f"'output_dir' {value!r:.200} is a file, not a folder; choose a folder for the results")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = (exc.strerror or "not allowed").lower()
+        raise _BadRequest(
+            f"'output_dir' {value!r:.200} cannot be created ({reason}); choose a folder you can write to"
+        ) from None
+    return folder
 
 
 def _safe_name(name: str) -> str:

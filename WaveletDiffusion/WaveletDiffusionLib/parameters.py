@@ -58,14 +58,9 @@ class GenerationParameters:
             raise ValueError("choose a model (or open a checkpoint file)")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 1 <= int(self.steps) <= 1000:
-            raise ValueError("steps must be between 1 and 1000")
-        if int(self.count) < 1:
-            raise ValueError("generate at least one volume")
-        if int(self.batch_size) < 1:
-            raise ValueError("the batch size is at least 1")
-        if not 0 <= int(self.seed) < 2**63:
-            raise ValueError("the seed is a non-negative integer")
+        message = numeric_problem(self, NUMERIC_LABELS)
+        if message:
+            raise ValueError(message)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision is one of {', '.join(PRECISIONS)}")
         if self.preset not in PRESETS:
@@ -88,6 +83,28 @@ class GenerationParameters:
 
 
 _PERSISTED = ("model", "preset", "device", "sampler", "steps", "count", "batch_size", "precision", "preview")
+
+
+# The numeric settings, checked against the engine's table (wdmcore.limits) under these names, with the words
+# the module shows.
+NUMERIC_LABELS = {"steps": "the number of steps", "count": "the number of volumes", "batch_size": "the batch size",
+                  "seed": "the seed", "preview_every": "the preview interval"}  # fmt: skip
+
+
+def numeric_problem(settings: Any, labels: dict[str, str], *, zero_means_default: tuple[str, ...] = ()) -> str | None:
+    """The first of ``settings``' numeric fields (``labels``: field -> words) outside the engine's allowed range
+    (``wdmcore.limits``, the table the ``wdm`` command and the worker read), as a sentence; None when all are
+    allowed. Fields left None, and those of ``zero_means_default`` left 0, are not checked."""
+    from wdmcore.limits import problem  # torch-free; imported here so that this module loads before the engine
+
+    for name, label in labels.items():
+        value = getattr(settings, name)
+        if value is None or (name in zero_means_default and value == 0):
+            continue
+        message = problem(name, value, label)
+        if message:
+            return message
+    return None
 
 
 def save_settings(settings: Any, params: GenerationParameters) -> None:

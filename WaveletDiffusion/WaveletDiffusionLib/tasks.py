@@ -18,10 +18,17 @@ import numpy as np
 import vtk
 
 from . import volumes
+from .parameters import numeric_problem
 
 TASKS = ("synthesize", "inpaint", "vary")
 # Inputs that should share one grid may differ by rounding in their headers (as wdmcore.tasks.inputs allows).
 GRID_TOLERANCE_MM = 1e-3
+
+
+# The numeric settings of a task, checked against the engine's table (wdmcore.limits).
+TASK_NUMERIC_LABELS = {"seed": "the seed", "steps": "the number of steps", "count": "the number of volumes",
+                       "strength": "the strength", "resample": "the RePaint repetitions",
+                       "preview_every": "the preview interval"}  # fmt: skip
 
 
 class TaskInputError(ValueError):
@@ -57,16 +64,9 @@ class TaskParameters:
             raise TaskInputError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if not self.model:
             raise TaskInputError("choose a model (or open a checkpoint file)")
-        if not 0 <= int(self.seed) < 2**63:
-            raise TaskInputError("the seed is a non-negative integer")
-        if self.steps is not None and not 1 <= int(self.steps) <= 1000:
-            raise TaskInputError("steps must be between 1 and 1000")
-        if int(self.count) < 1:
-            raise TaskInputError("make at least one volume")
-        if self.strength is not None and not 0 < float(self.strength) <= 1:
-            raise TaskInputError(f"the strength must be in (0, 1], got {self.strength}")
-        if self.resample is not None and int(self.resample) < 1:
-            raise TaskInputError("resample must be at least 1")
+        message = numeric_problem(self, TASK_NUMERIC_LABELS)
+        if message:
+            raise TaskInputError(message)
         return self
 
     def folder_label(self) -> str:

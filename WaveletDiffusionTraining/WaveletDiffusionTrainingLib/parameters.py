@@ -9,11 +9,11 @@ passed in (anything with ``value(key, default)`` and ``setValue(key, value)``), 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from WaveletDiffusionLib.parameters import numeric_problem
 from WaveletDiffusionLib.settings import load_last_choices, save_last_choices
 
 SETTINGS_GROUP = "WaveletDiffusion/Train"
@@ -27,6 +27,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # What the module offers; scripts may also name any "cuda:N".
 # auto: CUDA, then Apple's MPS, then the CPU.
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:2", "cuda:3", "mps")
+
+
+# The numeric settings, checked against the engine's table (wdmcore.limits) under these names; 0 means "the
+# preset's" for the image size and "the recipe's" for the batch size.
+NUMERIC_LABELS = {"image_size": "the image size", "batch_size": "the batch size", "max_steps": "the number of steps",
+                  "lr": "the learning rate", "ema_rate": "the EMA rate",
+                  "checkpoint_interval": "the checkpoint interval", "preview_interval": "the preview interval",
+                  "preview_steps": "the preview's sampling steps", "num_workers": "the number of data workers",
+                  "log_interval": "the log interval"}  # fmt: skip
 
 
 @dataclass
@@ -76,30 +85,17 @@ class TrainingParameters:
             raise ValueError(f"the intensity scaling is one of {', '.join(INTENSITIES)}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if int(self.image_size) < 0 or int(self.image_size) % 16:
+        message = numeric_problem(self, NUMERIC_LABELS, zero_means_default=("image_size", "batch_size"))
+        if message:
+            raise ValueError(message)
+        if int(self.image_size) % 16:
             raise ValueError("the image size is a multiple of 16 (e.g. 64, 128 or 256), or 0 for the preset's")
-        if int(self.batch_size) < 0:
-            raise ValueError("the batch size is at least 1 (or 0 for the recipe's)")
-        if int(self.max_steps) < 1:
-            raise ValueError("train for at least one step")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError("the learning rate is a positive number such as 1e-5")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision is one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device or ""):
             raise ValueError("the device is auto, cpu, cuda, cuda:N or mps")
         if not self.output_dir:
             raise ValueError("choose an output folder for the checkpoints")
-        if not 0.0 <= float(self.ema_rate) < 1.0:
-            raise ValueError("the EMA rate lies in [0, 1), e.g. 0.9999")
-        if int(self.checkpoint_interval) < 1:
-            raise ValueError("the checkpoint interval is at least 1 step")
-        if int(self.preview_interval) < 0 or int(self.preview_steps) < 1:
-            raise ValueError("the preview interval is 0 (no previews) or more, with at least one sampling step")
-        if int(self.num_workers) < 0:
-            raise ValueError("the number of data workers is 0 or more")
-        if int(self.log_interval) < 1:
-            raise ValueError("the log interval is at least 1 step")
         return self
 
     # ------------------------------------------------------------------------------------ command lines

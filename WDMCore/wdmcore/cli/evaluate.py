@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import ConfigError, WDMError
 from ..events import emit
+from ..limits import option_type
 from ..paths import cache_subdir
 from ..vocabulary import EXIT_USAGE
 from .progress import add_progress_option, progress_display
@@ -89,7 +90,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "brats/lidc = the training preprocessing without the final 2x-1 (default: nifti)",
     )
     parser.add_argument(
-        "--size", type=int, default=128, help="cube size of the brats/lidc preprocessing, 128 or 256 (default: 128)"
+        "--size",
+        type=int,
+        choices=(128, 256),
+        default=128,
+        help="cube size of the brats/lidc preprocessing, 128 or 256 (default: 128)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument(
@@ -114,14 +119,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="allow fewer MS-SSIM scales for volumes below 112 voxels per side (not comparable with the paper)",
     )
-    parser.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets (default 100)")
+    parser.add_argument(
+        "--kid-subsets",
+        type=option_type("kid_subsets"),
+        default=100,
+        help="KID: number of random subsets (default 100)",
+    )
     parser.add_argument(
         "--kid-subset-size",
-        type=int,
+        type=option_type("kid_subset_size"),
         default=1000,
         help="KID: volumes per subset, capped at N (default 1000)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random MS-SSIM pairs and KID subsets")
+    parser.add_argument(
+        "--seed", type=option_type("seed"), default=0, help="seed of the random MS-SSIM pairs and KID subsets"
+    )
     add_progress_option(parser)
     parser.set_defaults(handler=run)
     return parser

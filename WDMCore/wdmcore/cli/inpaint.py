@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..limits import option_type
 from .task_options import add_common_options, run_task
 
 
@@ -27,11 +28,16 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--mask", type=Path, required=True, help="the region to fill (non-zero inside), same grid")
     p.add_argument(
         "--steps",
-        type=int,
+        type=option_type("steps"),
         default=None,
         help="[inpainting model: its own steps (fastWDM3D: 2); unconditional model: 50 respaced ancestral steps]",
     )
-    p.add_argument("--resample", type=int, default=5, help="RePaint repetitions per step (unconditional models) [5]")
+    p.add_argument(
+        "--resample",
+        type=option_type("resample"),
+        default=5,
+        help="RePaint repetitions per step (unconditional models) [5]",
+    )
     p.set_defaults(handler=run)
 
 

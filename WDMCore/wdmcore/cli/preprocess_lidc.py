@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..limits import option_type
 from ..vocabulary import EXIT_OK, EXIT_USAGE
 from .progress import add_progress_option, progress_display, report_error
 
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pad", action="store_true", help="pad scans smaller than 256 mm with air instead of skipping")
     p.add_argument("--overwrite", action="store_true", help="redo series whose output already exists")
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON to this file")
-    p.add_argument("--crop-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--crop-size", type=option_type("image_size"), default=None, help=argparse.SUPPRESS)
     add_progress_option(p)
     p.set_defaults(handler=run)
     return p

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import ConfigError, OutOfMemoryError
 from ..events import emit
 from ..interrupts import Terminated, sigterm_unwinds
+from ..limits import option_type
 from ..vocabulary import (
     DEFAULT_MODEL,
     DEFAULT_SAMPLER,
@@ -42,16 +43,20 @@ def add_parser(subparsers: Any) -> None:
         "--model", default=DEFAULT_MODEL, help=f"catalogue name (see `wdm models`) or checkpoint file [{DEFAULT_MODEL}]"
     )
     parser.add_argument("--preset", default=None, help="network preset of a .pt file that cannot be detected")
-    parser.add_argument("--num", type=int, default=1, help="number of volumes [1]")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed + i [0]")
+    parser.add_argument("--num", type=option_type("num"), default=1, help="number of volumes [1]")
+    parser.add_argument(
+        "--seed", type=option_type("seed"), default=0, help="seed of the first volume; volume i uses seed + i [0]"
+    )
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
     parser.add_argument(
         "--steps",
-        type=int,
+        type=option_type("steps"),
         default=None,
         help="network evaluations per volume [" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_STEPS.items()) + "]",
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled at once (memory vs speed) [1]")
+    parser.add_argument(
+        "--batch-size", type=option_type("batch_size"), default=1, help="volumes sampled at once (memory vs speed) [1]"
+    )
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:N or mps [auto: CUDA, then MPS, then CPU]")  # fmt: skip
     parser.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="network precision [fp32]")
@@ -67,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--preview-every",
-        type=int,
+        type=option_type("preview_every"),
         default=0,
         help="with --progress jsonl: write the current x0 estimate every N steps to OUT/previews and "
         "report it as a 'preview' event [0: off]",

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
+from ..limits import option_type
 from ..vocabulary import (
     BRATS_SEQUENCES,
     DEFAULT_SAMPLER,
@@ -51,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
     p.add_argument(
         "--steps",
-        type=int,
+        type=option_type("steps"),
         default=None,
         help=f"network calls [{DEFAULT_STEPS[DEFAULT_SAMPLER]} for {DEFAULT_SAMPLER}; the sampler's default otherwise; "
         "--sampler ancestral --steps 1000 is the released sampler]",

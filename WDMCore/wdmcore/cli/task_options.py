@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..events import emit
+from ..interrupts import sigterm_unwinds
+from ..limits import option_type
 from .progress import progress_display
 
 
@@ -20,11 +22,11 @@ def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> N
         help="replace an existing output, sidecar or preview file (without it, an existing file is an error "
         "before the model is loaded; an input is never replaced)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
+    parser.add_argument("--seed", type=option_type("seed"), default=0, help="random seed [0]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
     parser.add_argument(
         "--preview-every",
-        type=int,
+        type=option_type("preview_every"),
         default=0,
         help="with --progress jsonl: write the current estimate every N steps next to OUT and report a 'preview' "
         "event [0: off]",
@@ -37,8 +39,9 @@ def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> N
     )
 
 
-def callbacks(args: argparse.Namespace, affine_of_input) -> tuple[Any, Any, Any]:
-    """(on_progress, on_preview, close) for the chosen --progress mode."""
+def callbacks(args: argparse.Namespace, affine_of_input, written: list[Path]) -> tuple[Any, Any, Any]:
+    """(on_progress, on_preview, close) for the chosen --progress mode. Each preview file written is added to
+    ``written``, so that a run that does not finish can remove it."""
     on_progress, close = progress_display(args.progress)
     on_preview = None
     if writes_preview(args):
@@ -50,6 +53,8 @@ def callbacks(args: argparse.Namespace, affine_of_input) -> tuple[Any, Any, Any]
             from ..volumes.writing import save_volume
 
             path = save_volume(image, affine_of_input(), preview, sidecar=False)
+            if path not in written:
+                written.append(path)
             emit(on_progress, "preview", index=index, path=str(path.resolve()))
 
     return on_progress, on_preview, close
@@ -84,27 +89,41 @@ def write_result(args: argparse.Namespace, volume, on_progress) -> int:
 def run_task(args: argparse.Namespace, task: str, inputs: Mapping[str, Any], *positional, **settings) -> int:
     """Check the outputs, then run ``wdmcore.tasks.<task>.<task>(args.model, *positional, seed=..., device=...,
     **settings)`` with the chosen progress display and write its result: the part every task command shares.
-    ``inputs``: option -> input file; the first one's grid is the previews' grid."""
+    ``inputs``: option -> input file; the first one's grid is the previews' grid.
+
+    SIGTERM unwinds like Ctrl-C (:func:`wdmcore.interrupts.sigterm_unwinds`; the command exits with 143), and a
+    run that ends without its result (a signal, an error) removes the preview file it wrote: a preview is an
+    estimate of an unfinished result, not an output."""
     check_task_outputs(args, inputs)  # before importing the task: PyTorch alone takes seconds to import
-    import importlib
-
-    from ..tasks.inputs import read_input
-
-    run = getattr(importlib.import_module(f"wdmcore.tasks.{task}"), task)
-    grid_path = next(iter(inputs.values()))
-    on_progress, on_preview, close = callbacks(args, lambda: read_input(grid_path, "input").affine)
+    previews: list[Path] = []
+    finished = False
     try:
-        volume = run(
-            args.model,
-            *positional,
-            seed=args.seed,
-            device=args.device,
-            on_progress=on_progress,
-            on_preview=on_preview,
-            preview_every=max(1, args.preview_every),
-            **settings,
-        )
+        with sigterm_unwinds():
+            import importlib
+
+            from ..tasks.inputs import read_input
+
+            run = getattr(importlib.import_module(f"wdmcore.tasks.{task}"), task)
+            grid_path = next(iter(inputs.values()))
+            on_progress, on_preview, close = callbacks(args, lambda: read_input(grid_path, "input").affine, previews)
+            try:
+                volume = run(
+                    args.model,
+                    *positional,
+                    seed=args.seed,
+                    device=args.device,
+                    on_progress=on_progress,
+                    on_preview=on_preview,
+                    preview_every=max(1, args.preview_every),
+                    **settings,
+                )
+            finally:
+                if close is not None:
+                    close()
+            code = write_result(args, volume, on_progress)
+            finished = True
+            return code
     finally:
-        if close is not None:
-            close()
-    return write_result(args, volume, on_progress)
+        if not finished:
+            for path in previews:
+                path.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError, WDMError
+from ..limits import option_type
 from ..vocabulary import DATA_LAYOUTS, PRESET_NAMES
 from .progress import add_progress_option, progress_display
 
@@ -126,7 +127,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "they are (they must already be cubes of the image size)",
     )
     data.add_argument(
-        "--spacing", dest="data_spacing", type=float, metavar="MM", help="folder data: resample to this spacing (mm)"
+        "--spacing",
+        dest="data_spacing",
+        type=option_type("spacing"),
+        metavar="MM",
+        help="folder data: resample to this spacing (mm)",
     )
     data.add_argument("--crop", dest="data_crop", choices=("center", "foreground"), help="crop/pad around")
     data.add_argument("--intensity", dest="data_intensity", choices=("mri", "ct"), help="intensity scaling")
@@ -140,14 +145,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="train on the usable files when some cannot be used (default: stop and list them)",
     )
     data.add_argument(
-        "--phantoms", dest="data_phantoms", type=int, metavar="N", help="number of phantoms (--format phantoms)"
+        "--phantoms",
+        dest="data_phantoms",
+        type=option_type("phantoms"),
+        metavar="N",
+        help="number of phantoms (--format phantoms)",
     )
 
     hyper = parser.add_argument_group("training")
     for option, name, kind, text in _TRAIN_OPTIONS:
-        hyper.add_argument(option, dest=f"train_{name}", type=kind, metavar=name.upper(), help=text)
+        hyper.add_argument(option, dest=f"train_{name}", type=_typed(name, kind), metavar=name.upper(), help=text)
     hyper.add_argument(
-        "--adam-betas", dest="train_adam_betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas"
+        "--adam-betas",
+        dest="train_adam_betas",
+        type=option_type("adam_beta"),
+        nargs=2,
+        metavar=("B1", "B2"),
+        help="AdamW betas",
     )
     hyper.add_argument(
         "--precision",
@@ -165,9 +179,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     hyper.add_argument("--no-tensorboard", dest="train_tensorboard", action="store_false", help="no TensorBoard")
     net = parser.add_argument_group("network (overrides the preset)")
     for option, name, kind, text in _NETWORK_OPTIONS:
-        net.add_argument(option, dest=f"net_{name}", type=kind, metavar=name.upper(), help=text)
+        net.add_argument(option, dest=f"net_{name}", type=_typed(name, kind), metavar=name.upper(), help=text)
     parser.set_defaults(handler=run)
     return parser
+
+
+def _typed(name: str, kind: type) -> Any:
+    """The option type of a training option: numbers are checked against :data:`wdmcore.limits.LIMITS`."""
+    return option_type(name) if kind in (int, float) else kind
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

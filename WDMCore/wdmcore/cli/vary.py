@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..limits import option_type
 from ..vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_NAMES
 from .task_options import add_common_options, run_task
 
@@ -21,11 +22,11 @@ def add_parser(subparsers: Any) -> None:
     )
     add_common_options(p, model_help="an unconditional model: catalogue name or checkpoint file")
     p.add_argument("--image", type=Path, required=True, help="the volume to vary")
-    p.add_argument("--strength", type=float, default=0.5, help="how far to diffuse, in (0, 1] [0.5]")
+    p.add_argument("--strength", type=option_type("strength"), default=0.5, help="how far to diffuse, in (0, 1] [0.5]")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
     p.add_argument(
         "--steps",
-        type=int,
+        type=option_type("steps"),
         default=None,
         help=f"network calls over the whole schedule, of which those below --strength run "
         f"[{DEFAULT_STEPS[DEFAULT_SAMPLER]} for {DEFAULT_SAMPLER}; the sampler's default otherwise]",

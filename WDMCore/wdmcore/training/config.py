@@ -10,6 +10,7 @@ from typing import Any
 
 from ..diffusion import DiffusionConfig
 from ..errors import ConfigError, WDMError
+from ..limits import checked
 from ..networks import PRESETS, NetworkConfig, preset_config
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with defaults filled in and every value checked."""
         c = dataclasses.replace(self, network=dict(self.network), diffusion=dict(self.diffusion), data=dict(self.data))
-        c.adam_betas = tuple(float(b) for b in c.adam_betas)
+        if not isinstance(c.adam_betas, list | tuple) or len(c.adam_betas) != 2:
+            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {c.adam_betas!r:.100}.")
         if c.preset is not None and c.preset not in PRESETS:
             raise ConfigError(f"unknown preset {c.preset!r}; choose one of {', '.join(PRESETS)} (or give a network).")
         if c.preset is None and not c.network:
@@ -79,10 +81,7 @@ class TrainConfig:
             c.image_size = PRESETS[c.preset][1]
         if c.batch_size is None:
             c.batch_size = PRESET_BATCH.get(c.image_size, 1)
-        if c.image_size < 1:
-            raise ConfigError(
-                f"image_size must be a positive multiple of 2^levels (e.g. 64 or 128), got {c.image_size}."
-            )
+        c.image_size = checked("image_size", c.image_size)
         _check_network_fields({**(preset_config(c.preset).to_dict() if c.preset else {}), **c.network})
         try:
             net = c.network_config()  # validates the network fields
@@ -97,23 +96,13 @@ class TrainConfig:
                 f"image size {c.image_size} must be a multiple of {factor} for this network "
                 f"({len(net.channel_mult)} levels); choose e.g. {factor * max(1, round(c.image_size / factor))}."
             )
+        for name in _NUMERIC_FIELDS:
+            value = getattr(c, name)
+            if value is not None or name != "grad_clip":  # grad_clip None: no clipping
+                setattr(c, name, checked(name, value))
+        c.adam_betas = tuple(checked("adam_beta", b, "each of adam_betas") for b in c.adam_betas)
         checks = [
-            (c.lr > 0, "lr must be positive"),
-            (c.batch_size >= 1, "batch_size must be at least 1"),
-            (c.max_steps >= 1, "max_steps must be at least 1"),
-            (0.0 <= c.ema_rate < 1.0, "ema_rate must lie in [0, 1)"),
-            (c.checkpoint_interval >= 1, "checkpoint_interval must be at least 1"),
-            (c.keep_last >= 1, "keep_last must be at least 1"),
-            (c.preview_interval >= 0, "preview_interval must be 0 (off) or positive"),
-            (c.preview_steps >= 1, "preview_steps must be at least 1"),
-            (c.log_interval >= 1, "log_interval must be at least 1"),
-            (c.num_workers >= 0, "num_workers must be 0 or more"),
-            (c.max_nonfinite_steps >= 1, "max_nonfinite_steps must be at least 1"),
-            (c.lr_warmup_steps >= 0, "lr_warmup_steps must be 0 or more"),
-            (0.0 <= c.low_noise_share <= 1.0, "low_noise_share must lie in [0, 1]"),
-            (c.grad_clip is None or c.grad_clip > 0, "grad_clip must be positive (or unset)"),
             (c.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
-            (0 <= c.seed <= 2**64 - 1, f"seed must lie between 0 and {2**64 - 1}"),
             (_DEVICE.fullmatch(c.device) is not None, f"unknown device {c.device!r}; use auto, cpu, cuda or cuda:N"),
         ]
         for ok, message in checks:
@@ -184,6 +173,10 @@ def check_same_data(saved: dict[str, Any], now: dict[str, Any], out_dir: Any) ->
         )
 
 
+# The numeric fields, checked against wdmcore.limits.LIMITS under the same names.
+_NUMERIC_FIELDS = ("lr", "batch_size", "max_steps", "adam_eps", "weight_decay", "ema_rate", "grad_clip",
+                   "lr_warmup_steps", "low_noise_share", "checkpoint_interval", "keep_last", "preview_interval",
+                   "preview_steps", "log_interval", "seed", "num_workers", "max_nonfinite_steps")  # fmt: skip
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -214,14 +207,6 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
 
 
 def _check_network_fields(fields: dict[str, Any]) -> None:
-    def whole(key: str, minimum: int) -> None:
-        value = fields.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-            raise ConfigError(f"{key} must be a whole number of at least {minimum}, got {value!r:.100}.")
-
-    whole("model_channels", 1)
-    whole("num_groups", 1)
-    whole("num_res_blocks", 1)
-    dropout = fields.get("dropout")
-    if dropout is not None and (not isinstance(dropout, int | float) or not 0 <= dropout < 1):
-        raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r:.100}.")
+    for key in ("model_channels", "num_groups", "num_res_blocks", "dropout"):
+        if fields.get(key) is not None:
+            checked(key, fields[key])
