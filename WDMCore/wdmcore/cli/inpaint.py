@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .example_data import ExampleFormatter, example_epilog
 from .task_options import add_common_options, run_task
 
 
@@ -21,6 +22,8 @@ def add_parser(subparsers: Any) -> None:
             "Fill the region marked by the mask (non-zero voxels) of the image. The result is written in the "
             "image's grid; outside the mask it equals the image exactly."
         ),
+        epilog=example_epilog("inpaint"),
+        formatter_class=ExampleFormatter,
     )
     add_common_options(p, model_help="an inpainting or unconditional model: catalogue name or checkpoint file")
     p.add_argument("--image", type=Path, required=True, help="the volume to fill")
