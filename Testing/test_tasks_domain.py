@@ -166,3 +166,16 @@ def test_a_mask_lying_in_the_background_is_filled_with_a_warning(mri_2mm):
         np.testing.assert_array_equal(out.array[mask == 0], image[mask == 0].astype(np.float32))
     assert said["on the object"] == [] and len(said["in air"]) == 1
     assert "lies in the image's background" in said["in air"][0]
+
+
+def test_vary_of_an_image_much_smaller_than_the_models_window(mri_2mm):
+    image = np.zeros((13, 13, 13))  # 13 mm of 1 mm voxels in the model's 32 mm window
+    # A small object: 0.4 % of the image but one voxel (0.02 %) of the model's grid, whose quantiles alone would
+    # make the image look constant.
+    image[5:7, 5:7, 5:7] = 80
+    events = []
+    out = wdmcore.vary(mri_2mm, (image, np.eye(4)), strength=0.5, seed=0, sampler="ancestral", steps=4,
+                       on_progress=events.append)  # fmt: skip
+    assert out.array.shape == image.shape and np.isfinite(out.array).all()
+    (warning,) = _warnings(events)
+    assert "the image covers 13 x 13 x 13 mm of the model's 32 x 32 x 32 mm window" in warning["message"]

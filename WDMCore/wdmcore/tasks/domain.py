@@ -9,7 +9,8 @@ the user why the result may be poor. What counts as clearly different:
 * spacing: for a task on the input's own voxels (synthesis, fastWDM3D inpainting), a voxel size off the
   card's by more than a factor 1.5 along an axis; for a task that resamples into the model's grid (variations,
   RePaint), an input coarser than the model by that factor (the model then sees an interpolated, blurrier
-  image). Not checked for a bare array (its geometry is unknown);
+  image), or an image smaller than half the model's window along every axis (the model then sees mostly the
+  image's edge values around it). Not checked for a bare array (its geometry is unknown);
 * intensity: an input that looks like CT in Hounsfield units (1 % of its voxels at or below -500) given to a
   model whose card names another modality (MRI, a phantom).
 """
@@ -28,6 +29,7 @@ from .model_grid import mm_text, model_spacing, voxel_spacing
 log = logging.getLogger(__name__)
 
 SPACING_FACTOR = 1.5
+SMALL_IN_WINDOW = 0.5  # an image smaller than half the model's window along every axis
 CT_AIR_HU = -500.0
 CT_AIR_SHARE = 0.01
 
@@ -61,6 +63,13 @@ def domain_notes(wdm: WDMModel, volumes: list[InputVolume], *, at_model_spacing:
         shown = f"the image's voxels are {mm_text(own)} mm and the model's {mm_text(spacing)} mm"
         if at_model_spacing and np.any(factor > SPACING_FACTOR):
             notes.append(f"{shown}: the image is interpolated up to the model's grid, so it looks blurrier to it")
+        extent, window = np.asarray(first.array.shape) * own, np.asarray(wdm.image_shape) * spacing
+        if at_model_spacing and np.all(extent < SMALL_IN_WINDOW * window):
+            notes.append(
+                f"the image covers {' x '.join(f'{v:g}' for v in np.round(extent, 1))} mm of the model's "
+                f"{' x '.join(f'{v:g}' for v in np.round(window, 1))} mm window, so the model sees mostly its "
+                "edge values around it"
+            )
         elif not at_model_spacing and np.any((factor > SPACING_FACTOR) | (factor < 1 / SPACING_FACTOR)):
             notes.append(
                 f"{shown}: the model sees anatomy at another scale; resample the image to {mm_text(spacing)} mm"

@@ -4,13 +4,14 @@
 anatomy and change texture, 1 forgets the input. The model works at its own spacing: the volume is resampled
 into the model's grid (its image shape at the card's spacing, centred on the volume, along its voxel axes; see
 :mod:`~wdmcore.tasks.model_grid`), normalised like the model's training data ([0.1 %, 99.9 %] quantiles ->
-[-1, 1]), and its coefficients are diffused with the seed's noise to the timestep where the sampler takes
-over: with the fast solvers (default: the engine's default sampler and step count), the highest of the
-sampler's ``steps`` timesteps at or below ``strength`` x (T - 1), and only the calls from there down run; with
-``sampler="ancestral"``, the step nearest ``strength`` of the ``steps``-step respaced schedule. The change the
-model made (in the input's intensities) is interpolated back and added to the input, so detail finer than the
-model's voxels stays the input's; at the input's own spacing the result is the model's output itself. Voxels
-outside the model's field of view keep their values, and a ``warning`` event (or a logged warning) says so.
+[-1, 1], the quantiles of the image's voxels in view), and its coefficients are diffused with the seed's noise
+to the timestep where the sampler takes over: with the fast solvers (default: the engine's default sampler and
+step count), the highest of the sampler's ``steps`` timesteps at or below ``strength`` x (T - 1), and only the
+calls from there down run; with ``sampler="ancestral"``, the step nearest ``strength`` of the ``steps``-step
+respaced schedule. The change the model made (in the input's intensities) is interpolated back and added to
+the input, so detail finer than the model's voxels stays the input's; at the input's own spacing the result
+is the model's output itself. Voxels outside the model's field of view keep their values, and a ``warning``
+event (or a logged warning) says so.
 """
 
 from __future__ import annotations
@@ -83,9 +84,11 @@ def vary(
             task="vary",
             kind="field-of-view",
         )
-    crop = grid.sample(img.array)
-    scaled, lo, hi = quantile_minmax(crop, 0.001, 0.999, "the image")
-    seen = np.clip(crop, lo, hi)  # what the model is given, in the input's intensities
+    # The intensity range from the image's own voxels in view, not from the model's grid: an image much smaller
+    # than the model's window fills little of it (the rest is its edge values).
+    _, lo, hi = quantile_minmax(img.array[box], 0.001, 0.999, "the image")
+    seen = np.clip(grid.sample(img.array), lo, hi)  # what the model is given, in the input's intensities
+    scaled = (seen - lo) / (hi - lo)
     c = wdm.diffusion_config
     x0 = to_coefficients(torch.from_numpy((2 * scaled - 1).astype(np.float32))[None, None], c.lll_scale, c.high_scale)
     x0 = x0.to(wdm.device)
