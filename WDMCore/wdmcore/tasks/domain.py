@@ -61,16 +61,17 @@ def domain_notes(wdm: WDMModel, volumes: list[InputVolume], *, at_model_spacing:
         own = voxel_spacing(first.affine)
         factor = own / spacing
         shown = f"the image's voxels are {mm_text(own)} mm and the model's {mm_text(spacing)} mm"
-        if at_model_spacing and np.any(factor > SPACING_FACTOR):
-            notes.append(f"{shown}: the image is interpolated up to the model's grid, so it looks blurrier to it")
-        extent, window = np.asarray(first.array.shape) * own, np.asarray(wdm.image_shape) * spacing
-        if at_model_spacing and np.all(extent < SMALL_IN_WINDOW * window):
-            notes.append(
-                f"the image covers {' x '.join(f'{v:g}' for v in np.round(extent, 1))} mm of the model's "
-                f"{' x '.join(f'{v:g}' for v in np.round(window, 1))} mm window, so the model sees mostly its "
-                "edge values around it"
-            )
-        elif not at_model_spacing and np.any((factor > SPACING_FACTOR) | (factor < 1 / SPACING_FACTOR)):
+        if at_model_spacing:
+            if np.any(factor > SPACING_FACTOR):
+                notes.append(f"{shown}: the image is interpolated up to the model's grid, so it looks blurrier to it")
+            extent, window = np.asarray(first.array.shape) * own, np.asarray(wdm.image_shape) * spacing
+            if np.all(extent < SMALL_IN_WINDOW * window):
+                notes.append(
+                    f"the image covers {' x '.join(f'{v:g}' for v in np.round(extent, 1))} mm of the model's "
+                    f"{' x '.join(f'{v:g}' for v in np.round(window, 1))} mm window, so the model sees mostly its "
+                    "edge values around it"
+                )
+        elif np.any((factor > SPACING_FACTOR) | (factor < 1 / SPACING_FACTOR)):
             notes.append(
                 f"{shown}: the model sees anatomy at another scale; resample the image to {mm_text(spacing)} mm"
             )
