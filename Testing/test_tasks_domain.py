@@ -179,3 +179,13 @@ def test_vary_of_an_image_much_smaller_than_the_models_window(mri_2mm):
     assert out.array.shape == image.shape and np.isfinite(out.array).all()
     (warning,) = _warnings(events)
     assert "the image covers 13 x 13 x 13 mm of the model's 32 x 32 x 32 mm window" in warning["message"]
+
+
+def test_repaint_of_an_image_much_smaller_than_the_models_window(mri_2mm):
+    image = np.zeros((13, 13, 13))  # as above: one voxel of the model's grid holds the object
+    image[5:7, 5:7, 5:7] = 80
+    mask = np.zeros(image.shape)
+    mask[6, 6, 6] = 1
+    out = wdmcore.inpaint(mri_2mm, (image, np.eye(4)), (mask, np.eye(4)), steps=2, resample=1)
+    assert np.isfinite(out.array).all()
+    np.testing.assert_array_equal(out.array[mask == 0], image[mask == 0].astype(np.float32))

@@ -11,13 +11,14 @@ Two ways, chosen by the model's card:
   the released rescaling to the [0.5, 99.5] percentiles of the voided image. Unlike the release (which
   re-quantises every voxel of the volume), voxels outside the mask keep their input values exactly.
 * a ``generate`` model (any unconditional WDM): RePaint in wavelet space. A crop of the model's size around
-  the mask is normalised like the model's training data ([0.1 %, 99.9 %] quantiles -> [-1, 1]); at every
-  step the known part (coefficients whose 2x2x2 block lies wholly outside the mask) is replaced by the input
-  diffused to that step, and each step is repeated ``resample`` times (x_{t-1} -> x_t -> x_{t-1}) so that
-  the generated part agrees with the known one. A model whose card states its voxel spacing works at that
-  spacing: when the input's differs, a window of the model's size and spacing (along the input's voxel axes,
-  centred on the mask) is resampled from the input, filled there, and the filled region interpolated back
-  into the input's grid.
+  the mask is normalised like the model's training data ([0.1 %, 99.9 %] quantiles of the image's voxels in
+  the crop -> [-1, 1]); at every step the known part (coefficients whose 2x2x2 block lies wholly outside the
+  mask) is replaced by the input diffused to that step, and each step is repeated ``resample`` times
+  (x_{t-1} -> x_t -> x_{t-1}) so that the generated part agrees with the known one. A model whose card
+  states its voxel spacing works at that spacing: when the input's differs, a window of the model's size and
+  spacing (along the input's voxel axes, centred on the mask) is resampled from the input, filled there, and
+  the filled region interpolated back into the input's grid (:mod:`~wdmcore.tasks.model_grid`, shared with
+  variations).
 """
 
 from __future__ import annotations
@@ -163,6 +164,9 @@ def _repaint(wdm, image, affine, inside, seed, steps, resample, on_step, cancel)
     crop = grid.sample(image)
     crop_inside = grid.sample(inside.astype(np.float64), outside=0.0) > 0
     box = grid.covered()
+    # The intensity range from the image's voxels in view (as for variations): an image much smaller than the
+    # model's window fills little of it.
+    _, lo, hi = quantile_minmax(image[box], 0.001, 0.999, "the image around the mask")
 
     def paste(values: np.ndarray) -> np.ndarray:
         out = image.copy()
@@ -170,7 +174,8 @@ def _repaint(wdm, image, affine, inside, seed, steps, resample, on_step, cancel)
         filled[inside[box]] = grid.back(values)[inside[box]]  # the mask lies inside the window (checked above)
         return out
 
-    return paste(_repaint_crop(wdm, crop, crop_inside, seed, steps, resample, _whole(on_step, paste), cancel))
+    on_crop_step = _whole(on_step, paste)
+    return paste(_repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_crop_step, cancel, (lo, hi)))
 
 
 def _whole(on_step, paste):
@@ -180,11 +185,13 @@ def _whole(on_step, paste):
     return lambda done, total, crop_estimate: on_step(done, total, lambda: paste(crop_estimate()))
 
 
-def _repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_step, cancel) -> np.ndarray:
+def _repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_step, cancel, intensity) -> np.ndarray:
     """RePaint of one crop of the model's size: the filled crop in the input's intensities (float64).
+    ``intensity``: the (low, high) input values that become -1 and 1 (values beyond are clipped).
     ``on_step(done, total, estimate)``: ``estimate()`` is the current estimate of the crop, made on demand."""
     c = wdm.diffusion_config
-    scaled, lo, hi = quantile_minmax(crop, 0.001, 0.999, "the image around the mask")
+    lo, hi = intensity
+    scaled = (np.clip(crop, lo, hi) - lo) / (hi - lo)
     known_image = torch.from_numpy((2 * scaled - 1).astype(np.float32))[None, None].to(wdm.device)
     x0_known = to_coefficients(known_image, c.lll_scale, c.high_scale)
     blocks = dwt3(torch.from_numpy(crop_inside.astype(np.float32))[None, None])[:, 0]
