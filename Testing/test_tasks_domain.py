@@ -34,17 +34,20 @@ def _warnings(events):
 
 
 def test_vary_of_a_1mm_head_with_the_3_75mm_demo_model_changes_the_whole_head():
-    size = 200  # a 1 mm phantom head (200 mm cube), inside the model's 240 mm field of view
-    image = generate_phantom(size, 5).astype(np.float64)
-    affine = phantom_affine(size, fov_mm=size)
+    size = 200  # a 1 mm phantom head (200 mm cube), inside the model's 240 mm field of view ...
+    head_image = generate_phantom(size, 5).astype(np.float64)
+    # ... and 30 mm of faint texture before and after it along the first axis: 260 mm, 20 of them out of view.
+    rng = np.random.default_rng(0)
+    image = np.concatenate([0.1 * rng.random((30, size, size)), head_image, 0.1 * rng.random((30, size, size))])
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
     events = []
     out = wdmcore.vary("demo_phantom_64", (image, affine), strength=0.3, seed=0, steps=4, on_progress=events.append)
     assert out.array.shape == image.shape and np.array_equal(out.affine, affine)
-    change = np.abs(out.array - image)
-    head = image > 0
+    change = np.abs(out.array - image)[30:230]
+    head = head_image > 0
     # Before, only the central 64^3 input voxels (64 mm of this head) could change. Now every part of the head does:
-    # the mean change in each eighth of the volume is of the size of the change in the central 64^3 cube.
-    centre = np.zeros(image.shape, dtype=bool)
+    # the mean change in each eighth of the head's cube is of the size of the change in the central 64^3 voxels.
+    centre = np.zeros(head.shape, dtype=bool)
     centre[68:132, 68:132, 68:132] = True
     central = change[head & centre].mean()
     assert central > 0.01
@@ -53,14 +56,19 @@ def test_vary_of_a_1mm_head_with_the_3_75mm_demo_model_changes_the_whole_head():
         part = tuple(slice(o * half, (o + 1) * half) for o in octant)
         outer = head[part] & ~centre[part]
         assert change[part][outer].mean() > 0.3 * central, octant
-    # The model's grid: its 64 voxels of 3.75 mm along each axis, placed over the whole image.
+    # The model's grid: its 64 voxels of 3.75 mm along each axis, centred: it sees input voxels 10..249 of the first.
     grid = ModelGrid.centred(wdmcore.load_model("demo_phantom_64"), affine, image.shape)
     np.testing.assert_allclose(grid.ratio, 3.75)
-    assert grid.covered() == (slice(0, size),) * 3
+    assert grid.covered() == (slice(10, 250), slice(0, size), slice(0, size))
     assert out.meta["model_grid"].startswith("64 x 64 x 64 voxels of 3.75 mm")
-    # The demo model says it is one; nothing lies outside its field of view, so nothing else is said.
-    (warning,) = _warnings(events)
-    assert "demonstration model trained on synthetic phantoms" in warning["message"]
+    # Outside the field of view: the input, exactly, and the user is told; the demo model says it is one.
+    np.testing.assert_array_equal(out.array[:10], image[:10].astype(np.float32))
+    np.testing.assert_array_equal(out.array[250:], image[250:].astype(np.float32))
+    assert np.abs(out.array[10:30] - image[10:30]).mean() > 0.001  # the texture in view varies too
+    warnings = {w["kind"]: w["message"] for w in _warnings(events)}
+    assert sorted(warnings) == ["domain", "field-of-view"]
+    assert "demonstration model trained on synthetic phantoms" in warnings["domain"]
+    assert "92% of its voxels" in warnings["field-of-view"] and "left unchanged" in warnings["field-of-view"]
 
 
 def test_vary_leaves_the_image_outside_the_models_field_of_view_unchanged_and_says_so(mri_2mm):
