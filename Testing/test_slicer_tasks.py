@@ -257,7 +257,14 @@ def test_variations_are_named_and_in_the_input_grid(logic, scene, phantom):  # n
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
     volume.SetAndObserveTransformNodeID(transform.GetID())
     before = snapshot(volume)
-    nodes = logic.vary(model=GENERATE, volume=volume, strength=0.1, count=2, seed=5, steps=10)
+    logged = []
+    logic.log_callback = logged.append
+    try:
+        nodes = logic.vary(model=GENERATE, volume=volume, strength=0.1, count=2, seed=5, steps=10)
+    finally:
+        logic.log_callback = None
+    # The engine's warning reaches the module's log: the demo model says it is a phantom model (once per volume).
+    assert sum("warning: demo_phantom_64 is a demonstration model" in m for m in logged) == 2, logged
     assert [n.GetName() for n in nodes] == ["case t1 variation 1", "case t1 variation 2"]
     for node, seed in zip(nodes, (5, 6), strict=True):
         np.testing.assert_array_equal(volumes.ijk_to_ras(node), AFFINE)

@@ -26,6 +26,9 @@ def files(tmp_path_factory):
     paths["mask"] = str(write_nifti(folder / "mask.nii.gz", lesion.astype(np.float32), AFFINE))
     paths["empty"] = str(write_nifti(folder / "empty.nii.gz", np.zeros((SIZE,) * 3), AFFINE))
     paths["full"] = str(write_nifti(folder / "full.nii.gz", np.ones((SIZE,) * 3), AFFINE))
+    in_air = np.zeros((SIZE,) * 3, dtype=np.float32)
+    in_air[:3, :3, :3] = 1  # a corner of the cube: background of the phantom
+    paths["in_air"] = str(write_nifti(folder / "in_air.nii.gz", in_air, AFFINE))
     shifted = AFFINE.copy()
     shifted[:3, 3] += 3.0
     paths["flair_shifted"] = str(write_nifti(folder / "flair_shifted.nii.gz", contrasts["flair"], shifted))
@@ -98,6 +101,19 @@ def test_vary_writes_one_file_per_seed(worker, files, tmp_path):  # noqa: F811
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     for r in results:
         np.testing.assert_allclose(load_volume(r["path"])[1], AFFINE, atol=1e-5)
+
+
+def test_warnings_reach_the_parent_as_warning_events(worker, files, tmp_path):  # noqa: F811
+    request = {"type": "inpaint", "id": "w1", "model": "demo_phantom_inpaint_32", "image": files["t1"],
+               "mask": files["in_air"], "output_dir": str(tmp_path)}  # fmt: skip
+    events = run(worker, request)
+    assert events[-1]["event"] == "done", events[-1]
+    warnings = {e["kind"]: e for e in of(events, "warning")}
+    assert sorted(warnings) == ["domain", "mask-in-background"] and all(e["id"] == "w1" for e in warnings.values())
+    # The demo model is a phantom model, and these ~1 mm voxels are not its 7.5 mm ones.
+    assert "demonstration model trained on synthetic phantoms" in warnings["domain"]["message"]
+    assert "the model's 7.5 mm" in warnings["domain"]["message"]
+    assert "lies in the image's background" in warnings["mask-in-background"]["message"]
 
 
 ERRORS = [

@@ -13,6 +13,7 @@ bars from the same events. Library code never prints.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -66,3 +67,12 @@ def jsonl_writer(stream: IO[str] | None = None) -> ProgressCallback:
         out.flush()
 
     return write
+
+
+def warn(callback: ProgressCallback | None, logger: logging.Logger, message: str, **fields: Any) -> None:
+    """Tell the user something they should know about a result: a ``warning`` event when there is a callback
+    (the CLI's bar, the worker and the Slicer modules show it), else a logged warning, so it is said once."""
+    if callback is not None:
+        emit(callback, "warning", message=message, **fields)
+    else:
+        logger.warning(message)

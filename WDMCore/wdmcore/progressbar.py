@@ -49,6 +49,8 @@ class ProgressBars:
             self._progress(event)
         elif kind == "start" and "max_steps" in event:  # training: show the bar before the first step ends
             self._progress({"task": "train", "done": event.get("step", 0), "total": event["max_steps"]})
+        elif kind == "warning" and "message" in event:  # a sentence for the user, not a record
+            self._write(f"warning: {event['message']}")
         elif kind in _NOTES:
             text = f"{kind}: " + ", ".join(f"{k}={v}" for k, v in event.items() if k != "event")
             self._write(text)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..limits import option_type
+from .example_data import ExampleFormatter, example_epilog
 from .task_options import add_common_options, run_task
 
 
@@ -22,6 +23,8 @@ def add_parser(subparsers: Any) -> None:
             "Fill the region marked by the mask (non-zero voxels) of the image. The result is written in the "
             "image's grid; outside the mask it equals the image exactly."
         ),
+        epilog=example_epilog("inpaint"),
+        formatter_class=ExampleFormatter,
     )
     add_common_options(p, model_help="an inpainting or unconditional model: catalogue name or checkpoint file")
     p.add_argument("--image", type=Path, required=True, help="the volume to fill")

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "wdmcore.cli.synthesize",
     "wdmcore.cli.inpaint",
     "wdmcore.cli.vary",
+    "wdmcore.cli.example_data",
     "wdmcore.cli.train",
     "wdmcore.cli.evaluate",
     "wdmcore.cli.models",

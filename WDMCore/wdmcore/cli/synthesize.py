@@ -20,6 +20,7 @@ from ..vocabulary import (
     SAMPLER_NAMES,
     SYNTHESIS_POSTPROCESSING,
 )
+from .example_data import ExampleFormatter, example_epilog
 from .task_options import add_common_options, run_task
 
 
@@ -47,6 +48,8 @@ def add_parser(subparsers: Any) -> None:
             "Synthesise the contrast a synthesis model produces from the inputs its card names (see `wdm models` "
             "and `wdm inspect`). All inputs must share one grid; the result is written in that grid."
         ),
+        epilog=example_epilog("synthesize"),
+        formatter_class=ExampleFormatter,
     )
     add_common_options(p, model_help="a synthesis model: catalogue name or checkpoint file")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")

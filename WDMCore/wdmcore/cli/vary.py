@@ -8,6 +8,7 @@ from typing import Any
 
 from ..limits import option_type
 from ..vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_NAMES
+from .example_data import ExampleFormatter, example_epilog
 from .task_options import add_common_options, run_task
 
 
@@ -17,8 +18,10 @@ def add_parser(subparsers: Any) -> None:
         help="make a variation of a volume with an unconditional model (SDEdit)",
         description=(
             "Diffuse the volume part of the way (--strength: 0 keeps it, 1 forgets it) and denoise it again with "
-            "an unconditional model; written in the input's grid."
+            "an unconditional model at its own voxel spacing; written in the input's grid."
         ),
+        epilog=example_epilog("vary"),
+        formatter_class=ExampleFormatter,
     )
     add_common_options(p, model_help="an unconditional model: catalogue name or checkpoint file")
     p.add_argument("--image", type=Path, required=True, help="the volume to vary")

@@ -11,13 +11,14 @@ Two ways, chosen by the model's card:
   the released rescaling to the [0.5, 99.5] percentiles of the voided image. Unlike the release (which
   re-quantises every voxel of the volume), voxels outside the mask keep their input values exactly.
 * a ``generate`` model (any unconditional WDM): RePaint in wavelet space. A crop of the model's size around
-  the mask is normalised like the model's training data ([0.1 %, 99.9 %] quantiles -> [-1, 1]); at every
-  step the known part (coefficients whose 2x2x2 block lies wholly outside the mask) is replaced by the input
-  diffused to that step, and each step is repeated ``resample`` times (x_{t-1} -> x_t -> x_{t-1}) so that
-  the generated part agrees with the known one. A model whose card states its voxel spacing works at that
-  spacing: when the input's differs, a window of the model's size and spacing (along the input's voxel axes,
-  centred on the mask) is resampled from the input, filled there, and the filled region interpolated back
-  into the input's grid.
+  the mask is normalised like the model's training data ([0.1 %, 99.9 %] quantiles of the image's voxels in
+  the crop -> [-1, 1]); at every step the known part (coefficients whose 2x2x2 block lies wholly outside the
+  mask) is replaced by the input diffused to that step, and each step is repeated ``resample`` times
+  (x_{t-1} -> x_t -> x_{t-1}) so that the generated part agrees with the known one. A model whose card
+  states its voxel spacing works at that spacing: when the input's differs, a window of the model's size and
+  spacing (along the input's voxel axes, centred on the mask) is resampled from the input, filled there, and
+  the filled region interpolated back into the input's grid (:mod:`~wdmcore.tasks.model_grid`, shared with
+  variations).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel
 from ..samplers import Cancelled
 from ..wavelets import dwt3, from_coefficients, to_coefficients
+from .domain import warn_mask_in_background, warn_outside_domain
 from .generate import Cancel, GeneratedVolume, PreviewCallback, resolve_device, resolve_model
 from .inputs import binary_mask, cancel_check, check_same_grid, quantile_minmax, read_input
+from .model_grid import ModelGrid, voxel_spacing
 
 FAST_QUANTILES = (0.005, 0.995)
 FAST_PADDED = 256
@@ -143,87 +146,36 @@ def _inpaint_fast(wdm: WDMModel, image: np.ndarray, inside: np.ndarray, seed: in
 # -- RePaint with an unconditional model -----------------------------------------------------------------------
 
 
-def _crop_window(inside: np.ndarray, size: int) -> tuple[tuple[slice, ...], list[tuple[int, int]]]:
-    """A window of ``size`` voxels per axis centred on the mask's bounding box (padding when the volume is smaller)."""
-    idx = np.argwhere(inside)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    if np.any(hi - lo > size):
-        raise ConfigError(
-            f"the mask spans {tuple(int(v) for v in hi - lo)} voxels, more than the model's {size}^3 window; "
-            "split the mask, or use a model with a larger image size."
-        )
-    window, pads = [], []
-    for a, b, n in zip(lo, hi, inside.shape, strict=True):
-        start = int((a + b) // 2) - size // 2
-        start = min(max(start, 0), max(n - size, 0))
-        window.append(slice(start, min(start + size, n)))
-        pads.append((0, max(size - n, 0)))
-    return tuple(window), pads
-
-
-def model_spacing(wdm: WDMModel) -> np.ndarray | None:
-    """The voxel spacing (mm) the model's card states (``spacing_mm`` or a geometry affine), else None."""
-    from ..volumes.writing import card_geometry
-
-    card = wdm.card
-    nested = card.get("geometry") if isinstance(card.get("geometry"), dict) else {}
-    if all(d.get(k) is None for d in (card, nested) for k in ("spacing_mm", "affine")):
-        return None
-    return card_geometry(card, wdm.image_shape).spacing
-
-
 def _repaint(wdm, image, affine, inside, seed, steps, resample, on_step, cancel):
-    """RePaint on the model's grid: the input's own voxels when its spacing is the model's (or the card states
-    none), else a window of the model's size and spacing, resampled from the input and back (linear)."""
-    spacing = model_spacing(wdm)
-    own = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    if spacing is None or np.allclose(own, spacing, rtol=1e-3, atol=0):
-        window, pads = _crop_window(inside, wdm.image_size)
-        crop = np.pad(image[window], pads, mode="edge")
-        crop_inside = np.pad(inside[window], pads, constant_values=False)
-        core = tuple(slice(0, s.stop - s.start) for s in window)
-
-        def paste(values: np.ndarray) -> np.ndarray:
-            out = image.copy()
-            out[window] = values[core]
-            return out
-
-        return paste(_repaint_crop(wdm, crop, crop_inside, seed, steps, resample, _whole(on_step, paste), cancel))
-    return _repaint_resampled(wdm, image, inside, own, spacing, seed, steps, resample, on_step, cancel)
-
-
-def _repaint_resampled(wdm, image, inside, own, spacing, seed, steps, resample, on_step, cancel):
-    """The model's grid: its image shape at its spacing, along the input's voxel axes, around the mask's
-    bounding box. Image (linear, edge values beyond the volume) and mask (every model voxel that touches a
-    masked input voxel) are resampled onto it; the filled values are interpolated back at the masked voxels."""
-    from scipy import ndimage
-
-    shape = np.asarray(wdm.image_shape, dtype=np.float64)
-    ratio = np.asarray(spacing, dtype=np.float64) / own  # input voxels per model voxel, per axis
+    """RePaint on the model's grid (:class:`~wdmcore.tasks.model_grid.ModelGrid`) around the mask's bounding box:
+    the input's own voxels when its spacing is the model's (or the card states none), else a window of the
+    model's shape and spacing resampled from the input (linear, edge values beyond the volume; the mask marks
+    every model voxel that touches a masked input voxel). The filled values are interpolated back at the
+    masked voxels."""
     idx = np.argwhere(inside)
     lo, hi = idx.min(axis=0), idx.max(axis=0)
-    extent_mm = (hi - lo + 1) * own
-    if np.any(extent_mm > shape * spacing):
+    grid = ModelGrid.around(wdm, affine, image.shape, lo, hi)
+    if np.any((hi - lo + 1) > np.asarray(grid.shape) * grid.ratio + 1e-6):
+        own = voxel_spacing(affine)
         raise ConfigError(
-            f"the mask spans {tuple(round(float(v), 1) for v in extent_mm)} mm, more than the model's window of "
-            f"{tuple(round(float(v), 1) for v in shape * spacing)} mm; split the mask, or use a larger model."
+            f"the mask spans {tuple(round(float(v), 1) for v in (hi - lo + 1) * own)} mm, more than the model's "
+            f"window of {grid.describe()}; split the mask, or use a model with a larger window."
         )
-    # Input index of model voxel 0: the window centred on the mask, shifted to stay inside the volume (as the
-    # crop at the input's spacing is); centred on the volume along an axis it covers whole.
-    span = (shape - 1) * ratio
-    last = np.asarray(image.shape, dtype=np.float64) - 1
-    start = np.where(span <= last, np.clip((lo + hi) / 2 - span / 2, 0, last - span), last / 2 - span / 2)
-    grid = np.meshgrid(*[start[d] + np.arange(int(shape[d])) * ratio[d] for d in range(3)], indexing="ij")
-    crop = ndimage.map_coordinates(image, grid, order=1, mode="nearest")
-    crop_inside = ndimage.map_coordinates(inside.astype(np.float64), grid, order=1, mode="constant", cval=0.0) > 0
-    back = (idx - start) / ratio  # model-grid coordinates of the masked input voxels
+    crop = grid.sample(image)
+    crop_inside = grid.sample(inside.astype(np.float64), outside=0.0) > 0
+    box = grid.covered()
+    # The intensity range from the image's voxels in view (as for variations): an image much smaller than the
+    # model's window fills little of it.
+    _, lo, hi = quantile_minmax(image[box], 0.001, 0.999, "the image around the mask")
 
     def paste(values: np.ndarray) -> np.ndarray:
         out = image.copy()
-        out[inside] = ndimage.map_coordinates(values, back.T, order=1, mode="nearest")
+        filled = out[box]
+        filled[inside[box]] = grid.back(values)[inside[box]]  # the mask lies inside the window (checked above)
         return out
 
-    return paste(_repaint_crop(wdm, crop, crop_inside, seed, steps, resample, _whole(on_step, paste), cancel))
+    on_crop_step = _whole(on_step, paste)
+    return paste(_repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_crop_step, cancel, (lo, hi)))
 
 
 def _whole(on_step, paste):
@@ -233,11 +185,13 @@ def _whole(on_step, paste):
     return lambda done, total, crop_estimate: on_step(done, total, lambda: paste(crop_estimate()))
 
 
-def _repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_step, cancel) -> np.ndarray:
+def _repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_step, cancel, intensity) -> np.ndarray:
     """RePaint of one crop of the model's size: the filled crop in the input's intensities (float64).
+    ``intensity``: the (low, high) input values that become -1 and 1 (values beyond are clipped).
     ``on_step(done, total, estimate)``: ``estimate()`` is the current estimate of the crop, made on demand."""
     c = wdm.diffusion_config
-    scaled, lo, hi = quantile_minmax(crop, 0.001, 0.999, "the image around the mask")
+    lo, hi = intensity
+    scaled = (np.clip(crop, lo, hi) - lo) / (hi - lo)
     known_image = torch.from_numpy((2 * scaled - 1).astype(np.float32))[None, None].to(wdm.device)
     x0_known = to_coefficients(known_image, c.lll_scale, c.high_scale)
     blocks = dwt3(torch.from_numpy(crop_inside.astype(np.float32))[None, None])[:, 0]
@@ -302,9 +256,11 @@ def inpaint(
     msk = read_input(mask, "mask")
     check_same_grid([img, msk])
     inside = binary_mask(msk)
+    warn_mask_in_background(img, msk, inside, on_progress)
     if resample < 1:
         raise ConfigError(f"resample must be at least 1, got {resample}.")
     fast = wdm.task == "inpaint"
+    warn_outside_domain(wdm, [img], on_progress, "inpaint", at_model_spacing=not fast)
     steps = (wdm.diffusion.num_timesteps if fast else 50) if steps is None else int(steps)
     if not 1 <= steps <= wdm.diffusion.num_timesteps:
         raise ConfigError(f"steps must be between 1 and {wdm.diffusion.num_timesteps}, got {steps}.")

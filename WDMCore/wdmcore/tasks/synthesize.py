@@ -30,6 +30,7 @@ from ..models.model import WDMModel
 from ..vocabulary import DEFAULT_SYNTHESIS_POSTPROCESS as DEFAULT_POSTPROCESS
 from ..vocabulary import SYNTHESIS_POSTPROCESSING
 from ..wavelets import from_coefficients, to_coefficients
+from .domain import warn_outside_domain
 from .generate import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -120,6 +121,7 @@ def synthesize(
     require_task(wdm, "synthesize")
     steps = default_steps(wdm, sampler) if steps is None else int(steps)
     volumes = read_inputs(inputs, wdm.input_names, "synthesize")
+    warn_outside_domain(wdm, list(volumes.values()), on_progress, "synthesize", at_model_spacing=False)
     first = next(iter(volumes.values()))
     condition, prepared, fits = prepare_condition(wdm, volumes)
     tracker = ProgressTracker(on_progress, "synthesize", total=steps, sampler=sampler, steps=steps)

@@ -1,18 +1,22 @@
 """Variations of a real volume (SDEdit): diffuse it part of the way, then denoise with an unconditional model.
 
 ``strength`` in (0, 1] is the fraction of the diffusion the volume is pushed through: small values keep the
-anatomy and change texture, 1 forgets the input. A crop of the model's size (centred; padded by edge values
-when the volume is smaller) is normalised like the model's training data ([0.1 %, 99.9 %] quantiles ->
-[-1, 1]) and its coefficients are diffused with the seed's noise to the timestep where the sampler takes
-over: with the fast solvers (default: the engine's default sampler and step count), the highest of the
-sampler's ``steps`` timesteps at or below ``strength`` x (T - 1), and only the calls from there down run; with
-``sampler="ancestral"``, the step nearest ``strength`` of the ``steps``-step respaced schedule. The result
-replaces the crop in the input grid (mapped back to the input's intensities); voxels outside the crop keep
-their values.
+anatomy and change texture, 1 forgets the input. The model works at its own spacing: the volume is resampled
+into the model's grid (its image shape at the card's spacing, centred on the volume, along its voxel axes; see
+:mod:`~wdmcore.tasks.model_grid`), normalised like the model's training data ([0.1 %, 99.9 %] quantiles ->
+[-1, 1], the quantiles of the image's voxels in view), and its coefficients are diffused with the seed's noise
+to the timestep where the sampler takes over: with the fast solvers (default: the engine's default sampler and
+step count), the highest of the sampler's ``steps`` timesteps at or below ``strength`` x (T - 1), and only the
+calls from there down run; with ``sampler="ancestral"``, the step nearest ``strength`` of the ``steps``-step
+respaced schedule. The change the model made (in the input's intensities) is interpolated back and added to
+the input, so detail finer than the model's voxels stays the input's; at the input's own spacing the result
+is the model's output itself. Voxels outside the model's field of view keep their values, and a ``warning``
+event (or a logged warning) says so.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -20,10 +24,11 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..events import ProgressCallback, ProgressTracker
+from ..events import ProgressCallback, ProgressTracker, warn
 from ..models.model import WDMModel
 from ..samplers import DEFAULT_SPACING, Cancelled, model_denoiser, run_sampler, solver_timesteps
 from ..wavelets import from_coefficients, to_coefficients
+from .domain import warn_outside_domain
 from .generate import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -34,12 +39,9 @@ from .generate import (
     resolve_model,
 )
 from .inputs import cancel_check, quantile_minmax, read_input, require_task
+from .model_grid import ModelGrid
 
-
-def centred_window(shape: tuple[int, ...], size: int) -> tuple[tuple[slice, ...], list[tuple[int, int]]]:
-    window = tuple(slice(max((n - size) // 2, 0), max((n - size) // 2, 0) + min(n, size)) for n in shape)
-    pads = [(0, max(size - n, 0)) for n in shape]
-    return window, pads
+log = logging.getLogger(__name__)
 
 
 def vary(
@@ -68,10 +70,25 @@ def vary(
     if steps is None:
         steps = min(DEFAULT_STEPS.get(sampler, DEFAULT_STEPS[DEFAULT_SAMPLER]), wdm.diffusion.num_timesteps)
     img = read_input(image, "image")
-    size = wdm.image_size
-    window, pads = centred_window(img.array.shape, size)
-    crop = np.pad(img.array[window], pads, mode="edge")
-    scaled, lo, hi = quantile_minmax(crop, 0.001, 0.999, "the image")
+    warn_outside_domain(wdm, [img], on_progress, "vary", at_model_spacing=True)
+    grid = ModelGrid.centred(wdm, img.affine, img.array.shape)
+    box = grid.covered()
+    if any(s.stop - s.start < n for s, n in zip(box, img.array.shape, strict=True)):
+        share = np.prod([s.stop - s.start for s in box]) / img.array.size
+        warn(
+            on_progress,
+            log,
+            f"the model sees {grid.describe()} of the image, {share:.0%} of its voxels; the rest lies outside its "
+            "field of view and is left unchanged (crop the image to the region to vary, or use a model with a "
+            "larger window).",
+            task="vary",
+            kind="field-of-view",
+        )
+    # The intensity range from the image's own voxels in view, not from the model's grid: an image much smaller
+    # than the model's window fills little of it (the rest is its edge values).
+    _, lo, hi = quantile_minmax(img.array[box], 0.001, 0.999, "the image")
+    seen = np.clip(grid.sample(img.array), lo, hi)  # what the model is given, in the input's intensities
+    scaled = (seen - lo) / (hi - lo)
     c = wdm.diffusion_config
     x0 = to_coefficients(torch.from_numpy((2 * scaled - 1).astype(np.float32))[None, None], c.lll_scale, c.high_scale)
     x0 = x0.to(wdm.device)
@@ -89,14 +106,14 @@ def vary(
         timesteps = [t for t in full if t <= strength * (diffusion.num_timesteps - 1)] or full[-1:]
         start, calls = timesteps[0], len(timesteps)
     tracker = ProgressTracker(on_progress, "vary", total=calls, steps=calls, sampler=sampler)
-    core = tuple(slice(0, s.stop - s.start) for s in window)
 
     def to_input(coeffs: torch.Tensor) -> np.ndarray:
-        """Coefficients of the crop -> the whole volume in the input's grid and intensities."""
+        """Coefficients on the model's grid -> the whole volume in the input's grid and intensities: the change
+        the model made, interpolated, added to the input (detail finer than the model's voxels is the input's)."""
         generated = from_coefficients(coeffs.float().cpu(), c.lll_scale, c.high_scale)[0, 0].clamp(-1, 1).numpy()
         values = (generated.astype(np.float64) + 1) / 2 * (hi - lo) + lo
         whole = img.array.copy()
-        whole[window] = values[core]
+        whole[box] += grid.back(values - seen)
         return whole
 
     def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
@@ -124,6 +141,7 @@ def vary(
         "sampler": sampler,
         "steps": steps,
         "denoising_steps": calls,
+        "model_grid": grid.describe(),
     }
     return GeneratedVolume(array=result.astype(np.float32), affine=img.affine.copy(), seed=seed, meta=meta)
 
