@@ -11,10 +11,10 @@ import pytest
 import torch
 from training_helpers import tiny_config
 
+from wdmcore import load_model
 from wdmcore.data.phantoms import PhantomDataset, phantom_affine
 from wdmcore.errors import CheckpointError, ConfigError
 from wdmcore.models.checkpoints import read_model_file
-from wdmcore.models.model import load_model
 from wdmcore.training import (
     EMA,
     StreamBatches,
