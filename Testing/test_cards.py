@@ -7,8 +7,8 @@ import resource
 import pytest
 import torch
 
+from wdmcore import load_model
 from wdmcore.errors import CheckpointError, ConfigError
-from wdmcore.models import load_model
 from wdmcore.models.cards import parameter_count, validate_card
 from wdmcore.models.checkpoints import CARD_KEY, read_model_file, save_model_file
 from wdmcore.networks import NetworkConfig, build_network

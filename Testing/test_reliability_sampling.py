@@ -16,10 +16,10 @@ import pytest
 import torch
 from test_generate import tiny_model
 
+from wdmcore import load_model
 from wdmcore.cli.main import main
 from wdmcore.diffusion import Diffusion, DiffusionConfig
 from wdmcore.errors import ConfigError, DataError, NonFiniteError
-from wdmcore.models.model import load_model
 from wdmcore.samplers import NoiseSource
 from wdmcore.tasks.generate import generate
 from wdmcore.volumes import writing

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from training_helpers import tiny_config
 
+from wdmcore import load_model
 from wdmcore.cli.main import main
 from wdmcore.data.phantoms import PhantomDataset
 from wdmcore.errors import DataError
-from wdmcore.models.model import load_model
 from wdmcore.training import checkpoints as training_checkpoints
 from wdmcore.training import list_checkpoints, train
 

@@ -23,9 +23,9 @@ from WaveletDiffusionLib import volumes  # noqa: E402
 from WaveletDiffusionTrainingLib import TrainingParameters, WaveletDiffusionTrainingLogic, runfolder  # noqa: E402
 from WaveletDiffusionTrainingLib.datasource import describe_nodes, export_volume_nodes  # noqa: E402
 
+from wdmcore import load_model  # noqa: E402
 from wdmcore.data import load_volume  # noqa: E402
 from wdmcore.data.phantoms import generate_phantom, phantom_affine  # noqa: E402
-from wdmcore.models.model import load_model  # noqa: E402
 
 TIMEOUT = 300
 TINY = ["--model-channels", "8", "--channel-mult", "1,2", "--num-groups", "4", "--num-res-blocks", "1",

@@ -11,10 +11,10 @@ import pytest
 import torch
 from training_helpers import tiny_config
 
+from wdmcore import load_model
 from wdmcore.data.phantoms import PhantomDataset, phantom_affine
 from wdmcore.errors import CheckpointError, ConfigError
 from wdmcore.models.checkpoints import read_model_file
-from wdmcore.models.model import load_model
 from wdmcore.training import (
     EMA,
     StreamBatches,
@@ -154,12 +154,12 @@ def test_checkpoints_keep_the_last_k_and_load_as_models(tmp_path):
 
 
 def test_low_noise_share_draws_that_share_of_timesteps_from_the_low_end_and_leaves_the_rest():
-    from wdmcore.training.loop import _sample_draws
+    from wdmcore.training.schedule import sample_draws
 
     positions = list(range(2000))
-    t0, noise0 = _sample_draws(7, positions, (2, 2, 2), 1000)
-    t_half, noise_half = _sample_draws(7, positions, (2, 2, 2), 1000, low_noise_share=0.5)
-    t_all, _ = _sample_draws(7, positions, (2, 2, 2), 1000, low_noise_share=1.0)
+    t0, noise0 = sample_draws(7, positions, (2, 2, 2), 1000)
+    t_half, noise_half = sample_draws(7, positions, (2, 2, 2), 1000, low_noise_share=0.5)
+    t_all, _ = sample_draws(7, positions, (2, 2, 2), 1000, low_noise_share=1.0)
     # The noise and the uniform timesteps are drawn first, so a share of 0 draws what it always did.
     assert torch.equal(noise0, noise_half)
     assert (t_all < 50).all() and 20 < len(set(t_all.tolist())) <= 50
@@ -170,7 +170,7 @@ def test_low_noise_share_draws_that_share_of_timesteps_from_the_low_end_and_leav
     assert 0.47 < low < 0.58, low
     assert 0.02 < (t0 < 50).float().mean().item() < 0.08
     # Each position keeps its own draws: the first 100 positions are the same drawn alone.
-    t_few, _ = _sample_draws(7, positions[:100], (2, 2, 2), 1000, low_noise_share=0.5)
+    t_few, _ = sample_draws(7, positions[:100], (2, 2, 2), 1000, low_noise_share=0.5)
     assert torch.equal(t_few, t_half[:100])
 
 

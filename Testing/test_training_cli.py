@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from wdmcore import load_model
 from wdmcore.cli.main import main
-from wdmcore.models.model import load_model
 from wdmcore.training import list_checkpoints, load_training_state
 
 nib = pytest.importorskip("nibabel")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wdmcore import WDMModel, load_model
 from wdmcore.data.phantoms import PhantomDataset, reference_statistics, volume_statistics
-from wdmcore.models.model import WDMModel, load_model
 from wdmcore.networks import build_network
 from wdmcore.training import TrainConfig, train
 

@@ -15,8 +15,8 @@ import time
 
 import torch
 
+from wdmcore import WDMModel, load_model
 from wdmcore.data.phantoms import histogram_distance, reference_statistics, volume_statistics
-from wdmcore.models.model import WDMModel, load_model
 from wdmcore.networks import build_network
 
 DEFAULT = "WDMCore/wdmcore/assets/demo_phantom_64.safetensors"

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from wdmcore import load_model
 from wdmcore.data.phantoms import PhantomDataset, phantom_affine
 from wdmcore.events import jsonl_writer
-from wdmcore.models import load_model
 from wdmcore.models.checkpoints import read_model_file, save_model_file
 from wdmcore.training import TrainConfig, list_checkpoints, train
 

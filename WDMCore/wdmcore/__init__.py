@@ -16,13 +16,12 @@ from importlib import import_module
 from typing import Any
 
 from .errors import CheckpointError, ConfigError, InputShapeError, WDMError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 # Public names served from their homes on first access (PEP 562).
 _LAZY = {
     "WDMModel": ".models.model",
-    "load_model": ".models.model",
+    "load_model": ".loading",
     "generate": ".tasks.generate",
     "GeneratedVolume": ".tasks.generate",
     "synthesize": ".tasks.synthesize",

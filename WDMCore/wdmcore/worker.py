@@ -583,7 +583,7 @@ def environment_info() -> dict[str, Any]:
         devices.insert(0, {"id": "mps", "kind": "mps", "name": "Apple GPU (MPS)"})
     info["devices"] = devices
     try:
-        from . import __version__
+        from .version import __version__
 
         info["wdmcore"] = __version__
     except ImportError:

@@ -15,7 +15,7 @@ from typing import Any
 
 def describe(path: str, preset: str | None = None, official_args: dict | None = None) -> dict:
     """What the checkpoint file (or the model of that name, see `wdm models`) holds."""
-    from ..models.model import load_model
+    from ..loading import load_model
     from ..networks import preset_of
 
     model = load_model(path, preset=preset, official_args=official_args)
@@ -98,7 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.model import is_model_name
+    from ..loading import is_model_name
 
     if not Path(args.checkpoint).expanduser().exists() and is_model_name(args.checkpoint):
         return _run_named(args)

@@ -13,9 +13,10 @@ import logging
 import sys
 import traceback
 
-from .. import __version__, hugepages
+from .. import hugepages
 from ..errors import WDMError
 from ..interrupts import Terminated
+from ..version import __version__
 from ..vocabulary import EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_TERMINATED, EXIT_UNEXPECTED, EXIT_USAGE
 from .progress import report_error
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..errors import InputShapeError, WDMError
 from ..events import ProgressCallback, ProgressTracker
+from ..version import __version__
 from .fid import (
     FID_RECOMMENDED_N,
     FeatureStatistics,
@@ -359,7 +359,7 @@ def _model_of(volume: str | Path) -> str | None:
     """The model named in the JSON sidecar `wdm sample` wrote beside ``volume``, when it is a model name."""
     import json
 
-    from ..models.model import is_model_name
+    from ..loading import is_model_name
     from ..volumes.writing import sidecar_path
 
     try:

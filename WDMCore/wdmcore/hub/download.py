@@ -1,25 +1,9 @@
-"""The catalogue of released models, verified downloads and the local model cache.
-
-``models.json`` (next to this file) lists the models wdmcore knows: the released WDM checkpoints on the
-Hugging Face Hub and the small demo model bundled inside the package. :func:`fetch` turns a model name into a
-local file:
-
-* bundled models are returned from the package folder;
-* hub models are downloaded once into :func:`cache_dir` with :mod:`pooch` (into a temporary file, moved into
-  place only when complete and verified), resuming with HTTP ``Range`` requests when the connection drops;
-* every file is checked against a SHA-256: the catalogue's digest when it has one, otherwise the digest
-  recorded on the first download (trust on first use, announced with a warning), kept in ``records.json``
-  in the cache folder. A cached file that no longer matches its digest is an error, never silently used; a
-  download with another digest is refused unless forced, and a forced one says that the file changed.
-
-Files fetched by hand (for example on a machine without internet access) enter the same cache through
-:func:`import_model`. Environment variables: ``WDM_CACHE_DIR`` moves the cache, ``WDM_HUB_URL`` replaces the
-hub's base URL (a mirror, or a local server in tests).
-"""
+"""Download transport: a model file from a URL into the cache, resumed when the connection drops, bounded
+in every way a server can misbehave, and checked by :mod:`pooch` against the expected SHA-256 before it is
+moved into place (:func:`download_to_cache`, :class:`ResumableHTTPDownloader`)."""
 
 import contextlib
 import logging
-import os
 import re
 import sys
 import time
@@ -30,20 +14,11 @@ from urllib.parse import urlsplit
 
 import pooch
 
-from ..errors import CheckpointError, DownloadError
+from ..errors import DownloadError
 from ..events import ProgressCallback, ProgressTracker, emit
 from ..interrupts import sigterm_unwinds
-from .cache import (
-    RECORDS_FILE,
-    cache_dir,
-    import_command,
-    now,
-    read_records,
-    set_record,
-    sha256_of,
-    unknown_model,
-)
-from .catalogue import Catalogue, CatalogueEntry, base_url_of, load_catalogue
+from .cache import RECORDS_FILE, import_command
+from .catalogue import CatalogueEntry
 
 log = logging.getLogger(__name__)
 
@@ -62,100 +37,8 @@ TRANSFER_FACTOR = 4  # all attempts together may receive at most this many times
 MIN_RATE_BPS = 20_000  # the whole download may take 10 minutes + size / this rate at most
 EVENT_INTERVAL_S = 0.25
 
-# ------------------------------------------------------------------------------------------------- fetching
 
-
-def fetch(
-    name: str,
-    *,
-    on_progress: ProgressCallback | None = None,
-    progressbar: bool | Any = False,
-    catalogue: Catalogue | None = None,
-    base_url: str | None = None,
-    force: bool = False,
-    verify: bool = True,
-) -> Path:
-    """The local path of model ``name``, downloading it into the cache first if needed.
-
-    Args:
-        name: a catalogue name (``brats_unet_128_1200k``; the file name is accepted too) or the name of an
-            imported model.
-        on_progress: receives download progress events (``{"event": "progress", "task": "download",
-            "done": bytes, "total": bytes, "eta_s": ..., "model": name}``) and ``"warning"`` events.
-        progressbar: True draws a tqdm bar on stderr (for the command line); a tqdm-like object is used as is.
-        catalogue: another catalogue than the shipped ``models.json``.
-        base_url: replaces the hub's base URL (default: ``$WDM_HUB_URL`` or the catalogue's ``hub_url``).
-        force: download again even when the file is cached, and record the new file's digest (the cached
-            file stays until the new one has arrived and passed the catalogue's digest, if any). A new file
-            whose digest differs from the recorded one is accepted with a warning that names both digests; the
-            old digest stays in the record's ``history``.
-        verify: check the SHA-256 of an already cached file (a download is always checked).
-
-    Raises:
-        DownloadError: the download failed (offline, server error) or a file does not match its digest.
-        CheckpointError: a bundled model file is missing from the installation.
-        ConfigError: the name is unknown.
-    """
-    cat = catalogue if catalogue is not None else load_catalogue()
-    cache = cache_dir()
-    records = read_records(cache)
-    entry = cat.get(name)
-    if entry is None:
-        if name not in records:
-            raise unknown_model(name, cat, records)
-        return _fetch_imported(name, records[name], cache, verify)
-    if entry.kind == "bundled":
-        return _bundled_path(entry, verify)
-
-    target = cache / entry.filename
-    record = records.get(entry.name)
-    # With force, a recorded digest is not held against the new download (the catalogue's still is): a
-    # different file is accepted, and said to be different (old and new digest) below.
-    expected, origin = _expected_digest(entry, None if force else record)
-
-    if target.is_file() and not force:
-        if expected is None:
-            # Cached but no digest anywhere (the record file was deleted): take this file as the reference.
-            digest = sha256_of(target)
-            _record_download(cache, entry, target, digest, url=None)
-            _warn_recorded(entry, target, digest, on_progress, first_download=False)
-        elif verify:
-            _verify_cached(entry, target, expected, origin)
-        return target
-
-    url = entry.url(base_url_of(cat, base_url))
-    assert url is not None
-    previous = None
-    if target.exists():  # forced: keep the old file aside until the new one is in place
-        previous = target.with_name(f".{target.name}.previous")
-        os.replace(target, previous)
-    try:
-        final_url = _download(entry, url, cache, expected, origin, on_progress, progressbar)
-    except BaseException:
-        if previous is not None:
-            os.replace(previous, target)
-        raise
-    if previous is not None:
-        previous.unlink()
-    digest = expected or sha256_of(target)
-    _record_download(cache, entry, target, digest, url=url, final_url=final_url)
-    recorded = (record or {}).get("sha256")
-    if expected is None and recorded and recorded != digest:
-        _warn_replaced(entry, record, digest, on_progress)
-    elif expected is None and not recorded:
-        _warn_recorded(entry, target, digest, on_progress, first_download=True)
-    return target
-
-
-def _expected_digest(entry: CatalogueEntry, record: dict | None) -> tuple[str | None, str | None]:
-    if entry.sha256:
-        return entry.sha256, "catalogue"
-    if record and record.get("sha256"):
-        return record["sha256"], "recorded"
-    return None, None
-
-
-def _download(
+def download_to_cache(
     entry: CatalogueEntry,
     url: str,
     cache: Path,
@@ -212,28 +95,6 @@ def _quiet_pooch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _record_download(
-    cache: Path,
-    entry: CatalogueEntry,
-    target: Path,
-    digest: str,
-    url: str | None,
-    final_url: str | None = None,
-) -> None:
-    record = {
-        "file": target.name,
-        "sha256": digest,
-        "size_bytes": target.stat().st_size,
-        "source": "download" if url else "found in cache",
-        "url": url,
-        "preset": entry.preset,
-        "recorded_at": now(),
-    }
-    if final_url and final_url != url:  # redirected: say where the bytes whose digest is pinned came from
-        record["final_url"] = final_url
-    set_record(cache, entry.name, record, keep_history=True)
-
-
 def _size_limit(entry: CatalogueEntry) -> int | None:
     """The most bytes a download of ``entry`` may have: its catalogue size plus a margin (None: unknown)."""
     size = entry.size_bytes or entry.approx_size_bytes
@@ -241,98 +102,6 @@ def _size_limit(entry: CatalogueEntry) -> int | None:
         return None
     factor, extra = SIZE_MARGIN
     return int(size * factor) + extra
-
-
-def _warn_recorded(
-    entry: CatalogueEntry,
-    target: Path,
-    digest: str,
-    on_progress: ProgressCallback | None,
-    first_download: bool,
-) -> None:
-    how = "this first download" if first_download else f"the cached file {target}"
-    message = (
-        f"the catalogue has no SHA-256 for {entry.name!r}; recorded the digest of {how} "
-        f"(sha256 {digest}) and will check the file against it from now on. To be sure it is authentic, "
-        f"compare it with the SHA-256 shown on {entry.page_url() or 'the source page'}."
-    )
-    log.warning(message)
-    emit(on_progress, "warning", model=entry.name, sha256=digest, message=message)
-
-
-def _warn_replaced(
-    entry: CatalogueEntry, previous: dict[str, Any], digest: str, on_progress: ProgressCallback | None
-) -> None:
-    """A forced download brought a file whose digest differs from the one recorded before."""
-    since = f", recorded {previous['recorded_at']}" if previous.get("recorded_at") else ""
-    message = (
-        f"the forced download of {entry.name!r} differs from the file recorded before: old sha256 "
-        f"{previous['sha256']}{since}; new sha256 {digest}. The new file replaces the old one and its digest is "
-        f"checked from now on (the old one stays in the history in {RECORDS_FILE}). If you did not expect the "
-        f"model to change, compare the new digest with the SHA-256 shown on {entry.page_url() or 'the source page'}."
-    )
-    log.warning(message)
-    emit(
-        on_progress,
-        "warning",
-        model=entry.name,
-        sha256=digest,
-        previous_sha256=previous["sha256"],
-        message=message,
-    )
-
-
-def _verify_cached(entry: CatalogueEntry, target: Path, expected: str, origin: str | None) -> None:
-    found = sha256_of(target)
-    if found != expected:
-        where = "the catalogue" if origin == "catalogue" else "the digest recorded when it was first stored"
-        raise DownloadError(
-            f"the cached file {target} of model {entry.name!r} does not match {where} "
-            f"(expected sha256 {expected}, found {found}): it was changed or damaged after it was stored. "
-            f"Run `wdm download {entry.name} --force` (or fetch(..., force=True)) to download it again, "
-            "or import a good copy with `wdm import-model`."
-        )
-
-
-def _fetch_imported(name: str, record: dict[str, Any], cache: Path, verify: bool) -> Path:
-    path = cache / record.get("file", "")
-    if not record.get("file") or not path.is_file():
-        raise CheckpointError(
-            f"model {name!r} was imported but its file {path} is no longer in the cache; "
-            f"import it again with `{_import_again(name, record)}`."
-        )
-    if verify and record.get("sha256"):
-        found = sha256_of(path)
-        if found != record["sha256"]:
-            raise DownloadError(
-                f"the cached file {path} of imported model {name!r} does not match the digest recorded at "
-                f"import (expected sha256 {record['sha256']}, found {found}): it was changed or damaged. "
-                f"Import a good copy again with `{_import_again(name, record)}`."
-            )
-    return path
-
-
-def _import_again(name: str, record: dict[str, Any]) -> str:
-    """The command that imports model ``name`` again: from where it was imported, under its recorded preset."""
-    return import_command(name, record.get("imported_from") or "FILE", record.get("preset"))
-
-
-def _bundled_path(entry: CatalogueEntry, verify: bool) -> Path:
-    path = entry.bundled_path
-    if not path.is_file():
-        raise CheckpointError(
-            f"the bundled model {entry.name!r} is missing: expected {path}. This wdmcore installation is "
-            "incomplete; reinstall it (`pip install --force-reinstall wdmcore`, or `pip install -e WDMCore` "
-            "in a source checkout where the file has been built) or choose another model (`wdm models`)."
-        )
-    if verify and entry.sha256:
-        found = sha256_of(path)
-        if found != entry.sha256:
-            raise CheckpointError(
-                f"the bundled model file {path} does not match the catalogue "
-                f"(expected sha256 {entry.sha256}, found {found}); reinstall wdmcore."
-            )
-    return path
 
 
 # --------------------------------------------------------------------------------------------- downloader

@@ -116,15 +116,15 @@ def _check_loadable(path: Path, preset: str | None) -> str | None:
     (or ``preset`` when the keys do not tell it). ``None`` for a network that matches no preset (a custom
     ``.safetensors`` model, which needs none)."""
     from ..errors import WDMError
-    from ..models.model import load_model
+    from ..models.model import load_checkpoint
     from ..networks import preset_of
 
     try:
-        model = load_model(path)
+        model = load_checkpoint(path)
     except WDMError:
         if preset is None or path.suffix == ".safetensors":
             raise
-        model = load_model(path, preset=preset)  # the preset could not be detected from the keys
+        model = load_checkpoint(path, preset=preset)  # the preset could not be detected from the keys
     found = preset_of(model.network.config)
     if preset is not None and found is not None and found != preset:
         raise ConfigError(

@@ -1,11 +1,12 @@
 """Models: checkpoint files (released ``.pt`` state dicts, our ``.safetensors`` with a model card), model cards
 (:mod:`.cards`, light: the catalogue and the command line read them without PyTorch), the released families
-(:mod:`.families`) and the loaded model (:class:`WDMModel`, :func:`load_model`, imported on first use)."""
+(:mod:`.families`) and the loaded model (:class:`WDMModel`, :func:`load_checkpoint`, imported on first use). Models
+by name: :func:`wdmcore.load_model` (:mod:`wdmcore.loading`), above both the models and the hub."""
 
 from importlib import import_module
 from typing import Any
 
-__all__ = ["WDMModel", "load_model"]
+__all__ = ["WDMModel", "load_checkpoint"]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,7 @@ imported files) and says what the model does and how to use it:
 :func:`validate_card` checks every key it knows, whatever the card's origin, and raises one error naming the
 key and what to write instead. Bounds on the network's size are checked here so that a hostile card can never
 make the engine allocate a huge network: the weights are compared with the card's network on the meta device
-before anything is allocated (see :func:`wdmcore.models.model.load_model`).
+before anything is allocated (see :func:`wdmcore.models.model.load_checkpoint`).
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def released_card(image_size: int, preset: str | None, source: Path) -> dict[str
     }
 
 
-def load_model(
+def load_checkpoint(
     source: str | os.PathLike,
     *,
     preset: str | None = None,
@@ -248,23 +248,19 @@ def load_model(
     family: str | None = None,
     device: torch.device | str = "cpu",
     card: dict[str, Any] | None = None,
-    on_progress: ProgressCallback | None = None,
 ) -> WDMModel:
-    """Load a released ``.pt`` state dict or one of our ``.safetensors`` files (card included), or a model by
-    its name in the catalogue or among the imported models (``wdm models``; downloaded and verified on first
-    use, with ``on_progress`` receiving the download's events).
+    """Load a released ``.pt`` state dict or one of our ``.safetensors`` files (card included).
 
     For a released file the network is the preset detected from the keys and shapes (or the one given), or
     the one the released code builds from ``official_args`` (its ``create_model_and_diffusion`` arguments);
     the diffusion is that of the codebase the arguments or preset describe (wdm-3d, cWDM or fastWDM3D;
-    ``family`` overrides). ``card`` entries are merged over the file's card and validated."""
+    ``family`` overrides). ``card`` entries are merged over the file's card and validated. A model *name*
+    is resolved to its file one floor up, by :func:`wdmcore.load_model` (:mod:`wdmcore.loading`)."""
     if family is not None and family not in FAMILIES:
         raise ConfigError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}.")
     if card is not None:
         validate_card(card, source="the card given to load_model")
     path = Path(source).expanduser()
-    if not path.exists() and is_model_name(os.fspath(source)):
-        return _load_named(os.fspath(source), preset=preset, device=device, card=card, on_progress=on_progress)
     if not path.is_file():
         raise CheckpointError(
             f"model file not found: {path}. Give the path of an existing .pt or .safetensors checkpoint, or a "
@@ -299,33 +295,3 @@ def load_model(
         full_card["official_args"] = copy.deepcopy(official_args)
     full_card.update(card or {})
     return WDMModel(network, full_card)
-
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
-
-
-def is_model_name(text: str) -> bool:
-    """Whether ``text`` reads as a model name rather than a file path (no folder, no checkpoint ending)."""
-    return bool(text) and "/" not in text and os.sep not in text and Path(text).suffix not in CHECKPOINT_SUFFIXES
-
-
-def _load_named(
-    name: str,
-    *,
-    preset: str | None,
-    device: torch.device | str,
-    card: dict[str, Any] | None,
-    on_progress: ProgressCallback | None,
-) -> WDMModel:
-    from .. import hub
-
-    info = hub.get_model_info(name)  # ConfigError listing the known names and how to import a file
-    file = hub.fetch(name, on_progress=on_progress)
-    catalogue_card = {k: v for k, v in info.card.items() if k not in ("image_size", "note")}
-    if file.suffix == ".safetensors":
-        loaded = load_model(file, device=device)
-        # The file's own card is authoritative; the catalogue only fills gaps.
-        loaded.card = {**catalogue_card, **loaded.card, "name": loaded.card.get("name") or info.name, **(card or {})}
-        return loaded
-    named = {**catalogue_card, "name": info.name, "description": info.description, **(card or {})}
-    return load_model(file, preset=preset or info.preset, card=named, device=device)

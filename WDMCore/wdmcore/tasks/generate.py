@@ -29,7 +29,8 @@ import torch
 from ..devices import resolve_device
 from ..errors import ConfigError, NonFiniteError, OutOfMemoryError
 from ..events import ProgressCallback, ProgressTracker
-from ..models.model import WDMModel, load_model
+from ..loading import load_model
+from ..models.model import WDMModel
 from ..samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
 from ..vocabulary import (  # noqa: F401 - defaults kept with the names `wdm` shares (no torch); re-exported
     DEFAULT_MODEL,
@@ -244,7 +245,7 @@ def generate(
         image = from_coefficients(coeffs.float(), lll_scale)[:, 0].clamp(-1, 1)
         return (low + (high - low) * (image + 1) / 2).cpu().numpy().astype(np.float32, copy=False)
 
-    from .. import __version__
+    from ..version import __version__
 
     base_meta = {
         "model": wdm.card.get("name") or "unnamed",

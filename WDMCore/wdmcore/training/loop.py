@@ -14,7 +14,8 @@ Determinism: the data stream is an endless sequence of per-epoch permutations (s
 ``DistributedSampler`` uses); step ``s`` reads stream positions ``[s*B, (s+1)*B)`` of the global batch ``B``.
 The timestep and noise of the sample at stream position ``q`` come from a generator seeded by ``(seed, q)``,
 so a run does not depend on how the global batch is split over processes, and a resumed run repeats exactly
-what an uninterrupted one would do (bit-identical weights on the CPU).
+what an uninterrupted one would do (bit-identical weights on the CPU). Those draws and the learning rate of each
+step are :mod:`.schedule`'s; the events a run sends and the cost it announces are :mod:`.reporting`'s.
 
 Files in the output folder::
 
@@ -49,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..devices import resolve_device
 from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import ConfigError, DataError
-from ..events import ProgressCallback, emit
+from ..events import ProgressCallback
 from ..models.cards import validate_card
 from ..models.checkpoints import shared_parameter_aliases
 from ..networks import NetworkConfig, build_network
@@ -67,6 +68,8 @@ from .checkpoints import model_path as checkpoint_path
 from .config import TrainConfig, TrainingError, check_same_data
 from .ema import EMA
 from .previews import write_preview
+from .reporting import RunLog, training_cost
+from .schedule import StreamBatches, lr_at, sample_draws
 
 log = logging.getLogger(__name__)
 
@@ -125,64 +128,7 @@ def _setup_distributed(device_request: str) -> tuple[_Dist, torch.device]:
     return dist, device
 
 
-# -- data order ---------------------------------------------------------------------------------------------
-
-
-class StreamBatches:
-    """Batch sampler over an endless stream of per-epoch permutations, starting at a given step.
-
-    Yields, for each step from ``start_step`` to ``end_step``, this rank's share (a contiguous slice) of the
-    global batch. Each epoch's permutation is ``torch.randperm(n)`` from a generator seeded ``seed + epoch``,
-    as in ``DistributedSampler``.
-    """
-
-    def __init__(self, n: int, global_batch: int, seed: int, start_step: int, end_step: int, rank=0, world=1):
-        if global_batch % world:
-            raise ConfigError(f"the batch size {global_batch} must be divisible by the number of processes ({world}).")
-        self.n, self.batch, self.seed = n, global_batch, seed
-        self.start, self.end, self.rank, self.world = start_step, end_step, rank, world
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    def _index(self, position: int) -> int:
-        epoch, offset = divmod(position, self.n)
-        if self._perm is None or self._perm[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            self._perm = (epoch, torch.randperm(self.n, generator=generator))
-        return int(self._perm[1][offset])
-
-    def positions(self, step: int) -> list[int]:
-        per_rank = self.batch // self.world
-        first = step * self.batch + self.rank * per_rank
-        return list(range(first, first + per_rank))
-
-    def __iter__(self):
-        for step in range(self.start, self.end):
-            yield [self._index(q) for q in self.positions(step)]
-
-    def __len__(self) -> int:
-        return max(0, self.end - self.start)
-
-
-def _sample_draws(seed: int, positions: list[int], image_shape, num_timesteps: int, low_noise_share: float = 0.0):
-    """Timesteps [b] and image-space noise [b, 1, S, S, S] of the samples at these stream positions.
-
-    With ``low_noise_share`` > 0 that share of the samples (on average) gets a timestep below 5 % of the schedule;
-    the extra draws come after the noise, so a run with share 0 draws exactly what it always did.
-    """
-    ts, noises = [], []
-    low_end = max(1, num_timesteps // 20)
-    for q in positions:
-        state = np.random.SeedSequence([int(seed), int(q), 0x5744]).generate_state(2, dtype=np.uint64)
-        generator = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-        t = torch.randint(0, num_timesteps, (1,), generator=generator)
-        noises.append(torch.randn((1, *image_shape), generator=generator))
-        if low_noise_share > 0 and torch.rand((1,), generator=generator).item() < low_noise_share:
-            t = torch.randint(0, low_end, (1,), generator=generator)
-        ts.append(t)
-    return torch.cat(ts), torch.cat(noises)
-
-
-# -- EMA ----------------------------------------------------------------------------------------------------
+# -- precision ---------------------------------------------------------------------------------------------
 
 
 # bf16 autocast of the network on the CPU is refused: the CPUs with native bf16 kernels (AVX-512 BF16) gave a
@@ -207,12 +153,6 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-def _lr_at(config: TrainConfig, step: int) -> float:
-    if config.lr_warmup_steps and step < config.lr_warmup_steps:
-        return config.lr * (step + 1) / config.lr_warmup_steps
-    return config.lr
 
 
 def _make_card(config: TrainConfig, network_config: NetworkConfig, step: int, dataset: Dataset) -> dict[str, Any]:
@@ -277,42 +217,6 @@ def _check_item(item: Any, size: int) -> torch.Tensor:
             f"{size}, {size}]; preprocess the data to {size}^3 or set image_size to the data's size."
         )
     return image
-
-
-class _Logger:
-    """Progress events, events.jsonl and TensorBoard (rank 0 only)."""
-
-    def __init__(self, config: TrainConfig, out_dir: Path, on_event: ProgressCallback | None, enabled: bool):
-        self.on_event, self.enabled, self.writer, self.file = on_event, enabled, None, None
-        if not enabled:
-            return
-        self.file = (out_dir / "events.jsonl").open("a")
-        if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-            else:
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-
-    def event(self, kind: str, **fields: Any) -> None:
-        if not self.enabled:
-            return
-        payload = {"event": kind, **fields}
-        self.file.write(json.dumps(payload, default=str) + "\n")
-        self.file.flush()
-        emit(self.on_event, kind, **fields)
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.file is not None:
-            self.file.close()
 
 
 def train(
@@ -464,7 +368,7 @@ def _train(
         model = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None
         )
-    logger = _Logger(config, out_dir, on_event, dist.main)
+    logger = RunLog(config, out_dir, on_event, dist.main)
     card_base = _make_card(config, network_config, 0, dataset)
     batches = StreamBatches(len(dataset), config.batch_size, config.seed, start_step, config.max_steps,
                             dist.rank, dist.world)  # fmt: skip
@@ -517,7 +421,7 @@ def _train(
 
     def forward_backward(item: Any, at_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = _check_item(item, config.image_size).to(device, non_blocking=True)
-        t, noise = _sample_draws(
+        t, noise = sample_draws(
             config.seed, batches.positions(at_step), image_shape, diffusion.num_timesteps, config.low_noise_share
         )
         t, noise = t.to(device), noise.to(device)
@@ -558,7 +462,7 @@ def _train(
                 stopped = True
                 break
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(config, step)
+                group["lr"] = lr_at(config, step)
             loss, per_band = forward_backward(item, step)
             grad_norm = None
             if config.grad_clip is not None:
@@ -635,63 +539,6 @@ REPORT_EVERY_S = 1.0  # a progress event at least this often (every step when st
 
 def _complete_checkpoints(out_dir: Path) -> list[tuple[int, Path, Path | None]]:
     return [c for c in list_checkpoints(out_dir) if c[2] is not None]
-
-
-def checkpoint_bytes(network: torch.nn.Module, ema: EMA) -> int:
-    """About the disk one checkpoint takes: the model file (EMA weights) and the training state (raw weights and
-    AdamW's two moments of every parameter)."""
-
-    def size(tensors) -> int:
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-    return (
-        size(ema.network.state_dict().values()) + size(network.state_dict().values()) + 2 * size(network.parameters())
-    )
-
-
-def checkpoints_kept(config: TrainConfig, start_step: int, existing: int) -> int:
-    """How many checkpoints the folder holds at the end of a run from ``start_step`` to ``max_steps``."""
-    if config.max_steps <= start_step:
-        return min(config.keep_last, existing)
-    interval = config.checkpoint_interval
-    written = (config.max_steps - 1) // interval - start_step // interval + 1  # the intervals', then the last step's
-    return min(config.keep_last, existing + written)
-
-
-def training_cost(
-    step_s: float, config: TrainConfig, start_step: int, network: torch.nn.Module, ema: EMA, existing: int
-) -> dict[str, Any]:
-    """The figures of the ``cost`` event, and its one-line ``message``."""
-    steps = max(0, config.max_steps - start_step)
-    each = checkpoint_bytes(network, ema)
-    kept = checkpoints_kept(config, start_step, existing)
-    eta_s = step_s * steps
-    message = (
-        f"about {_seconds(step_s)} s per step: {steps} steps ≈ {format_duration(eta_s)}; each checkpoint "
-        f"{format_bytes(each)}, {kept} kept = {format_bytes(each * kept)}"
-    )
-    return {"step_s": round(step_s, 4), "steps": steps, "eta_s": round(eta_s, 1), "checkpoint_bytes": each,
-            "checkpoints_kept": kept, "checkpoints_total_bytes": each * kept, "message": message}  # fmt: skip
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
-
-
-def format_bytes(count: int) -> str:
-    value, unit = next(((count / scale, unit) for scale, unit in ((1e9, "GB"), (1e6, "MB"))
-                        if count >= scale), (count / 1e3, "kB"))  # fmt: skip
-    return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
 
 
 def _should_stop(stop: Callable[[], bool], dist: _Dist, device: torch.device) -> bool:
