@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import load_last_choices, save_last_choices
+from WaveletDiffusionCommonLib.settings import load_last_choices, save_last_choices
 
 SETTINGS_GROUP = "WaveletDiffusion/Generate"
 

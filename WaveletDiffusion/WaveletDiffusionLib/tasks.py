@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 import vtk
-
-from . import volumes
+from WaveletDiffusionCommonLib import volumes
 
 TASKS = ("synthesize", "inpaint", "vary")
 # Inputs that should share one grid may differ by rounding in their headers (as wdmcore.tasks.inputs allows).

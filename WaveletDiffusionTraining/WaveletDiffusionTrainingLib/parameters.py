@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from WaveletDiffusionLib.settings import load_last_choices, save_last_choices
+from WaveletDiffusionCommonLib.settings import load_last_choices, save_last_choices
 
 SETTINGS_GROUP = "WaveletDiffusion/Train"
 
