@@ -10,8 +10,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO_ROOT / "WaveletDiffusion"
 TRAINING_MODULE_DIR = REPO_ROOT / "WaveletDiffusionTraining"
-# Inside Slicer both modules are installed into one scripted-modules folder, so each Lib can import the other.
-for _folder in (MODULE_DIR, TRAINING_MODULE_DIR):
+COMMON_DIR = REPO_ROOT / "WaveletDiffusionCommon"
+# Inside Slicer both modules and their shared WaveletDiffusionCommonLib are installed into one scripted-modules
+# folder, so each module imports the shared library (and the training module the generation module).
+for _folder in (COMMON_DIR, MODULE_DIR, TRAINING_MODULE_DIR):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from slicer_support import REPO_ROOT, require_slicer, scene  # noqa: F401 - the fixture
-from WaveletDiffusionLib import memory, settings, support
+from WaveletDiffusionCommonLib import memory, settings, support
 from WaveletDiffusionLib.logic import WaveletDiffusionLogic, preset_of_model
 from WaveletDiffusionLib.parameters import GenerationParameters
 from WaveletDiffusionTrainingLib import TrainingParameters, WaveletDiffusionTrainingLogic
@@ -52,7 +52,7 @@ def test_settings_fill_only_a_new_parameter_node(scene):  # noqa: F811
 def test_results_of_one_run_are_grouped_in_one_folder(scene):  # noqa: F811
     import numpy as np
     import slicer
-    from WaveletDiffusionLib import volumes
+    from WaveletDiffusionCommonLib import volumes
 
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     a = volumes.add_volume_from_array(scene, np.zeros((4, 4, 4), np.float32), np.eye(4), "a")
@@ -186,7 +186,7 @@ def test_binding_a_parameter_node_starts_no_scan_and_changes_scan_once_settled()
 
 
 def test_reload_picks_up_changed_lib_code(tmp_path, monkeypatch):
-    from WaveletDiffusionLib import reloading
+    from WaveletDiffusionCommonLib import reloading
 
     package = tmp_path / "DemoReloadLib"
     package.mkdir()
@@ -209,7 +209,7 @@ def test_reload_picks_up_changed_lib_code(tmp_path, monkeypatch):
 
 
 def test_windows_kill_uses_taskkill_without_a_console_and_only_for_a_live_process(monkeypatch):
-    from WaveletDiffusionLib import process
+    from WaveletDiffusionCommonLib import process
 
     runs = []
     real_run = subprocess.run

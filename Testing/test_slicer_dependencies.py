@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from slicer_support import REPO_ROOT
-from WaveletDiffusionLib import dependencies as deps
+from WaveletDiffusionCommonLib import dependencies as deps
 
 tomllib = pytest.importorskip("tomllib")
 

@@ -14,7 +14,7 @@ import time
 import pytest
 import slicer_support  # noqa: F401 - puts the module folders on sys.path
 from slicer_support import make_launcher, process_alive, tree, wait_dead
-from WaveletDiffusionLib.process import ChildProcess, child_environment
+from WaveletDiffusionCommonLib.process import ChildProcess, child_environment
 
 psutil = pytest.importorskip("psutil")
 
@@ -135,7 +135,7 @@ def test_a_failing_child_is_reported_with_its_last_error():
 
 
 def test_a_missing_interpreter_is_a_clear_error(tmp_path):
-    from WaveletDiffusionLib.process import WorkerError
+    from WaveletDiffusionCommonLib.process import WorkerError
 
     child = ChildProcess(str(tmp_path / "no-python"), name="the test child")
     with pytest.raises(WorkerError, match="cannot start the test child"):

@@ -17,6 +17,8 @@ from slicer_support import REPO_ROOT
 
 MODULES = ("WaveletDiffusion", "WaveletDiffusionTraining")
 ENGINE = REPO_ROOT / "WDMCore"
+COMMON = REPO_ROOT / "WaveletDiffusionCommon"
+COMMON_PACKAGES = ("WaveletDiffusionCommonLib", "WaveletDiffusionCommonWidgets")
 
 # Widget classes each .ui may use: Qt's own and those Slicer's CTK/MRML libraries provide.
 ALLOWED_WIDGETS = {
@@ -31,6 +33,15 @@ ALLOWED_WIDGETS = {
 
 def module_file(name: str) -> Path:
     return REPO_ROOT / name / f"{name}.py"
+
+
+def widget_files(name: str) -> list[Path]:
+    """The module file and its panels (the ``{name}Widgets`` package, mixed into the widget class)."""
+    return [module_file(name), *sorted((REPO_ROOT / name / f"{name}Widgets").glob("*.py"))]
+
+
+def module_source(name: str) -> str:
+    return "\n".join(path.read_text(encoding="utf-8") for path in widget_files(name))
 
 
 def ui_file(name: str) -> Path:
@@ -53,7 +64,7 @@ def listed_files(cmake: str, variable: str) -> set[str]:
 
 @pytest.mark.parametrize("name", MODULES)
 def test_every_widget_the_module_uses_exists_in_the_ui(name):
-    used = set(re.findall(r"self\.ui\.(\w+)", module_file(name).read_text(encoding="utf-8")))
+    used = set(re.findall(r"self\.ui\.(\w+)", module_source(name)))
     missing = used - set(ui_widgets(name))
     assert used and not missing, f"widgets used in the code but missing from the .ui: {sorted(missing)}"
 
@@ -109,14 +120,12 @@ def test_module_cmake_lists_every_script_and_resource(name):
 
 
 def test_training_module_depends_on_the_generation_module():
-    """Its Lib imports WaveletDiffusionLib and its "Open in Wavelet Diffusion" selects that module."""
+    """Its "Open in Wavelet Diffusion" selects that module."""
     tree = ast.parse(module_file("WaveletDiffusionTraining").read_text(encoding="utf-8"))
     assigns = [n for n in ast.walk(tree) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]).endswith(
         "parent.dependencies")]  # fmt: skip
     assert [ast.literal_eval(a.value) for a in assigns] == [["WaveletDiffusion"]]
-    generation = ast.parse(module_file("WaveletDiffusion").read_text(encoding="utf-8"))
-    widget = next(n for n in ast.walk(generation) if isinstance(n, ast.ClassDef) and n.name == "WaveletDiffusionWidget")
-    assert "useCheckpoint" in {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
+    assert function("WaveletDiffusion", "WaveletDiffusionWidget", "useCheckpoint")
 
 
 def test_generation_module_depends_on_segmentations_for_its_segment_selector():
@@ -144,6 +153,17 @@ def test_engine_cmake_installs_the_whole_package():
     assert "Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR" in cmake
 
 
+def test_common_cmake_installs_both_shared_packages_beside_the_modules():
+    cmake = cmake_text(COMMON / "CMakeLists.txt")
+    scripts = {p.relative_to(COMMON).as_posix() for package in COMMON_PACKAGES
+               for p in (COMMON / package).rglob("*.py") if "__pycache__" not in p.parts}  # fmt: skip
+    assert {p.split("/")[0] for p in scripts} == set(COMMON_PACKAGES)
+    assert listed_files(cmake, "COMMON_PYTHON_SCRIPTS") == scripts
+    assert "ctkMacroCompilePythonScript(" in cmake and "NO_INSTALL_SUBDIR" in cmake
+    # The modules' own folder: both modules, the engine and the shared packages import one another from there.
+    assert "Slicer_QTSCRIPTEDMODULES_LIB_DIR" in cmake and "Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR" in cmake
+
+
 def test_top_level_cmake_metadata_and_subdirectories():
     cmake = cmake_text(REPO_ROOT / "CMakeLists.txt")
     assert re.search(r"project\(WaveletDiffusion\)", cmake)
@@ -155,7 +175,7 @@ def test_top_level_cmake_metadata_and_subdirectories():
     subdirs = re.findall(r"add_subdirectory\((\w+)\)", cmake)
     for name in subdirs:
         assert (REPO_ROOT / name / "CMakeLists.txt").is_file(), name
-    expected = [d for d in ("WDMCore", "WaveletDiffusion", "WaveletDiffusionTraining") if (REPO_ROOT / d).is_dir()]
+    expected = ["WDMCore", "WaveletDiffusionCommon", "WaveletDiffusion", "WaveletDiffusionTraining"]
     assert subdirs == expected
 
 
@@ -189,7 +209,41 @@ def test_icon_and_screenshot_urls_point_at_files_in_the_repository():
         assert png_size(REPO_ROOT / name / "Resources" / "Icons" / f"{name}.png") == (128, 128)
 
 
-LIB_FILES = sorted(p for name in MODULES for p in (REPO_ROOT / name / f"{name}Lib").glob("*.py"))
+LIB_FILES = sorted([*(p for name in MODULES for p in (REPO_ROOT / name / f"{name}Lib").glob("*.py")),
+                    *(COMMON / "WaveletDiffusionCommonLib").glob("*.py")])  # fmt: skip
+SLICER_FILES = sorted(p for folder in (*MODULES, COMMON.name) for p in (REPO_ROOT / folder).rglob("*.py")
+                      if "__pycache__" not in p.parts)  # fmt: skip
+MAX_LINES = 600
+
+
+def imported_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module or "")
+    return names
+
+
+@pytest.mark.parametrize("path", SLICER_FILES, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_no_slicer_file_is_over_the_size_limit(path):
+    """Split along ideas (a widget's panels, a logic's requests) before a file grows past this."""
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES})"
+
+
+def test_each_module_imports_only_its_own_lib_and_the_shared_packages():
+    """What both modules use lives in WaveletDiffusionCommon; neither module borrows the other's Lib or panels,
+    and the shared packages import neither module."""
+    own = {name: {f"{name}Lib", f"{name}Widgets"} for name in MODULES}
+    modules = {n for name in MODULES for n in (name, *own[name])}
+    for path in SLICER_FILES:
+        folder = path.relative_to(REPO_ROOT).parts[0]
+        allowed = own.get(folder, set()) | {folder}
+        for name in imported_names(path):
+            top = name.split(".")[0]
+            assert top not in modules or top in allowed, f"{path.relative_to(REPO_ROOT)} imports {name}"
 
 
 @pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -232,9 +286,19 @@ def test_the_engine_tables_the_lib_reads_need_no_torch():
 
 
 def function(name: str, cls: str, func: str) -> ast.FunctionDef:
-    tree = ast.parse(module_file(name).read_text(encoding="utf-8"))
-    klass = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
-    return next(n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == func)
+    """``cls.func`` of the module, also where ``cls`` has it from one of its panels (a base class of the widget)."""
+    classes = {n.name: n for path in widget_files(name) for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(n, ast.ClassDef)}  # fmt: skip
+    pending = [cls]
+    while pending:
+        klass = classes.get(pending.pop(0))
+        if klass is None:
+            continue
+        found = [n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == func]
+        if found:
+            return found[0]
+        pending += [ast.unparse(base) for base in klass.bases]
+    raise AssertionError(f"{cls}.{func} not found in {name}")
 
 
 def calls_in(node: ast.AST) -> list[str]:
@@ -250,7 +314,7 @@ def bound_widgets(name: str) -> set[str]:
 def test_no_handler_listens_to_a_widget_that_connect_gui_binds(name):
     """PythonQt calls slots in connection order: a handler connected in setup() runs before connectGui's slot
     has written the new value, and connectGui's refill of a combo box fires it as if the user had chosen."""
-    connected = re.findall(r"self\.ui\.(\w+)\.\w+\.connect\(", module_file(name).read_text(encoding="utf-8"))
+    connected = re.findall(r"self\.ui\.(\w+)\.\w+\.connect\(", module_source(name))
     assert connected and not set(connected) & bound_widgets(name)
 
 
@@ -274,7 +338,7 @@ SIGNALS = {
 
 def test_every_connected_signal_exists_on_its_widget_class():
     widgets = ui_widgets("WaveletDiffusion")
-    source = module_file("WaveletDiffusion").read_text(encoding="utf-8")
+    source = module_source("WaveletDiffusion")
     connected = re.findall(r"self\.ui\.(\w+)\.(\w+)\.connect\(", source)
     assert connected
     for name, signal in connected:
@@ -351,7 +415,7 @@ def test_preset_and_device_boxes_follow_the_parameter_node():
 
 
 def test_the_data_folder_is_scanned_only_through_the_debounced_scheduler():
-    source = module_file("WaveletDiffusionTraining").read_text(encoding="utf-8")
+    source = module_source("WaveletDiffusionTraining")
     scans = re.findall(r"self\.startScan\((.*?)\)", source)
     assert sorted(scans) == ["readVoxels=False", "readVoxels=True"]  # the scheduler, and Check data
     assert "ScanScheduler(" in source
@@ -364,7 +428,7 @@ def test_the_data_folder_is_scanned_only_through_the_debounced_scheduler():
 
 @pytest.mark.parametrize("name", MODULES)
 def test_error_dialogs_never_show_none_as_details(name):
-    source = module_file(name).read_text(encoding="utf-8")
+    source = module_source(name)
     assert not re.search(r"detailedText\s*=", source.replace('{"detailedText": str(detail)}', ""))
     assert "**errorDetails(detail)" in source
 
@@ -415,8 +479,9 @@ def test_children_start_from_slicers_startup_environment(name):
     assert "provided_root=slicer.app.extensionsInstallPath" in source
 
 
-@pytest.mark.parametrize(("name", "libs"), [("WaveletDiffusion", ("WaveletDiffusionLib",)),
-                                            ("WaveletDiffusionTraining", ("WaveletDiffusionLib",
+@pytest.mark.parametrize(("name", "libs"), [("WaveletDiffusion", (*COMMON_PACKAGES, "WaveletDiffusionLib",
+                                                                  "WaveletDiffusionWidgets")),
+                                            ("WaveletDiffusionTraining", (*COMMON_PACKAGES,
                                                                           "WaveletDiffusionTrainingLib"))])  # fmt: skip
 def test_reload_reloads_the_libs(name, libs):
     source = module_file(name).read_text(encoding="utf-8")
@@ -438,7 +503,7 @@ def test_closing_does_not_block(name):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_status_bar_messages_and_translated_strings(name):
-    source = module_file(name).read_text(encoding="utf-8")
+    source = module_source(name)
     assert source.count("slicer.util.showStatusMessage(") >= 2  # started, and finished
     assert "from slicer.i18n import tr as _" in source and "from slicer.i18n import translate" in source
     module = function(name, name, "__init__")

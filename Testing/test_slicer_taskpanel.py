@@ -14,10 +14,10 @@ import struct
 import numpy as np
 import pytest
 from slicer_support import REPO_ROOT, require_slicer, scene  # noqa: F401 - the scene fixture
+from WaveletDiffusionCommonLib.volumes import add_volume_from_array
 from WaveletDiffusionLib import taskpanel
 from WaveletDiffusionLib.parameters import GenerationParameters
 from WaveletDiffusionLib.taskpanel import INPAINT, LABELMAP, SEGMENT, STRENGTH, SYNTHESIZE, VARY, VOLUME, Selection
-from WaveletDiffusionLib.volumes import add_volume_from_array
 
 CATALOGUE = REPO_ROOT / "WDMCore" / "wdmcore" / "hub" / "models.json"
 ASSETS = REPO_ROOT / "WDMCore" / "wdmcore" / "assets"
@@ -305,7 +305,7 @@ def test_inpainting_with_a_labelmap(scene, cards):
     image = volume(scene, "image", origin=(1.0, 1.0, 1.0))
     mask = np.zeros((16, 16, 12), np.uint8)
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
-    from WaveletDiffusionLib.volumes import update_volume_node
+    from WaveletDiffusionCommonLib.volumes import update_volume_node
 
     update_volume_node(labelmap, mask, affine(origin=(1.0, 1.0, 1.0)))
     chosen = Selection(INPAINT, volume=image, labelmap=labelmap)

@@ -19,6 +19,7 @@ from vtk.util import numpy_support
 
 slicer = require_slicer()
 
+from WaveletDiffusionCommonLib import volumes  # noqa: E402
 from WaveletDiffusionLib import (  # noqa: E402
     GenerationCancelled,
     GenerationError,
@@ -27,7 +28,6 @@ from WaveletDiffusionLib import (  # noqa: E402
     WaveletDiffusionLogic,
     show_task_result,
     tasks,
-    volumes,
 )
 
 import wdmcore  # noqa: E402

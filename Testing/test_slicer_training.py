@@ -19,7 +19,7 @@ from slicer_support import make_launcher, process_alive, require_slicer, scene, 
 slicer = require_slicer()
 nib = pytest.importorskip("nibabel")
 
-from WaveletDiffusionLib import volumes  # noqa: E402
+from WaveletDiffusionCommonLib import volumes  # noqa: E402
 from WaveletDiffusionTrainingLib import TrainingParameters, WaveletDiffusionTrainingLogic, runfolder  # noqa: E402
 from WaveletDiffusionTrainingLib.datasource import describe_nodes, export_volume_nodes  # noqa: E402
 

@@ -10,7 +10,7 @@ from slicer_support import require_slicer, scene  # noqa: F401 - the fixture
 
 slicer = require_slicer()
 
-from WaveletDiffusionLib import volumes  # noqa: E402
+from WaveletDiffusionCommonLib import volumes  # noqa: E402
 
 from wdmcore.worker import write_nifti  # noqa: E402
 

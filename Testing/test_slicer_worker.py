@@ -19,8 +19,9 @@ from slicer_support import make_launcher, process_alive, require_slicer, scene, 
 
 slicer = require_slicer()
 
-from WaveletDiffusionLib import GenerationCancelled, GenerationError, WaveletDiffusionLogic, volumes  # noqa: E402
-from WaveletDiffusionLib.process import WorkerProcess  # noqa: E402
+from WaveletDiffusionCommonLib import volumes  # noqa: E402
+from WaveletDiffusionCommonLib.process import WorkerProcess  # noqa: E402
+from WaveletDiffusionLib import GenerationCancelled, GenerationError, WaveletDiffusionLogic  # noqa: E402
 
 import wdmcore  # noqa: E402
 from wdmcore import hub  # noqa: E402

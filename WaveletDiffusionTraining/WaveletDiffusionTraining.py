@@ -29,22 +29,27 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from WaveletDiffusionLib import dependencies, reloading, settings
+from WaveletDiffusionCommonLib import dependencies, reloading, settings
+from WaveletDiffusionCommonWidgets.helpers import (
+    CONTRIBUTORS,
+    documentationLink,
+    errorDetails,
+    showUnsupportedPython,
+    slicerInstallers,
+)
 from WaveletDiffusionTrainingLib import datasource, parameters, runfolder
-from WaveletDiffusionTrainingLib.logic import TrainingError, format_duration
 from WaveletDiffusionTrainingLib.logic import WaveletDiffusionTrainingLogic as _TrainingLogic
 from WaveletDiffusionTrainingLib.parameters import TrainingParameters
+from WaveletDiffusionTrainingLib.runs import TrainingError, format_duration
 from WaveletDiffusionTrainingLib.scanning import ScanScheduler
-
-from WaveletDiffusion import CONTRIBUTORS, documentationLink, errorDetails, showUnsupportedPython
 
 DATA_SOURCE_KEYS = ("folder", "nodes")  # the order of dataSourceComboBox
 DOCUMENTATION_URL = (
     "https://github.com/WaveletDiffusion/SlicerWaveletDiffusion/blob/main/docs/slicer.md"
     "#the-training-module-wavelet-diffusion-training"
 )
-# Reload reloads both Libs: this module's logic builds on the generation module's.
-LIB_PACKAGES = ("WaveletDiffusionLib", "WaveletDiffusionTrainingLib")
+# The packages that Reload must reload as well: Slicer reloads this file only.
+LIB_PACKAGES = ("WaveletDiffusionCommonLib", "WaveletDiffusionCommonWidgets", "WaveletDiffusionTrainingLib")
 
 
 class WaveletDiffusionTraining(ScriptedLoadableModule):
@@ -162,8 +167,6 @@ class WaveletDiffusionTrainingLogic(ScriptedLoadableModuleLogic, _TrainingLogic)
         """Install what training needs (PyTorch, the engine's packages, nibabel), after asking, once a session."""
         if self._dependenciesChecked:
             return
-        from WaveletDiffusion import slicerInstallers
-
         dependencies.ensure_dependencies(
             slicerInstallers(), requester="Wavelet Diffusion Training", extra=dependencies.TRAINING_PACKAGES
         )

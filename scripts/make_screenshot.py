@@ -12,7 +12,8 @@ show a real run:
   engine's task function (``wdmcore.synthesize`` / ``inpaint`` / ``vary``, what the worker runs) with the bundled
   demo model on a paired phantom.
 
-Usage: PYTHONPATH=WDMCore:WaveletDiffusion:<PySide6 dir> python scripts/make_screenshot.py [TASK ...]
+Usage, with PYTHONPATH=WDMCore:WaveletDiffusionCommon:WaveletDiffusion:<PySide6 dir>:
+    python scripts/make_screenshot.py [TASK ...]
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def generate():
     """Two volumes through the real logic and worker; returns (arrays, log lines, model label, params)."""
     import slicer
     import torch
-    from WaveletDiffusionLib import WaveletDiffusionLogic, volumes
+    from WaveletDiffusionCommonLib import volumes
+    from WaveletDiffusionLib import WaveletDiffusionLogic
 
     from wdmcore import hub, load_model
 

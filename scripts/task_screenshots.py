@@ -58,8 +58,8 @@ def segmentation_from_mask(slicer, scene, mask, affine, name="lesions", segment=
 def run(task: str):
     """(selection, result names, image rows, elapsed seconds): the engine's task on a paired phantom."""
     import slicer
+    from WaveletDiffusionCommonLib.volumes import add_volume_from_array
     from WaveletDiffusionLib import taskpanel
-    from WaveletDiffusionLib.volumes import add_volume_from_array
 
     import wdmcore
     from wdmcore.data.contrasts import paired_phantom

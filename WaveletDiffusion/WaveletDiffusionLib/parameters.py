@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import load_last_choices, save_last_choices
+from WaveletDiffusionCommonLib.settings import load_last_choices, numeric_problem, save_last_choices
 
 SETTINGS_GROUP = "WaveletDiffusion/Generate"
 
@@ -89,22 +89,6 @@ _PERSISTED = ("model", "preset", "device", "sampler", "steps", "count", "batch_s
 # the module shows.
 NUMERIC_LABELS = {"steps": "the number of steps", "count": "the number of volumes", "batch_size": "the batch size",
                   "seed": "the seed", "preview_every": "the preview interval"}  # fmt: skip
-
-
-def numeric_problem(settings: Any, labels: dict[str, str], *, zero_means_default: tuple[str, ...] = ()) -> str | None:
-    """The first of ``settings``' numeric fields (``labels``: field -> words) outside the engine's allowed range
-    (``wdmcore.limits``, the table the ``wdm`` command and the worker read), as a sentence; None when all are
-    allowed. Fields left None, and those of ``zero_means_default`` left 0, are not checked."""
-    from wdmcore.limits import problem  # torch-free; imported here so that this module loads before the engine
-
-    for name, label in labels.items():
-        value = getattr(settings, name)
-        if value is None or (name in zero_means_default and value == 0):
-            continue
-        message = problem(name, value, label)
-        if message:
-            return message
-    return None
 
 
 def save_settings(settings: Any, params: GenerationParameters) -> None:

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .volumes import ijk_to_ras
+from WaveletDiffusionCommonLib.volumes import ijk_to_ras
 
 GENERATE, SYNTHESIZE, INPAINT, VARY = "generate", "synthesize", "inpaint", "vary"
 TASK_LABELS = {
@@ -47,7 +46,7 @@ def catalogue_cards(path: str | Path | None = None) -> dict[str, dict[str, Any]]
     worker's model list may not carry the cards). ``path`` defaults to the installed engine's catalogue; an
     unreadable catalogue gives no cards (the panel then offers generation only)."""
     if path is None:
-        from .process import wdmcore_search_path
+        from WaveletDiffusionCommonLib.process import wdmcore_search_path
 
         folder = wdmcore_search_path()
         if folder is None:
@@ -443,7 +442,7 @@ def check_selection(task: str, card: Mapping[str, Any], chosen: Selection) -> li
         if not _has_voxels(labelmap):
             problems.append(f"The labelmap {_display_name(labelmap)} holds no voxels.")
             return problems
-        from .volumes import array_ijk_from_node
+        from WaveletDiffusionCommonLib.volumes import array_ijk_from_node
 
         if not np.any(array_ijk_from_node(labelmap)):
             problems.append(f"The labelmap {_display_name(labelmap)} is empty: paint the region to fill first.")

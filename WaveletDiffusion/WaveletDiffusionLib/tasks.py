@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import vtk
-
-from . import volumes
-from .parameters import numeric_problem
+from WaveletDiffusionCommonLib import volumes
+from WaveletDiffusionCommonLib.settings import numeric_problem
 
 TASKS = ("synthesize", "inpaint", "vary")
 # Inputs that should share one grid may differ by rounding in their headers (as wdmcore.tasks.inputs allows).

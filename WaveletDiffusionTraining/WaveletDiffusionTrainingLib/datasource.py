@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from vtk.util import numpy_support
-from WaveletDiffusionLib import volumes
+from WaveletDiffusionCommonLib import volumes
 
 # Exported scene volumes live in the run folder, not in a temporary one: `wdm train --resume` reads the data
 # again (its config.json records this path), also after Slicer was restarted.

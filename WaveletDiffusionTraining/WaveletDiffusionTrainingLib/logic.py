@@ -12,7 +12,7 @@ Usable without the module's GUI, from Slicer's Python console::
 Training runs as ``python -m wdmcore train --progress jsonl`` (PythonSlicer inside Slicer) in its own process
 group. A stop is a file in the run folder (``STOP``) that the trainer checks every step (no signal: inside
 Slicer it would reach the PythonSlicer launcher, not the trainer); after a timeout the whole process tree is
-ended. Its events arrive through :class:`WaveletDiffusionLib.process.ChildProcess`, and whoever calls
+ended. Its events arrive through :class:`WaveletDiffusionCommonLib.process.ChildProcess`, and whoever calls
 :meth:`WaveletDiffusionTrainingLogic.poll` (the widget from a QTimer, or the logic itself when given a
 ``schedule`` callback) turns them into the state of a :class:`TrainingRun`, points of a loss curve
 (table + plot nodes) and preview volume nodes. The logic never deletes anything in the output folder: the
@@ -27,18 +27,19 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from WaveletDiffusionLib import memory, volumes
-from WaveletDiffusionLib.polling import PolledLogic
-from WaveletDiffusionLib.process import ChildProcess, WorkerError
+from WaveletDiffusionCommonLib import memory, volumes
+from WaveletDiffusionCommonLib.polling import PolledLogic
+from WaveletDiffusionCommonLib.process import ChildProcess, WorkerError
 
 from . import runfolder
-from .datasource import SCENE_VOLUMES_FOLDER, describe_summary, export_volume_nodes
+from .datasource import SCENE_VOLUMES_FOLDER, export_volume_nodes
 from .parameters import TrainingParameters
 from .plots import LossCurve
+from .runs import TrainingError, TrainingRun
+from .scans import DataScans, ScanJob
 
 log = logging.getLogger(__name__)
 
@@ -51,144 +52,8 @@ SHUTDOWN_TIMEOUT_S = 4.5
 # The part of it kept for ending the process trees.
 KILL_BUDGET_S = 1.5
 
-FINISHED_STATES = ("finished", "stopped", "failed")
 
-
-class TrainingError(RuntimeError):
-    """Training (or a data scan) failed; ``kind`` is the engine's error kind (DataError, OutOfMemory, ...)."""
-
-    def __init__(self, message: str, kind: str = "Error", detail: str = ""):
-        super().__init__(message)
-        self.kind = kind
-        self.detail = detail
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(max(0.0, seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
-
-
-@dataclass(eq=False)
-class TrainingRun:
-    """One session of ``wdm train`` (a new run, or a resumed one) and what it reported."""
-
-    params: TrainingParameters
-    out_dir: Path
-    resume: bool = False
-    state: str = "starting"  # starting | preparing | running | stopping | finished | stopped | failed
-    phase: str = "starting the training process"
-    step: int = 0
-    total: int = 0
-    loss: float | None = None
-    lr: float | None = None
-    it_s: float | None = None
-    eta_s: float | None = None
-    gpu_mem_gb: float | None = None
-    skipped_steps: int = 0
-    device: str | None = None
-    checkpoint: Path | None = None
-    """The newest checkpoint (model file) of the run folder known to this session."""
-    result_path: Path | None = None
-    stopped_early: bool = False
-    previews: list[Any] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    error: TrainingError | None = None
-    message: str = ""
-    events: list[dict[str, Any]] = field(default_factory=list)
-    curve: LossCurve | None = None
-    started: float = field(default_factory=time.monotonic)
-    stop_requested_at: float | None = None
-    killed_after_timeout: bool = False
-    folder_item: int | None = None
-    """The subject-hierarchy folder of this run's nodes (loss table and chart, previews)."""
-    process: ChildProcess | None = field(default=None, repr=False)
-    on_event: Callable[[TrainingRun, dict], None] | None = None
-    on_progress: Callable[[TrainingRun, dict], None] | None = None
-    on_checkpoint: Callable[[TrainingRun, Path], None] | None = None
-    on_preview: Callable[[TrainingRun, Any], None] | None = None
-    on_finished: Callable[[TrainingRun], None] | None = None
-
-    @property
-    def name(self) -> str:
-        return self.out_dir.name or "training"
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED_STATES
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.step / self.total) if self.total else 0.0
-
-    @property
-    def model_path(self) -> Path | None:
-        """The checkpoint to generate with: this session's result, else the newest in the run folder."""
-        if self.result_path is not None and self.result_path.is_file():
-            return self.result_path
-        if self.checkpoint is not None and self.checkpoint.is_file():
-            return self.checkpoint
-        return runfolder.latest_model(self.out_dir)
-
-    @property
-    def can_resume(self) -> bool:
-        return runfolder.resumable(self.out_dir) is not None
-
-    def status_text(self) -> str:
-        """One line for the module: step, loss, speed, time left, GPU memory."""
-        if self.state in ("starting", "preparing"):
-            return self.phase[:1].upper() + self.phase[1:] + "..."
-        parts = [f"step {self.step:,} of {self.total:,}"]
-        if self.loss is not None:
-            parts.append(f"loss {self.loss:.4g}")
-        if self.it_s is not None:
-            parts.append(f"{self.it_s:.3g} it/s" if self.it_s >= 1 else f"{1 / max(self.it_s, 1e-9):.3g} s/step")
-        if self.eta_s is not None and self.state == "running":
-            parts.append(f"about {format_duration(self.eta_s)} left")
-        if self.gpu_mem_gb is not None:
-            parts.append(f"GPU memory {self.gpu_mem_gb:.2f} GB")
-        if self.skipped_steps:
-            parts.append(f"{self.skipped_steps} non-finite step(s) skipped")
-        text = ", ".join(parts)
-        if self.state == "stopping":
-            return "Stopping (writing a checkpoint)... " + text
-        return text[:1].upper() + text[1:]
-
-
-@dataclass(eq=False)
-class ScanJob:
-    """``wdm summarize`` on a data folder: layout, cases, sizes, spacings, intensities, unusable files."""
-
-    path: str
-    data_format: str = "auto"
-    state: str = "running"  # running | done | failed | cancelled
-    fraction: float = 0.0
-    result: dict[str, Any] | None = None
-    text: str = ""
-    error: TrainingError | None = None
-    process: ChildProcess | None = field(default=None, repr=False)
-    on_progress: Callable[[ScanJob, dict], None] | None = None
-    on_finished: Callable[[ScanJob], None] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state != "running"
-
-    @property
-    def layout(self) -> str | None:
-        return None if self.result is None else self.result.get("format")
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return {} if self.result is None else self.result.get("summary") or {}
-
-
-class WaveletDiffusionTrainingLogic(PolledLogic):
+class WaveletDiffusionTrainingLogic(DataScans, PolledLogic):
     """Training runs and data scans in child processes; curves, previews and errors as Slicer sees them."""
 
     poll_interval_ms = 200
@@ -286,81 +151,6 @@ class WaveletDiffusionTrainingLogic(PolledLogic):
             run.message = run.message or "the training process was ended"
             self._finish(run, "stopped" if run.error is None else "failed", run.error)
         self._runs = []
-
-    # ------------------------------------------------------------------------------------------- data scans
-
-    def start_scan(
-        self,
-        path: str,
-        data_format: str = "auto",
-        sequence: str = "t1n",
-        *,
-        read_voxels: bool = True,
-        on_progress: Callable[[ScanJob, dict], None] | None = None,
-        on_finished: Callable[[ScanJob], None] | None = None,
-    ) -> ScanJob:
-        """Describe a data folder as ``wdm train`` will see it (``wdm summarize`` in a child process)."""
-        job = ScanJob(str(path), data_format, on_progress=on_progress, on_finished=on_finished)
-        args = ["-m", "wdmcore", "summarize", str(path), "--format", data_format, "--sequence", sequence,
-                "--progress", "jsonl", *([] if read_voxels else ["--headers-only"])]  # fmt: skip
-        job.process = self._child("the data scan")
-        try:
-            job.process.start(args)
-        except WorkerError as exc:
-            self._finish_scan(job, "failed", TrainingError(str(exc), kind="WorkerError"))
-            return job
-        self._scans.append(job)
-        self._ensure_polling()
-        return job
-
-    def scan(self, path: str, data_format: str = "auto", sequence: str = "t1n", *, timeout: float | None = None,
-             read_voxels: bool = True) -> ScanJob:  # fmt: skip
-        """Blocking :meth:`start_scan`; raises :class:`TrainingError` when the folder cannot be read."""
-        job = self.start_scan(path, data_format, sequence, read_voxels=read_voxels)
-        if not self._wait_for(lambda: job.finished, timeout):
-            self.cancel_scan(job)
-            raise TrainingError(f"the data scan did not finish within {timeout} s", kind="Timeout")
-        if job.error is not None:
-            raise job.error
-        return job
-
-    def cancel_scan(self, job: ScanJob) -> None:
-        if job.process is not None and not job.finished:
-            job.process.kill(wait=0.5)
-            self._finish_scan(job, "cancelled")
-
-    def _scan_event(self, job: ScanJob, event: dict[str, Any]) -> None:
-        if job.finished:
-            return
-        kind = event.get("event")
-        if kind == "progress":
-            total = event.get("total") or 0
-            job.fraction = float(event.get("done", 0)) / total if total else 0.0
-            if job.on_progress is not None:
-                job.on_progress(job, event)
-        elif kind == "result":
-            job.result = event
-            job.text = describe_summary(event)
-        elif kind == "error":
-            job.error = TrainingError(str(event.get("message")), str(event.get("kind", "Error")),
-                                      str(event.get("detail", "")))  # fmt: skip
-        elif kind == "exit":
-            if job.error is not None:
-                self._finish_scan(job, "failed", job.error)
-            elif job.result is not None:
-                self._finish_scan(job, "done")
-            else:
-                self._finish_scan(job, "failed", TrainingError(str(event.get("message")), kind="Crashed",
-                                                               detail=str(event.get("stderr_tail", ""))))  # fmt: skip
-
-    def _finish_scan(self, job: ScanJob, state: str, error: TrainingError | None = None) -> None:
-        if job.finished:
-            return
-        job.state, job.error = state, error
-        if error is not None:
-            job.text = f"Cannot use this data: {error}"
-        if job.on_finished is not None:
-            job.on_finished(job)
 
     # ------------------------------------------------------------------------------------------- training
 

@@ -13,8 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from WaveletDiffusionLib.parameters import numeric_problem
-from WaveletDiffusionLib.settings import load_last_choices, save_last_choices
+from WaveletDiffusionCommonLib.settings import load_last_choices, numeric_problem, save_last_choices
 
 SETTINGS_GROUP = "WaveletDiffusion/Train"
 

@@ -45,3 +45,19 @@ def is_new_parameter_node(node: Any) -> bool:
     """Whether a module's parameter node was just created (it holds no parameter yet). The last choices fill
     only such a node: a node that came with a loaded scene keeps that scene's settings."""
     return node is not None and not tuple(node.GetParameterNames())
+
+
+def numeric_problem(settings: Any, labels: dict[str, str], *, zero_means_default: tuple[str, ...] = ()) -> str | None:
+    """The first of ``settings``' numeric fields (``labels``: field -> words) outside the engine's allowed range
+    (``wdmcore.limits``, the table the ``wdm`` command and the worker read), as a sentence; None when all are
+    allowed. Fields left None, and those of ``zero_means_default`` left 0, are not checked."""
+    from wdmcore.limits import problem  # torch-free; imported here so that this module loads before the engine
+
+    for name, label in labels.items():
+        value = getattr(settings, name)
+        if value is None or (name in zero_means_default and value == 0):
+            continue
+        message = problem(name, value, label)
+        if message:
+            return message
+    return None
