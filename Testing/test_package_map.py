@@ -14,6 +14,7 @@ import importlib.util
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from slicer_support import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "WDMCore" / "wdmcore"
@@ -23,13 +24,14 @@ FACE = "wdmcore"  # the package's __init__.py: load_model, generate, ... served 
 # docs/engine.md.
 FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "vocabulary", "paths", "filemodes", "version"}),
-    frozenset({"events", "devices", "interrupts", "hugepages", "wavelets", "volumes"}),
+    frozenset({"events", "devices", "interrupts", "hugepages", "wavelets", "volumes", "limits"}),
     frozenset({"progressbar", "networks", "diffusion", "data"}),
     frozenset({"samplers"}),
     frozenset({"models"}),
     frozenset({"hub", "training"}),
     frozenset({"loading"}),
     frozenset({"tasks", "evaluation"}),
+    frozenset({"worker_requests", "worker_jobs"}),
     frozenset({"worker", "cli"}),
     frozenset({"__main__", FACE}),
 )
@@ -193,3 +195,17 @@ def test_the_map_sees_every_kind_of_import(tmp_path):
     assert arrows[("low", "high")] == ["pkg/low/inner.py:2"]
     circle = find_circle(arrows)
     assert circle is not None and circle[0] == circle[-1] and len(circle) >= 3
+
+
+MAX_LINES = 600
+ENGINE_AND_BENCHMARK_FILES = sorted([*PACKAGE.rglob("*.py"), *(REPO_ROOT / "benchmarks").rglob("*.py")])
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in ENGINE_AND_BENCHMARK_FILES if "__pycache__" not in p.parts], ids=lambda p: p.name
+)
+def test_no_engine_or_benchmark_file_is_over_the_size_limit(path):
+    """A room of the engine or a benchmark is split along its ideas before it grows past this (the Slicer
+    modules have the same limit in test_slicer_static.py)."""
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{path} has {lines} lines (at most {MAX_LINES}); split it along its ideas"
