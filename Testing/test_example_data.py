@@ -41,7 +41,7 @@ def examples(tmp_path_factory):
 
 def test_example_data_writes_every_tasks_inputs_with_geometry_and_a_readme(examples):
     assert sorted(p.name for p in examples.iterdir()) == sorted([*EXAMPLE_FILES, "README.txt"])
-    readme = (examples / "README.txt").read_text()
+    readme = (examples / "README.txt").read_text(encoding="utf-8")
     assert all(command in readme for command in ALL_COMMANDS)
     # Synthesis: exactly the inputs the bundled synthesis model's card names, on its grid (32^3 of 7.5 mm).
     synth = wdmcore.load_model("demo_phantom_synthesize_32")
@@ -74,7 +74,7 @@ def test_example_data_refuses_to_overwrite_without_the_option(examples, capsys):
 
 
 def test_the_documented_commands_are_the_example_commands():
-    documented = documented_demo_commands(DOCS.read_text())
+    documented = documented_demo_commands(DOCS.read_text(encoding="utf-8"))
     assert documented and set(documented) == set(ALL_COMMANDS), documented
     # Each task command's --help ends with its examples.
     parser = build_parser()

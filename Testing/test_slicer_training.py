@@ -216,9 +216,28 @@ def test_bad_data_reaches_the_logic_as_a_clear_error(logic, scene, tmp_path):  #
     assert run.state == "finished", run.message
 
 
-def test_diverging_training_is_reported_and_earlier_checkpoints_are_kept(logic, phantom_folder, tmp_path):
-    # An absurd learning rate: after the first update the loss is no longer finite.
-    params = tiny(tmp_path / "run", data_path=str(phantom_folder), lr=1e30, max_steps=50, checkpoint_interval=1,
+def test_diverging_training_is_reported_and_earlier_checkpoints_are_kept(logic, phantom_folder, tmp_path, monkeypatch):
+    # The trainer's loss stops being finite from its fourth call on (a start-up hook of the child Python: every
+    # learning rate the settings accept is finite, so an absurd one can no longer force a divergence).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('WDM_TEST_NAN_FROM_CALL'):\n"
+        "    from wdmcore.diffusion import Diffusion\n"
+        "    original, calls = Diffusion.training_loss, [0]\n"
+        "    def training_loss(self, *args, **kwargs):\n"
+        "        calls[0] += 1\n"
+        "        loss, per_band = original(self, *args, **kwargs)\n"
+        "        if calls[0] >= int(os.environ['WDM_TEST_NAN_FROM_CALL']):\n"
+        "            return loss * float('nan'), per_band\n"
+        "        return loss, per_band\n"
+        "    Diffusion.training_loss = training_loss\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("WDM_TEST_NAN_FROM_CALL", "4")
+    params = tiny(tmp_path / "run", data_path=str(phantom_folder), max_steps=50, checkpoint_interval=1,
                   extra_args=[*TINY, "--max-nonfinite-steps", "2"])  # fmt: skip
     run = logic.start_training(params)
     logic.wait(run, timeout=TIMEOUT)
