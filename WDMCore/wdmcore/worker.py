@@ -52,12 +52,14 @@ import logging
 import os
 import queue
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from . import hugepages
+from .errors import DataError
 from .interrupts import EXIT_CODE, Terminated
 from .worker_jobs import (
     PREVIEW_FILE,
@@ -74,7 +76,6 @@ from .worker_requests import (
     describe_error,
     is_job_id,
     number_field,
-    output_folder,
     path_field,
     required,
     safe_name,
@@ -411,10 +412,12 @@ class Worker:
         if not isinstance(overwrite, bool):
             raise BadRequest(f"'overwrite' must be true or false, got {overwrite!r:.100}")
         name = safe_name(plain_name(request.get("name") or ("volume" if task == "generate" else task), "'name'"))
-        folder = request.get("output_dir")
-        if folder is not None and not isinstance(folder, str):
-            raise BadRequest(f"'output_dir' must be a folder path, got {folder!r:.100}")
-        folder = output_folder(request, task)  # a file or an uncreatable folder is refused in words
+        value = request.get("output_dir")  # text or null: check_fields
+        folder = Path(value) if value else Path(tempfile.mkdtemp(prefix=f"wdm-{task}-"))
+        try:  # a file, or a folder that cannot be made, is named as the request's field
+            ensure_output_folder(folder, create=False)
+        except DataError as exc:
+            raise BadRequest(f"'output_dir': {exc}") from None
         results = [folder / file_name for file_name in file_names(name)]
         model = request.get("model") or (self.model_key[0] if self.model_key else None)
         check_outputs(

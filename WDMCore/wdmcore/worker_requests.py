@@ -9,9 +9,7 @@ exception into the fields of an ``error`` event, in words a Slicer user can act 
 from __future__ import annotations
 
 import sys
-import tempfile
 import traceback
-from pathlib import Path
 from typing import Any
 
 from .errors import WDMError
@@ -97,24 +95,6 @@ def check_fields(request: dict[str, Any]) -> None:
             f'\'inputs\' must be an object of input name -> volume file path, e.g. {{"t2": "/data/t2.nrrd"}}, '
             f"got {inputs!r:.100}"
         )
-
-
-def output_folder(request: dict[str, Any], task: str) -> Path:
-    """The request's ``output_dir``, created when needed, or a new temporary folder."""
-    value = request.get("output_dir")
-    if not value:
-        return Path(tempfile.mkdtemp(prefix=f"wdm-{task}-"))
-    folder = Path(value)
-    if folder.exists() and not folder.is_dir():
-        raise BadRequest(f"'output_dir' {value!r:.200} is a file, not a folder; choose a folder for the results")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        reason = (exc.strerror or "not allowed").lower()
-        raise BadRequest(
-            f"'output_dir' {value!r:.200} cannot be created ({reason}); choose a folder you can write to"
-        ) from None
-    return folder
 
 
 def safe_name(name: str) -> str:

@@ -334,6 +334,8 @@ def describe_os_error(exc: BaseException, folder: str | os.PathLike | None = Non
         return "the disk is full (no space left on the device); free some space or write elsewhere"
     if _errno(exc) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "permission denied (the folder is read-only or belongs to someone else)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()  # in words: "[Errno 20] ..." means nothing to a user
     return str(exc) or type(exc).__name__
 
 
