@@ -99,13 +99,16 @@ def run_task(args: argparse.Namespace, task: str, inputs: Mapping[str, Any], *po
     finished = False
     try:
         with sigterm_unwinds():
+            import functools
             import importlib
 
-            from ..tasks.inputs import read_input
+            from ..volumes.reading import read_header
 
             run = getattr(importlib.import_module(f"wdmcore.tasks.{task}"), task)
             grid_path = next(iter(inputs.values()))
-            on_progress, on_preview, close = callbacks(args, lambda: read_input(grid_path, "input").affine, previews)
+            # The previews' grid: read from the first input's header once, not from its voxels at every preview.
+            affine_of_input = functools.cache(lambda: read_header(grid_path).affine)
+            on_progress, on_preview, close = callbacks(args, affine_of_input, previews)
             try:
                 volume = run(
                     args.model,
