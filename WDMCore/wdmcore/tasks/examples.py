@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
-
 # numpy is imported where it is used: `wdm --help` reads EXAMPLE_COMMANDS and must start at once.
 
 EXAMPLE_SEED = 2026
@@ -90,18 +88,13 @@ def readme_text() -> str:
 def write_example_data(folder: str | os.PathLike, *, overwrite: bool = False) -> list[Path]:
     """Write the example volumes and README.txt into ``folder`` (created if needed); returns the paths written.
     Without ``overwrite`` an existing file is an error, raised before anything is written."""
+    from ..volumes.outputs import check_outputs
     from ..volumes.writing import ensure_output_folder, save_nifti
 
     folder = Path(folder).expanduser()
-    ensure_output_folder(folder, create=False)  # a file, or a folder that cannot be made: said before any work
-    paths = [folder / name for name in (*EXAMPLE_FILES, "README.txt")]
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        shown = ", ".join(p.name for p in existing)
-        raise DataError(
-            f"{len(existing)} example file(s) already exist in {folder}: {shown}. Nothing was written; pass "
-            "--overwrite to replace them, or choose another folder."
-        )
+    # Before anything is written: a file, or a folder that cannot be made, and existing files without overwrite.
+    check_outputs([folder / name for name in (*EXAMPLE_FILES, "README.txt")], overwrite=overwrite,
+                  rename_hint="choose another folder")  # fmt: skip
     ensure_output_folder(folder)
     written = []
     for name, (array, affine) in example_volumes().items():
