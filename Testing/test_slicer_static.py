@@ -552,3 +552,26 @@ def test_slicer_5_10_or_later_is_required_and_said_so():
     assert "Slicer 5.10 or later" in re.search(r'EXTENSION_DESCRIPTION "([^"]+)"', cmake).group(1)
     for doc in ("README.md", "docs/slicer.md"):
         assert "Slicer 5.10 or later" in (REPO_ROOT / doc).read_text(encoding="utf-8"), doc
+
+
+def test_cmake_minimum_is_that_of_slicer_5_10s_extension_template():
+    # Utilities/Templates/Extensions/Default/CMakeLists.txt:1 at Slicer's tag v5.10.0.
+    first = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8").splitlines()[0]
+    assert first == "cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)"
+
+
+@pytest.mark.parametrize("folder", ["WDMCore", "WaveletDiffusionCommon"])
+def test_plain_packages_land_in_the_folder_of_the_modules(folder):
+    """slicerMacroBuildScriptedModule (without WITH_SUBDIR) compiles a module into
+    ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR} and installs it into
+    ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR} with NO_INSTALL_SUBDIR; the engine and the shared packages go to
+    exactly the same folder, which Slicer puts on sys.path when it loads a module from it and which
+    slicer_add_python_unittest passes to the self-tests as --additional-module-paths."""
+    cmake = cmake_text(REPO_ROOT / folder / "CMakeLists.txt")
+    call = re.search(r"ctkMacroCompilePythonScript\((.*?)\n\s*\)", cmake, re.S).group(1)
+    assert re.search(r"DESTINATION_DIR \$\{CMAKE_BINARY_DIR\}/\$\{Slicer_QTSCRIPTEDMODULES_LIB_DIR\}\s", call)
+    assert re.search(r"INSTALL_DIR \$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}\s", call)
+    assert "NO_INSTALL_SUBDIR" in call
+    for name in MODULES:
+        module_cmake = cmake_text(REPO_ROOT / name / "CMakeLists.txt")
+        assert "slicerMacroBuildScriptedModule(" in module_cmake and "WITH_SUBDIR" not in module_cmake
