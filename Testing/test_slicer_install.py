@@ -4,6 +4,7 @@ an INI file for Slicer's revision settings file (docs/slicer.md, *Install*)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -199,3 +200,18 @@ def test_the_script_knows_the_folders_the_extension_builds():
     assert installer.COMMON_FOLDER in subdirs and installer.ENGINE_FOLDER in subdirs
     common = sorted(p.name for p in (REPO_ROOT / installer.COMMON_FOLDER).iterdir() if (p / "__init__.py").is_file())
     assert list(installer.COMMON_PACKAGES) == common
+
+
+def test_the_install_section_names_what_the_script_does():
+    docs = (REPO_ROOT / "docs" / "slicer.md").read_text(encoding="utf-8")
+    section = docs.split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    assert docs.index("\n## Install\n") < docs.index("\n## Using the module\n")
+    for text in ("--python-script SlicerWaveletDiffusion/scripts/install_in_slicer.py", '["install"]()',
+                 '["uninstall"]()', "--uninstall", "--settings", "--python", installer.PTH_NAME, "3d-slicer-extension",
+                 "Modules/AdditionalPaths"):  # fmt: skip
+        assert text in section, text
+    for option in ("--uninstall", "--settings", "--python"):
+        assert option in SCRIPT.read_text(encoding="utf-8")
+    entry = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+    assert entry == json.loads((REPO_ROOT / "Resources" / "WaveletDiffusion.json").read_text(encoding="utf-8"))
+    assert "docs/slicer.md#install" in (REPO_ROOT / "README.md").read_text(encoding="utf-8")
