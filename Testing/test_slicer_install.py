@@ -215,3 +215,15 @@ def test_the_install_section_names_what_the_script_does():
     entry = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
     assert entry == json.loads((REPO_ROOT / "Resources" / "WaveletDiffusion.json").read_text(encoding="utf-8"))
     assert "docs/slicer.md#install" in (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_pip_builds_offline_only_with_a_setuptools_that_can_build_the_engine():
+    """setuptools 65.5 (what Python 3.11's ensurepip brings) refuses the engine's `license = "MIT"`; Slicer 5.10
+    bundles 80.9. Below pyproject's floor pip must build in isolation, fetching a setuptools that can."""
+    pyproject = (REPO_ROOT / "WDMCore" / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'license = "MIT"' in pyproject and installer.required_setuptools(REPO_ROOT) >= (77,)
+    info = {"setuptools": "80.9.0"}
+    assert "--no-build-isolation" in installer.pip_install_command("py", info, REPO_ROOT)
+    for old in ("65.5.0", None):
+        command = installer.pip_install_command("py", {"setuptools": old}, REPO_ROOT)
+        assert "--no-build-isolation" not in command and "--no-deps" in command
