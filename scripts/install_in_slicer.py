@@ -285,7 +285,9 @@ class SlicerSettings:
         return [str(path) for path in value if str(path)]
 
     def write(self, paths: list[str]) -> None:
-        self.settings.setValue(f"{SETTINGS_SECTION}/{SETTINGS_KEY}", list(paths))
+        # As Slicer's own writers store them (ExtensionWizard.py, qSlicerExtensionsManagerModel.cxx): relative to
+        # Slicer's folder where they lie in it.
+        self.settings.setValue(f"{SETTINGS_SECTION}/{SETTINGS_KEY}", self.app.toSlicerHomeRelativePaths(list(paths)))
         self.settings.sync()
 
     def absolute(self, path: str) -> str:
