@@ -521,8 +521,10 @@ def test_an_older_slicer_gets_the_message_before_anything_else(name):
 
 
 def test_generation_checks_dependencies_and_memory_before_a_run():
+    init = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionLogic", "__init__"))
+    assert "dependency_gate=lambda: dependencies.ensure_dependencies(slicerInstallers())" in init
     ensure = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionLogic", "ensureDependencies"))
-    assert "dependencies.ensure_dependencies(slicerInstallers())" in ensure
+    assert "self.require_dependencies()" in ensure
     generate = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onGenerate"))
     assert "self.logic.ensureDependencies()" in generate
     assert "self.logic.memory_warning(params" in generate

@@ -150,8 +150,10 @@ class WaveletDiffusionTrainingLogic(ScriptedLoadableModuleLogic, _TrainingLogic)
             schedule=lambda ms, callback: qt.QTimer.singleShot(ms, callback),
             base_env=slicer.util.startupEnvironment,
             provided_root=slicer.app.extensionsInstallPath,
+            dependency_gate=lambda: dependencies.ensure_dependencies(
+                slicerInstallers(), requester="Wavelet Diffusion Training", extra=dependencies.TRAINING_PACKAGES
+            ),
         )
-        self._dependenciesChecked = False
 
     def getParameterNode(self):
         """The scene's parameter node; a new one starts from the user's last choices (QSettings), one that came
@@ -164,27 +166,15 @@ class WaveletDiffusionTrainingLogic(ScriptedLoadableModuleLogic, _TrainingLogic)
         return wrapped
 
     def ensureDependencies(self) -> None:
-        """Install what training needs (PyTorch, the engine's packages, nibabel), after asking, once a session."""
-        if self._dependenciesChecked:
-            return
-        dependencies.ensure_dependencies(
-            slicerInstallers(), requester="Wavelet Diffusion Training", extra=dependencies.TRAINING_PACKAGES
-        )
-        self._dependenciesChecked = True
+        """Install what training needs (PyTorch, the engine's packages, nibabel), after asking, once a session:
+        the gate every request of the logic passes (``require_dependencies``)."""
+        self.require_dependencies()
 
     def dependenciesPresent(self) -> bool:
         """Whether everything is installed already (checked without asking or installing anything)."""
         required = [dependencies.TORCH, *dependencies.PACKAGES, *dependencies.MODULE_PACKAGES,
                     *dependencies.TRAINING_PACKAGES]  # fmt: skip
-        return self._dependenciesChecked or not dependencies.missing(required)
-
-    def start_training(self, *args, **kwargs):
-        self.ensureDependencies()
-        return super().start_training(*args, **kwargs)
-
-    def start_scan(self, *args, **kwargs):
-        self.ensureDependencies()
-        return super().start_scan(*args, **kwargs)
+        return self._dependencies_ready or not dependencies.missing(required)
 
 
 class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

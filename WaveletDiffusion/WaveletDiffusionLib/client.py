@@ -78,6 +78,7 @@ class WorkerClient(PolledLogic):
         self._jobs.clear()
 
     def _submit(self, job: Job, request_type: str, **fields: Any) -> Job:
+        self.require_dependencies()  # every request reaches the worker through here
         try:
             job.request_id = self.worker.send(request_type, **fields)
         except WorkerError as exc:

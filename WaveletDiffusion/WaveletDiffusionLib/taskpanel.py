@@ -489,7 +489,9 @@ class RunPlan:
 def run_plan(task: str, card: Mapping[str, Any], model: str, chosen: Selection, settings: Any) -> RunPlan:
     """The call the Run button makes for ``task`` (``settings``: the panel's :class:`GenerationParameters`).
     Generation keeps its own path (``start_generation`` with the whole settings)."""
-    common = {"seed": int(settings.seed), "device": settings.device, "precision": settings.precision}
+    # *Live preview* unticked reaches the worker as preview_every 0: no preview files, no preview node.
+    common = {"seed": int(settings.seed), "device": settings.device, "precision": settings.precision,
+              "preview": bool(settings.preview)}  # fmt: skip
     sampling = {"sampler": settings.sampler, "steps": int(settings.steps)}
     if task == GENERATE:
         return RunPlan("start_generation", (settings,), {}, f"generating {settings.count} volume(s)")
