@@ -228,3 +228,27 @@ def test_the_task_panel_checks_memory_before_it_starts():
     assert "confirmOkCancelDisplay(" in run
     shown = text[text.index("def showSelectionCheck") :]
     assert "self.taskMemoryWarning()" in shown[: shown.index("\n    def ", 10)]
+
+
+# ------------------------------------------------------------------------------------------- strength slider
+
+
+def test_the_strength_slider_cannot_reach_zero():
+    import xml.etree.ElementTree as ElementTree
+
+    from slicer_support import MODULE_DIR
+    from WaveletDiffusionLib.tasks import TaskParameters
+
+    low, high = taskpanel.strength_range()
+    assert (low, high) == (0.01, 1.0)
+    # Every value the slider can show is one the engine takes; the one below it is refused.
+    assert TaskParameters("vary", "m", strength=low).validate() and TaskParameters("vary", "m", strength=high)
+    with pytest.raises(ValueError, match="strength"):
+        TaskParameters("vary", "m", strength=round(low - 10.0**-taskpanel.STRENGTH_DECIMALS, 6)).validate()
+    ui = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / "WaveletDiffusion.ui")
+    slider = next(w for w in ui.iter("widget") if w.get("name") == "strengthSliderWidget")
+    values = {p.get("name"): p[0].text for p in slider.findall("property")}
+    assert int(values["decimals"]) == taskpanel.STRENGTH_DECIMALS
+    assert (float(values["minimum"]), float(values["maximum"])) == (low, high)
+    setup = (MODULE_DIR / "WaveletDiffusion.py").read_text(encoding="utf-8")
+    assert "self.ui.strengthSliderWidget.maximum = taskpanel.strength_range()" in setup

@@ -373,7 +373,7 @@ def test_volume_selectors_list_the_right_node_types():
     assert prop("inputVolumeSelector", "showChildNodeTypes") == "false"  # no labelmaps among the volumes
     assert prop("labelmapSelector", "nodeTypes") == ["vtkMRMLLabelMapVolumeNode"]
     slider = {p.get("name"): p[0].text for p in widgets["strengthSliderWidget"].findall("property")}
-    assert (float(slider["minimum"]), float(slider["maximum"])) == (0.0, 1.0)
+    assert (float(slider["minimum"]), float(slider["maximum"])) == (0.01, 1.0)  # strength is in (0, 1]
 
 
 def test_synthesis_selectors_are_made_anew_with_the_scene_for_each_model():

@@ -210,6 +210,7 @@ class WaveletDiffusionWidget(
         self.ui.segmentSelectorWidget.currentNodeChanged.connect(
             lambda node: self.storeInputNode("segmentation", node))  # fmt: skip
         self.ui.segmentSelectorWidget.currentSegmentChanged.connect(self.onSegmentChosen)
+        self.ui.strengthSliderWidget.minimum, self.ui.strengthSliderWidget.maximum = taskpanel.strength_range()
         self.ui.strengthSliderWidget.valueChanged.connect(self.onStrengthChosen)
         self._catalogueCards = taskpanel.catalogue_cards()
 
