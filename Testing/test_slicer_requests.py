@@ -252,3 +252,36 @@ def test_the_strength_slider_cannot_reach_zero():
     assert (float(values["minimum"]), float(values["maximum"])) == (low, high)
     setup = (MODULE_DIR / "WaveletDiffusion.py").read_text(encoding="utf-8")
     assert "self.ui.strengthSliderWidget.maximum = taskpanel.strength_range()" in setup
+
+
+# ------------------------------------------------------------------------------------------- the GUI thread
+
+
+def test_nvidia_smi_is_bounded_and_asked_once(tmp_path, monkeypatch):
+    from WaveletDiffusionCommonLib import memory
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\necho 2048\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(memory, "_cuda_free_cache", {})
+    assert memory.cuda_free_bytes(0) == 2048 * 2**20
+    assert memory.cuda_free_bytes(0) == 2048 * 2**20  # the cached answer: nvidia-smi ran once
+    assert calls.read_text().count("x") == 1
+    assert memory.cuda_free_bytes(1) == 2048 * 2**20 and calls.read_text().count("x") == 2  # per GPU
+    # A GPU that does not answer in time: None, and it is not asked again at once (no second wait).
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\nexec sleep 30\n")
+    monkeypatch.setattr(memory, "_cuda_free_cache", {})
+    assert memory.cuda_free_bytes(0, timeout=0.5) is None
+    assert memory.cuda_free_bytes(0, timeout=0.5) is None
+    assert calls.read_text().count("x") == 3
+    assert memory.NVIDIA_SMI_TIMEOUT_S <= 3
+
+
+def test_scene_volumes_for_training_are_written_uncompressed(scene, tmp_path):
+    from WaveletDiffusionTrainingLib.datasource import export_volume_nodes
+
+    written = export_volume_nodes([volume(scene, "ct")], tmp_path / "scene_volumes")
+    header = written[0].read_bytes()[:400].decode("latin-1")
+    assert "encoding: raw" in header

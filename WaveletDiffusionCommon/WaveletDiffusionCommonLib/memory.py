@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 # Parameters of the presets (docs/engine.md).
 PARAMETERS = {"unet-128": 57.9e6, "unet-256": 83.2e6, "wavunet-128": 89.7e6, "wavunet-256": 125.5e6,
@@ -88,8 +89,26 @@ def available_ram() -> float | None:
     return float(psutil.virtual_memory().available)
 
 
-def cuda_free_bytes(index: int = 0, timeout: float = 5.0) -> float | None:
-    """Free memory of CUDA GPU ``index`` from nvidia-smi (Slicer's own process does not load torch), or None."""
+# nvidia-smi runs on Slicer's GUI thread (before a training run starts): it may take seconds on a busy or
+# sleeping GPU, so it gets a short timeout, and its answer (also "no answer") is kept for a while.
+NVIDIA_SMI_TIMEOUT_S = 2.0
+NVIDIA_SMI_CACHE_S = 30.0
+_cuda_free_cache: dict[int, tuple[float, float | None]] = {}
+
+
+def cuda_free_bytes(index: int = 0, timeout: float = NVIDIA_SMI_TIMEOUT_S) -> float | None:
+    """Free memory of CUDA GPU ``index`` from nvidia-smi (Slicer's own process does not load torch), or None.
+    At most ``timeout`` seconds; the answer is reused for :data:`NVIDIA_SMI_CACHE_S` seconds."""
+    now = time.monotonic()
+    cached = _cuda_free_cache.get(index)
+    if cached is not None and now - cached[0] < NVIDIA_SMI_CACHE_S:
+        return cached[1]
+    free = _query_nvidia_smi(index, timeout)
+    _cuda_free_cache[index] = (time.monotonic(), free)
+    return free
+
+
+def _query_nvidia_smi(index: int, timeout: float) -> float | None:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
