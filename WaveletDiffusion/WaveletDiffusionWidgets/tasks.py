@@ -206,7 +206,7 @@ class TaskPanel:
 
     def onTaskProgress(self, job, event) -> None:
         if event.get("task") == "download":
-            self.ui.statusLabel.text = f"Downloading the model... {100 * job.fraction:.0f} %"
+            self.ui.statusLabel.text = _("Downloading the model... {percent:.0f} %").format(percent=100 * job.fraction)
             return
         self.ui.progressBar.value = int(1000 * job.fraction)
         self.ui.statusLabel.text = taskpanel.progress_text(event, formatDuration)
