@@ -80,8 +80,9 @@ def test_every_generation_request_passes_the_dependency_gate(scene, tmp_path):
         "list_models": lambda logic: logic.list_models(),
         "device_info": lambda logic: logic.device_info(),
         "request": lambda logic: logic.request("info"),
+        "worker": lambda logic: logic.worker,  # the property that starts the worker process
     }
-    assert set(calls) == GENERATION_REQUESTS
+    assert set(calls) == GENERATION_REQUESTS | {"worker"}
     for name, call in calls.items():
         missing = MissingEverything()
         logic = WaveletDiffusionLogic(scene)
