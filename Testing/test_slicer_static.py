@@ -373,7 +373,7 @@ def test_volume_selectors_list_the_right_node_types():
     assert prop("inputVolumeSelector", "showChildNodeTypes") == "false"  # no labelmaps among the volumes
     assert prop("labelmapSelector", "nodeTypes") == ["vtkMRMLLabelMapVolumeNode"]
     slider = {p.get("name"): p[0].text for p in widgets["strengthSliderWidget"].findall("property")}
-    assert (float(slider["minimum"]), float(slider["maximum"])) == (0.0, 1.0)
+    assert (float(slider["minimum"]), float(slider["maximum"])) == (0.01, 1.0)  # strength is in (0, 1]
 
 
 def test_synthesis_selectors_are_made_anew_with_the_scene_for_each_model():
@@ -521,8 +521,10 @@ def test_an_older_slicer_gets_the_message_before_anything_else(name):
 
 
 def test_generation_checks_dependencies_and_memory_before_a_run():
+    init = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionLogic", "__init__"))
+    assert "dependency_gate=lambda: dependencies.ensure_dependencies(slicerInstallers())" in init
     ensure = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionLogic", "ensureDependencies"))
-    assert "dependencies.ensure_dependencies(slicerInstallers())" in ensure
+    assert "self.require_dependencies()" in ensure
     generate = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onGenerate"))
     assert "self.logic.ensureDependencies()" in generate
     assert "self.logic.memory_warning(params" in generate

@@ -126,8 +126,8 @@ class WaveletDiffusionLogic(ScriptedLoadableModuleLogic, _GenerationLogic):
             schedule=lambda ms, callback: qt.QTimer.singleShot(ms, callback),
             base_env=slicer.util.startupEnvironment,
             provided_root=slicer.app.extensionsInstallPath,
+            dependency_gate=lambda: dependencies.ensure_dependencies(slicerInstallers()),
         )
-        self._dependenciesChecked = False
 
     def getParameterNode(self):
         """The scene's parameter node; a new one starts from the user's last choices (QSettings), one that came
@@ -142,21 +142,9 @@ class WaveletDiffusionLogic(ScriptedLoadableModuleLogic, _GenerationLogic):
         return wrapped
 
     def ensureDependencies(self) -> None:
-        """Install what the worker needs, after asking (once per session)."""
-        if self._dependenciesChecked:
-            return
-        dependencies.ensure_dependencies(slicerInstallers())
-        self._dependenciesChecked = True
-
-    def generate(self, *args, **kwargs):
-        """Blocking: returns the volume nodes (see the Lib's ``WaveletDiffusionLogic.generate``)."""
-        self.ensureDependencies()
-        return super().generate(*args, **kwargs)
-
-    def start_generation(self, params=None, **kwargs):
-        """Non-blocking: returns a job at once; callbacks run on the GUI thread from a QTimer."""
-        self.ensureDependencies()
-        return super().start_generation(params, **kwargs)
+        """Install what the worker needs, after asking (once per session): the gate every request of the logic
+        passes (``require_dependencies``), called by the panel before its first request."""
+        self.require_dependencies()
 
 
 class WaveletDiffusionWidget(
@@ -222,6 +210,7 @@ class WaveletDiffusionWidget(
         self.ui.segmentSelectorWidget.currentNodeChanged.connect(
             lambda node: self.storeInputNode("segmentation", node))  # fmt: skip
         self.ui.segmentSelectorWidget.currentSegmentChanged.connect(self.onSegmentChosen)
+        self.ui.strengthSliderWidget.minimum, self.ui.strengthSliderWidget.maximum = taskpanel.strength_range()
         self.ui.strengthSliderWidget.valueChanged.connect(self.onStrengthChosen)
         self._catalogueCards = taskpanel.catalogue_cards()
 

@@ -150,8 +150,10 @@ class WaveletDiffusionTrainingLogic(ScriptedLoadableModuleLogic, _TrainingLogic)
             schedule=lambda ms, callback: qt.QTimer.singleShot(ms, callback),
             base_env=slicer.util.startupEnvironment,
             provided_root=slicer.app.extensionsInstallPath,
+            dependency_gate=lambda: dependencies.ensure_dependencies(
+                slicerInstallers(), requester="Wavelet Diffusion Training", extra=dependencies.TRAINING_PACKAGES
+            ),
         )
-        self._dependenciesChecked = False
 
     def getParameterNode(self):
         """The scene's parameter node; a new one starts from the user's last choices (QSettings), one that came
@@ -164,27 +166,15 @@ class WaveletDiffusionTrainingLogic(ScriptedLoadableModuleLogic, _TrainingLogic)
         return wrapped
 
     def ensureDependencies(self) -> None:
-        """Install what training needs (PyTorch, the engine's packages, nibabel), after asking, once a session."""
-        if self._dependenciesChecked:
-            return
-        dependencies.ensure_dependencies(
-            slicerInstallers(), requester="Wavelet Diffusion Training", extra=dependencies.TRAINING_PACKAGES
-        )
-        self._dependenciesChecked = True
+        """Install what training needs (PyTorch, the engine's packages, nibabel), after asking, once a session:
+        the gate every request of the logic passes (``require_dependencies``)."""
+        self.require_dependencies()
 
     def dependenciesPresent(self) -> bool:
         """Whether everything is installed already (checked without asking or installing anything)."""
         required = [dependencies.TORCH, *dependencies.PACKAGES, *dependencies.MODULE_PACKAGES,
                     *dependencies.TRAINING_PACKAGES]  # fmt: skip
-        return self._dependenciesChecked or not dependencies.missing(required)
-
-    def start_training(self, *args, **kwargs):
-        self.ensureDependencies()
-        return super().start_training(*args, **kwargs)
-
-    def start_scan(self, *args, **kwargs):
-        self.ensureDependencies()
-        return super().start_scan(*args, **kwargs)
+        return self._dependencies_ready or not dependencies.missing(required)
 
 
 class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -348,18 +338,18 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         if not params or params.dataSource != "folder":
             return
         if not params.dataPath or not os.path.exists(params.dataPath):
-            self.ui.dataSummaryTextEdit.plainText = "Choose the folder of training volumes."
+            self.ui.dataSummaryTextEdit.plainText = _("Choose the folder of training volumes.")
             return
         if readVoxels:
             try:
                 self.logic.ensureDependencies()
             except Exception as exc:
-                self.showError("Cannot prepare the training engine", exc)
+                self.showError(_("Cannot prepare the training engine"), exc)
                 return
         elif not self.logic.dependenciesPresent():
-            self.ui.dataSummaryTextEdit.plainText = "Press Check data to read the folder."
+            self.ui.dataSummaryTextEdit.plainText = _("Press Check data to read the folder.")
             return
-        self.ui.dataSummaryTextEdit.plainText = "Reading the folder..."
+        self.ui.dataSummaryTextEdit.plainText = _("Reading the folder...")
         self.ui.checkDataProgressBar.value = 0
         self._scanJob = self.logic.start_scan(
             params.dataPath,
@@ -372,7 +362,8 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
 
     def onScanProgress(self, job, event) -> None:
         self.ui.checkDataProgressBar.value = int(1000 * job.fraction)
-        self.ui.dataSummaryTextEdit.plainText = f"Reading volume {event.get('done')} of {event.get('total')}..."
+        self.ui.dataSummaryTextEdit.plainText = _("Reading volume {done} of {total}...").format(
+            done=event.get("done"), total=event.get("total"))  # fmt: skip
 
     def onScanFinished(self, job) -> None:
         if job is not self._scanJob:
@@ -396,16 +387,16 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
     def describeOutputDir(self) -> None:
         path = self._parameterNode.outputDir if self._parameterNode else ""
         if not path:
-            self.ui.checkpointLabel.text = "Choose an output folder."
+            self.ui.checkpointLabel.text = _("Choose an output folder.")
             return
         found = runfolder.checkpoints(path)
         if not found:
-            self.ui.checkpointLabel.text = "No checkpoint in the output folder: Start begins a new run."
+            self.ui.checkpointLabel.text = _("No checkpoint in the output folder: Start begins a new run.")
             return
         resumable = runfolder.resumable(path)
-        text = f"Newest checkpoint: {found[-1].model.name} (step {found[-1].step:,})."
+        text = _("Newest checkpoint: {name} (step {step:,}).").format(name=found[-1].model.name, step=found[-1].step)
         if resumable is not None:
-            text += f" Resume continues from step {resumable.step:,}."
+            text += " " + _("Resume continues from step {step:,}.").format(step=resumable.step)
         self.ui.checkpointLabel.text = text
 
     # ------------------------------------------------------------------------------------------- training
@@ -443,7 +434,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
             slicer.util.showStatusMessage(_("Wavelet Diffusion Training: starting {run}...").format(
                 run=params.output_dir))  # fmt: skip
             self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = "Starting the training process..."
+            self.ui.statusLabel.text = _("Starting the training process...")
             self._run = self.logic.start_training(
                 params, resume=resume, nodes=self.checkedVolumes(), **self.callbacks()
             )
@@ -467,7 +458,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self.ui.statusLabel.text = run.status_text()
 
     def onCheckpoint(self, run, path) -> None:
-        self.ui.checkpointLabel.text = f"Newest checkpoint: {path}"
+        self.ui.checkpointLabel.text = _("Newest checkpoint: {path}").format(path=path)
         self.updateButtons()
 
     def onPreview(self, run, node) -> None:
@@ -481,7 +472,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
             self.appendLog("ending the training process now (the newest checkpoint on disk stays usable)")
             self.logic.stop(run, force=True)
         else:
-            self.ui.statusLabel.text = (
+            self.ui.statusLabel.text = _(
                 "Stopping: a checkpoint is written after the current step (press Stop "
                 "again to end the process at once)..."
             )
@@ -492,12 +483,13 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
             self._run = None
         elapsed = format_duration(time.monotonic() - run.started)
         if run.state == "failed":
-            self.ui.statusLabel.text = f"Failed after {elapsed}: {run.error}"
-            self.showError("Training failed", run.error)
+            self.ui.statusLabel.text = _("Failed after {elapsed}: {error}").format(elapsed=elapsed, error=run.error)
+            self.showError(_("Training failed"), run.error)
         else:
             self.ui.progressBar.value = int(1000 * run.fraction)
-            verb = "Finished" if run.state == "finished" else "Stopped"
-            self.ui.statusLabel.text = f"{verb} at step {run.step:,} after {elapsed}."
+            text = (_("Finished at step {step:,} after {elapsed}.") if run.state == "finished"
+                    else _("Stopped at step {step:,} after {elapsed}."))  # fmt: skip
+            self.ui.statusLabel.text = text.format(step=run.step, elapsed=elapsed)
             if run.message and run.state == "stopped" and run.result_path is None:
                 self.appendLog(run.message)
         slicer.util.showStatusMessage(_("Wavelet Diffusion Training: {status}").format(
@@ -511,7 +503,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         if path is None and self._parameterNode and self._parameterNode.outputDir:
             path = runfolder.latest_model(self._parameterNode.outputDir)
         if path is None:
-            slicer.util.errorDisplay("There is no checkpoint in the output folder yet.")
+            slicer.util.errorDisplay(_("There is no checkpoint in the output folder yet."))
             return
         slicer.util.selectModule("WaveletDiffusion")
         slicer.util.getModuleWidget("WaveletDiffusion").useCheckpoint(str(path))

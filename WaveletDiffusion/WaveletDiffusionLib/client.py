@@ -55,6 +55,7 @@ class WorkerClient(PolledLogic):
     def worker(self) -> WorkerProcess:
         """The running worker, started when first needed (and again after a crash)."""
         if self._worker is None or not self._worker.running:
+            self.require_dependencies()  # the worker imports torch and the engine
             if self._worker is not None:
                 self._worker.kill()
             self._worker = WorkerProcess(self.python, env=self.worker_env, base_env=self.base_env,
@@ -78,6 +79,7 @@ class WorkerClient(PolledLogic):
         self._jobs.clear()
 
     def _submit(self, job: Job, request_type: str, **fields: Any) -> Job:
+        self.require_dependencies()  # every request reaches the worker through here
         try:
             job.request_id = self.worker.send(request_type, **fields)
         except WorkerError as exc:

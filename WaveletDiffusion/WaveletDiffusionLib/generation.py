@@ -183,26 +183,40 @@ class GenerationRequests(WorkerClient):
         preset = params.preset or preset_of_model(params.model)
         if preset is None:
             return None
-        available = None
-        if params.device == "cpu":
-            available = memory.available_ram()
-        else:
-            device = next((d for d in devices or [] if d.get("id") == params.device), None)
-            available = None if device is None else device.get("free_bytes")
+        return _sampling_warning(params.device, params.precision, params.batch_size, devices,
+                                 lambda batch: memory.sampling_bytes(preset, 0, batch, params.precision))  # fmt: skip
 
-        def needed(batch: int) -> float:
-            return memory.sampling_bytes(preset, 0, batch, params.precision)
-
-        remedies = []
-        if params.batch_size > 1 and available:
-            fits = memory.largest_batch(needed, 0.9 * available, params.batch_size)
-            if fits:
-                remedies.append(f"set the batch size to {fits}")
-        if params.precision == "fp32" and params.device.startswith("cuda"):
-            remedies.append("choose bf16 precision")
-        if params.device != "cpu":
-            remedies.append("generate on the CPU (slower, uses the computer's memory)")
-        return memory.warning(needed(params.batch_size), available, params.device, remedies=remedies)
+    def task_memory_warning(
+        self,
+        task: str,
+        model: str,
+        card: dict[str, Any],
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        grid: tuple[int, ...] | None = None,
+        preset: str | None = None,
+        devices: list[dict[str, Any]] | None = None,
+    ) -> str | None:
+        """:meth:`memory_warning` for synthesize, inpaint and vary: the network of ``preset`` (or the one the
+        model's name states) on the volume it works on, one at a time: a crop of the model's size (the card's
+        ``image_size``) for inpainting and variations, and for a cWDM synthesis the inputs' ``grid`` with each axis
+        rounded up to a multiple of 32 (the engine pads or crops to one). None when it fits or the network is not
+        known."""
+        preset = preset or preset_of_model(model)
+        if preset is None:
+            return None
+        size = card.get("image_size") or memory.PRESET_SIZE.get(preset)
+        size = int(size[0] if isinstance(size, list | tuple) else size or 0)
+        voxels = float(size) ** 3 if size else None
+        multiple = memory.FAMILY_MULTIPLE.get(preset)
+        if task == "synthesize" and grid and multiple:
+            # The engine pads or crops each axis to a multiple (wdmcore.tasks.inputs.fit_axis); padding, the
+            # larger of the two, is the estimate's (the Lib imports no engine module that needs numpy or torch).
+            voxels = float(np.prod([-(-int(n) // multiple) * multiple for n in grid]))
+        return _sampling_warning(
+            device, precision, 1, devices, lambda batch: memory.sampling_bytes(preset, size, batch, precision, voxels)
+        )
 
     def remove_preview(self) -> None:
         node, self.preview_node = self.preview_node, None
@@ -216,3 +230,24 @@ class GenerationRequests(WorkerClient):
                 self.remove_preview()
             if job.output_dir is not None and not self.keep_files:
                 shutil.rmtree(job.output_dir, ignore_errors=True)
+
+
+def _sampling_warning(
+    device: str, precision: str, batch_size: int, devices: list[dict[str, Any]] | None, needed: Callable[[int], float]
+) -> str | None:
+    """The warning (with remedies) when ``needed(batch_size)`` bytes do not fit ``device``'s free memory."""
+    if device == "cpu":
+        available = memory.available_ram()
+    else:
+        found = next((d for d in devices or [] if d.get("id") == device), None)
+        available = None if found is None else found.get("free_bytes")
+    remedies = []
+    if batch_size > 1 and available:
+        fits = memory.largest_batch(needed, 0.9 * available, batch_size)
+        if fits:
+            remedies.append(f"set the batch size to {fits}")
+    if precision == "fp32" and device.startswith("cuda"):
+        remedies.append("choose bf16 precision")
+    if device != "cpu":
+        remedies.append("run on the CPU (slower, uses the computer's memory)")
+    return memory.warning(needed(batch_size), available, device, remedies=remedies)

@@ -29,6 +29,7 @@ TASK_LABELS = {
 }
 RUN_LABELS = {GENERATE: "Generate", SYNTHESIZE: "Synthesize", INPAINT: "Inpaint", VARY: "Make variations"}
 DEFAULT_STRENGTH = 0.3
+STRENGTH_DECIMALS = 2  # the strength slider's (the .ui file's ``decimals``)
 # Two grids are the same when their IJK-to-RAS matrices agree within 1 um (the engine's own tolerance).
 GRID_TOLERANCE_MM = 1e-3
 CARD_KEY = "wdm_card"  # where our .safetensors files keep their card (wdmcore.models.checkpoints.CARD_KEY)
@@ -283,6 +284,17 @@ class TaskInputs:
         return chosen
 
 
+def strength_range(decimals: int = STRENGTH_DECIMALS) -> tuple[float, float]:
+    """The strength slider's minimum and maximum, from the engine's table (``wdmcore.limits``): an open bound
+    becomes the nearest value the slider can show inside it (strength is in (0, 1]: 0 would be refused)."""
+    from wdmcore.limits import LIMITS  # torch-free
+
+    limit, step = LIMITS["strength"], 10.0**-decimals
+    low = limit.low + step if limit.low_open else limit.low
+    high = limit.high - step if limit.high_open else limit.high
+    return round(low, decimals), round(high, decimals)
+
+
 def choose_task(stored: str, card: Mapping[str, Any]) -> str:
     """The task to show: the stored one when the model offers it, else the model's own."""
     offered = tasks_of(card)
@@ -489,7 +501,9 @@ class RunPlan:
 def run_plan(task: str, card: Mapping[str, Any], model: str, chosen: Selection, settings: Any) -> RunPlan:
     """The call the Run button makes for ``task`` (``settings``: the panel's :class:`GenerationParameters`).
     Generation keeps its own path (``start_generation`` with the whole settings)."""
-    common = {"seed": int(settings.seed), "device": settings.device, "precision": settings.precision}
+    # *Live preview* unticked reaches the worker as preview_every 0: no preview files, no preview node.
+    common = {"seed": int(settings.seed), "device": settings.device, "precision": settings.precision,
+              "preview": bool(settings.preview)}  # fmt: skip
     sampling = {"sampler": settings.sampler, "steps": int(settings.steps)}
     if task == GENERATE:
         return RunPlan("start_generation", (settings,), {}, f"generating {settings.count} volume(s)")

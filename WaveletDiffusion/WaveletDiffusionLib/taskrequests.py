@@ -227,6 +227,7 @@ class TaskRequests(GenerationRequests):
         fails, the temporary folder goes and the error is raised: the job never started."""
         params: TaskParameters = job.params
         try:
+            self.require_dependencies()  # before any file is written (``_submit`` asks again, at no cost)
             fields = export()
         except BaseException:
             shutil.rmtree(job.output_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import qt
 import slicer
+from slicer.i18n import tr as _
 
 
 class CheckpointPanel:
@@ -11,7 +12,7 @@ class CheckpointPanel:
 
     def onOpenCheckpoint(self) -> None:
         path = qt.QFileDialog.getOpenFileName(
-            slicer.util.mainWindow(), "Open a WDM checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth)"
+            slicer.util.mainWindow(), _("Open a WDM checkpoint"), "", _("Checkpoints (*.safetensors *.pt *.pth)")
         )
         if path:
             self.useCheckpoint(path)

@@ -19,7 +19,7 @@ class GenerationPanel:
 
     def onDeviceInfo(self, job) -> None:
         if job.error is not None:
-            self.showError("Cannot query the devices", job.error)
+            self.showError(_("Cannot query the devices"), job.error)
             return
         info = job.result
         self.appendLog(
@@ -106,15 +106,20 @@ class GenerationPanel:
 
     def onProgress(self, job, event) -> None:
         if event.get("task") == "download":
-            self.ui.statusLabel.text = f"Downloading the model... {100 * job.fraction:.0f} %"
+            self.ui.statusLabel.text = _("Downloading the model... {percent:.0f} %").format(percent=100 * job.fraction)
             return
         self.ui.progressBar.value = int(1000 * job.fraction)
         eta = event.get("eta_s")
-        etaText = "" if eta is None else f", about {formatDuration(eta)} left"
+        etaText = "" if eta is None else _(", about {duration} left").format(duration=formatDuration(eta))
         volume = int(event.get("volume", 0)) + 1
         self.ui.statusLabel.text = (
-            f"Volume {volume} of {event.get('num', job.params.count)}: step {event.get('step')} of "
-            f"{event.get('steps')}{etaText}"
+            _("Volume {volume} of {count}: step {step} of {steps}").format(
+                volume=volume,
+                count=event.get("num", job.params.count),
+                step=event.get("step"),
+                steps=event.get("steps"),
+            )
+            + etaText
         )
 
     def onPreview(self, job, node) -> None:
@@ -149,5 +154,5 @@ class GenerationPanel:
             self.logic.cancel(self._job, force=True)
         else:
             self.appendLog("cancel requested: stopping after the current step")
-            self.ui.statusLabel.text = "Cancelling... (press Cancel again to stop the worker at once)"
+            self.ui.statusLabel.text = _("Cancelling... (press Cancel again to stop the worker at once)")
             self.logic.cancel(self._job)

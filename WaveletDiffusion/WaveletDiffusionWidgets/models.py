@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import slicer
+from slicer.i18n import tr as _
 from WaveletDiffusionLib import parameters
 
 
@@ -13,7 +14,7 @@ class ModelPanel:
     ``self._parameterNode`` of the widget."""
 
     def onRefreshModels(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Cannot prepare the generation engine.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Cannot prepare the generation engine."), waitCursor=True):
             self.logic.ensureDependencies()
             self.appendLog("reading the model catalogue and the devices...")
             self.logic.request("list_models", on_finished=self.onModelsListed)
@@ -21,7 +22,7 @@ class ModelPanel:
 
     def onModelsListed(self, job) -> None:
         if job.error is not None:
-            self.showError("Cannot list the models", job.error)
+            self.showError(_("Cannot list the models"), job.error)
             return
         self._models = job.result["models"]
         self.appendLog(f"model cache: {job.result.get('cache_dir')}")
@@ -33,12 +34,12 @@ class ModelPanel:
         combo.blockSignals(True)
         combo.clear()
         for model in models:
-            state = "cached" if model["cached"] else "not downloaded"
+            state = _("cached") if model["cached"] else _("not downloaded")
             combo.addItem(f"{model['name']} ({state})", model["name"])
         if not models:
             combo.addItem(wanted, wanted)
         for path in self._customCheckpoints:
-            combo.addItem(f"{os.path.basename(path)} (file)", path)
+            combo.addItem(_("{name} (file)").format(name=os.path.basename(path)), path)
         index = combo.findData(wanted)
         combo.setCurrentIndex(max(index, 0))
         combo.blockSignals(False)
@@ -53,12 +54,13 @@ class ModelPanel:
         if self._parameterNode and name:
             self._parameterNode.model = name
         if info is None:
-            text = name if name and os.path.isfile(name) else "Press Refresh to read the catalogue."
+            text = name if name and os.path.isfile(name) else _("Press Refresh to read the catalogue.")
         else:
             size = info.get("size_bytes")
-            sizeText = "size unknown" if not size else f"{'' if info.get('size_exact') else '~'}{size / 1e6:.0f} MB"
-            state = "cached" if info["cached"] else "not downloaded yet"
-            text = f"{info['description']}\n{state}, {sizeText}, license: {info.get('license') or 'unknown'}"
+            sizeText = _("size unknown") if not size else f"{'' if info.get('size_exact') else '~'}{size / 1e6:.0f} MB"
+            state = _("cached") if info["cached"] else _("not downloaded yet")
+            text = info["description"] + "\n" + _("{state}, {size}, license: {license}").format(
+                state=state, size=sizeText, license=info.get("license") or _("unknown"))  # fmt: skip
         self.ui.modelInfoLabel.text = text
         self.showTask()
         self.updateButtons()
@@ -98,7 +100,7 @@ class ModelPanel:
             self.ui.downloadProgressBar.value = 0
             self.appendLog("download cancelled")
         else:
-            self.showError("Download failed", job.error)
+            self.showError(_("Download failed"), job.error)
         self.updateButtons()
 
     def onPresetChosen(self, index) -> None:

@@ -150,8 +150,23 @@ class TaskPanel:
             self.ui.inputCheckLabel.text = ""
             return []
         problems = taskpanel.check_selection(self._task, self.currentCard(), self.currentSelection())
-        self.ui.inputCheckLabel.text = "\n".join(problems) if problems else _("Inputs are ready.")
+        text = "\n".join(problems) if problems else _("Inputs are ready.")
+        warning = self.taskMemoryWarning() if not problems else None
+        self.ui.inputCheckLabel.text = text + ("\n" + warning if warning else "")
         return problems
+
+    def taskMemoryWarning(self):
+        """The memory the task needs against the device's free memory, as generation checks it (None: fits)."""
+        params = self._parameterNode.toGenerationParameters()
+        entry = next((m for m in self._models if m.get("name") == params.model), {})
+        selection = self.currentSelection()
+        first = next((n for n in [selection.volume, *selection.inputs.values()] if n is not None), None)
+        image = first.GetImageData() if first is not None else None
+        return self.logic.task_memory_warning(
+            self._task, params.model, self.currentCard(), device=params.device, precision=params.precision,
+            grid=tuple(image.GetDimensions()) if image is not None else None,
+            preset=params.preset or entry.get("preset"), devices=self._lastDevices,
+        )  # fmt: skip
 
     def onRunTask(self) -> None:
         """Synthesize, inpaint or vary: check the inputs, then make the one logic call taskpanel plans."""
@@ -166,6 +181,11 @@ class TaskPanel:
                 return
             parameters.save_settings(self.settings, params)
             self.logic.ensureDependencies()
+            warning = self.taskMemoryWarning()
+            if warning and not slicer.util.confirmOkCancelDisplay(
+                warning + "\n\n" + _("Start anyway?"), windowTitle=_("Wavelet Diffusion")
+            ):
+                return
             plan = taskpanel.run_plan(task, card, params.model, selection, params)
             self._volumesShown = 0
             self.ui.progressBar.value = 0
@@ -186,7 +206,7 @@ class TaskPanel:
 
     def onTaskProgress(self, job, event) -> None:
         if event.get("task") == "download":
-            self.ui.statusLabel.text = f"Downloading the model... {100 * job.fraction:.0f} %"
+            self.ui.statusLabel.text = _("Downloading the model... {percent:.0f} %").format(percent=100 * job.fraction)
             return
         self.ui.progressBar.value = int(1000 * job.fraction)
         self.ui.statusLabel.text = taskpanel.progress_text(event, formatDuration)

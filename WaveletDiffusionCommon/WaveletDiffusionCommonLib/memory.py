@@ -10,10 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 # Parameters of the presets (docs/engine.md).
-PARAMETERS = {"unet-128": 57.9e6, "unet-256": 83.2e6, "wavunet-128": 89.7e6, "wavunet-256": 125.5e6}
-PRESET_SIZE = {"unet-128": 128, "unet-256": 256, "wavunet-128": 128, "wavunet-256": 256}
+PARAMETERS = {"unet-128": 57.9e6, "unet-256": 83.2e6, "wavunet-128": 89.7e6, "wavunet-256": 125.5e6,
+              "cwdm-224": 81.5e6, "fastwdm3d-128": 65.5e6}  # fmt: skip
+PRESET_SIZE = {"unet-128": 128, "unet-256": 256, "wavunet-128": 128, "wavunet-256": 256, "cwdm-224": 224,
+               "fastwdm3d-128": 128}  # fmt: skip
+# cWDM works on the inputs' own grid, each axis fitted to a multiple of 2 x its network's downsampling factor.
+FAMILY_MULTIPLE = {"cwdm-224": 32}
 # One training step of unet-128 at 128^3, batch 1, fp32: 7.25 GB peak above start, of which 0.93 GB weights,
 # gradients and AdamW state (docs/training.md) -> about 6.3 GB of activations for 128^3 voxels.
 TRAIN_BYTES_PER_VOXEL = 6.3e9 / 128**3
@@ -35,11 +40,15 @@ def training_bytes(preset: str, image_size: int, batch_size: int, precision: str
     return state + max(1, batch_size) * TRAIN_BYTES_PER_VOXEL * size**3 * _activation_scale(precision)
 
 
-def sampling_bytes(preset: str, image_size: int, batch_size: int, precision: str = "fp32") -> float:
-    """Memory generation needs: the weights and one batch's activations (no gradients)."""
+def sampling_bytes(
+    preset: str, image_size: int, batch_size: int, precision: str = "fp32", voxels: float | None = None
+) -> float:
+    """Memory generation and the other tasks need: the weights and one batch's activations (no gradients) for
+    ``voxels`` per volume (default: a cube of ``image_size``, or of the preset's size)."""
     size = image_size or PRESET_SIZE.get(preset, 128)
     weights = PARAMETERS.get(preset, PARAMETERS["unet-128"]) * 4
-    return weights + max(1, batch_size) * SAMPLE_BYTES_PER_VOXEL * size**3 * _activation_scale(precision)
+    voxels = size**3 if voxels is None else voxels
+    return weights + max(1, batch_size) * SAMPLE_BYTES_PER_VOXEL * voxels * _activation_scale(precision)
 
 
 def largest_batch(per_batch: callable, available: float, limit: int = 1024) -> int:  # type: ignore[valid-type]
@@ -80,8 +89,26 @@ def available_ram() -> float | None:
     return float(psutil.virtual_memory().available)
 
 
-def cuda_free_bytes(index: int = 0, timeout: float = 5.0) -> float | None:
-    """Free memory of CUDA GPU ``index`` from nvidia-smi (Slicer's own process does not load torch), or None."""
+# nvidia-smi runs on Slicer's GUI thread (before a training run starts): it may take seconds on a busy or
+# sleeping GPU, so it gets a short timeout, and its answer (also "no answer") is kept for a while.
+NVIDIA_SMI_TIMEOUT_S = 2.0
+NVIDIA_SMI_CACHE_S = 30.0
+_cuda_free_cache: dict[int, tuple[float, float | None]] = {}
+
+
+def cuda_free_bytes(index: int = 0, timeout: float = NVIDIA_SMI_TIMEOUT_S) -> float | None:
+    """Free memory of CUDA GPU ``index`` from nvidia-smi (Slicer's own process does not load torch), or None.
+    At most ``timeout`` seconds; the answer is reused for :data:`NVIDIA_SMI_CACHE_S` seconds."""
+    now = time.monotonic()
+    cached = _cuda_free_cache.get(index)
+    if cached is not None and now - cached[0] < NVIDIA_SMI_CACHE_S:
+        return cached[1]
+    free = _query_nvidia_smi(index, timeout)
+    _cuda_free_cache[index] = (time.monotonic(), free)
+    return free
+
+
+def _query_nvidia_smi(index: int, timeout: float) -> float | None:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None

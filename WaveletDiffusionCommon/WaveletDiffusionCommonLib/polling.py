@@ -1,5 +1,6 @@
-"""What both modules' logic classes share: the scene they write to, their log, and polling that schedules
-itself (a ``schedule(ms, callback)`` such as ``qt.QTimer.singleShot``) while child processes are working."""
+"""What both modules' logic classes share: the scene they write to, their log, the dependency gate every request
+passes, and polling that schedules itself (a ``schedule(ms, callback)`` such as ``qt.QTimer.singleShot``) while
+child processes are working."""
 
 from __future__ import annotations
 
@@ -20,6 +21,19 @@ class PolledLogic:
         self.schedule = schedule
         self.log_callback: Callable[[str], None] | None = None
         self._polling_scheduled = False
+        self.dependency_gate: Callable[[], Any] | None = None
+        """Called before a request first needs the engine (in Slicer: offer to install PyTorch and the engine's
+        packages, :func:`WaveletDiffusionCommonLib.dependencies.ensure_dependencies`); raises when they stay
+        missing. Once it has passed it is not called again."""
+        self._dependencies_ready = False
+
+    def require_dependencies(self) -> None:
+        """The one dependency gate: every request that starts a process, or writes files for one, passes here
+        first, so that a missing PyTorch is offered for installation instead of failing in the process."""
+        if self._dependencies_ready or self.dependency_gate is None:
+            return
+        self.dependency_gate()
+        self._dependencies_ready = True
 
     def configure(self, **settings: Any) -> PolledLogic:
         """Set constructor settings after construction. A Slicer module's logic inherits from

@@ -65,7 +65,9 @@ def export_volume_nodes(nodes: list[Any], folder: str | os.PathLike) -> list[Pat
         storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
         try:
             storage.SetFileName(str(path))
-            storage.SetUseCompression(True)
+            # Uncompressed: Slicer's writer runs on the GUI thread (VTK/MRML objects may not be used from
+            # another), and gzip made a large CT take seconds there; raw NRRD costs only the disk's speed.
+            storage.SetUseCompression(False)
             if not storage.WriteData(node) or not path.is_file():
                 raise OSError(f"Slicer could not write the volume {node.GetName()!r} to {path}")
         finally:

@@ -93,6 +93,7 @@ class WaveletDiffusionTrainingLogic(DataScans, PolledLogic):
         return [r for r in self._runs if not r.finished]
 
     def _child(self, name: str, stop_file: Path | None = None) -> ChildProcess:
+        self.require_dependencies()  # every training run and data scan starts its process through here
         return ChildProcess(self.python, env=self.env, name=name, stop_file=stop_file, base_env=self.base_env,
                             provided_root=self.provided_root)  # fmt: skip
 
@@ -180,6 +181,7 @@ class WaveletDiffusionTrainingLogic(DataScans, PolledLogic):
             # data path from its config.json.
             params.data_path = "(not used)"
         params.validate()
+        self.require_dependencies()  # before scene volumes are written to the run folder
         out_dir = Path(params.output_dir).expanduser().resolve()
         params.output_dir = str(out_dir)
         self._refuse_if_training(out_dir)
