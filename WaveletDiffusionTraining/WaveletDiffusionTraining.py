@@ -38,6 +38,7 @@ from WaveletDiffusionCommonWidgets.helpers import (
     slicerInstallers,
 )
 from WaveletDiffusionTrainingLib import datasource, parameters, runfolder
+from WaveletDiffusionTrainingLib.logic import LEFT_TRAINER_STOP_TIMEOUT_S
 from WaveletDiffusionTrainingLib.logic import WaveletDiffusionTrainingLogic as _TrainingLogic
 from WaveletDiffusionTrainingLib.parameters import TrainingParameters
 from WaveletDiffusionTrainingLib.runs import TrainingError, format_duration
@@ -196,6 +197,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self._parameterNodeGuiTag = None
         self._run = None
         self._lastRun = None
+        self._leftTrainers = []  # trainers of the output folder that this session did not start
         self._scanJob = None
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -390,13 +392,20 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
     def onOutputDirChanged(self, path) -> None:
         if self._parameterNode:
             self._parameterNode.outputDir = path
-        self.updateButtons()
         self.describeOutputDir()
+        self.updateButtons()
 
     def describeOutputDir(self) -> None:
         path = self._parameterNode.outputDir if self._parameterNode else ""
+        self._leftTrainers = self.logic.left_trainers(path) if path else []
         if not path:
             self.ui.checkpointLabel.text = "Choose an output folder."
+            return
+        if self._leftTrainers:
+            self.ui.checkpointLabel.text = _(
+                "A training process of this folder is still running (process {pids}), not started by this Slicer "
+                "session: press Stop to stop it."
+            ).format(pids=", ".join(map(str, self._leftTrainers)))
             return
         found = runfolder.checkpoints(path)
         if not found:
@@ -433,6 +442,8 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
             if params.data_source == "nodes" and not resume and not self.checkedVolumes():
                 raise ValueError(_("select the volumes to train on"))
             parameters.save_settings(self.settings, params)
+            if not self.offerToStopLeftTrainers(params.output_dir):
+                return
             self.logic.ensureDependencies()
             warning = self.logic.memory_warning(params)
             title = _("Wavelet Diffusion Training")
@@ -476,6 +487,10 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
     def onStop(self) -> None:
         run = self._run
         if run is None:
+            outputDir = self._parameterNode.outputDir if self._parameterNode else ""
+            if outputDir:
+                with slicer.util.tryWithErrorDisplay(_("Cannot stop the training process."), waitCursor=True):
+                    self.offerToStopLeftTrainers(outputDir)
             return
         if run.stop_requested_at is not None:
             self.appendLog("ending the training process now (the newest checkpoint on disk stays usable)")
@@ -486,6 +501,31 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
                 "again to end the process at once)..."
             )
             self.logic.stop(run)
+
+    def offerToStopLeftTrainers(self, outputDir: str) -> bool:
+        """A trainer of ``outputDir`` that this session did not start (left by a Slicer that crashed, or started
+        from a terminal) keeps the folder: offer to stop it. True when none is left running."""
+        pids = self.logic.left_trainers(outputDir)
+        if pids:
+            question = _(
+                "A training process of {folder} is still running (process {pids}): it was left by an earlier Slicer "
+                "session or started elsewhere. Stop it?\n\nIt is asked to write a checkpoint and exit; if it has "
+                "not exited within {seconds} s, it is ended with every process it started. The checkpoints on disk "
+                "stay usable."
+            ).format(folder=outputDir, pids=", ".join(map(str, pids)), seconds=int(LEFT_TRAINER_STOP_TIMEOUT_S))
+            if not slicer.util.confirmYesNoDisplay(question, windowTitle=_("Wavelet Diffusion Training")):
+                return False
+            self.ui.statusLabel.text = _("Stopping the training process left running (its checkpoint first)...")
+            slicer.app.processEvents()
+            ended = self.logic.stop_left_trainers(outputDir)
+            self.ui.statusLabel.text = (
+                _("Ended the training process {pids}.").format(pids=", ".join(map(str, ended)))
+                if ended
+                else _("The training process stopped after writing its checkpoint.")
+            )
+        self.describeOutputDir()
+        self.updateButtons()
+        return True
 
     def onTrainingFinished(self, run) -> None:
         if run is self._run:
@@ -525,7 +565,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         hasModel = bool(outputDir) and runfolder.latest_model(outputDir) is not None
         self.ui.startButton.enabled = not running
         self.ui.resumeButton.enabled = not running and resumable
-        self.ui.stopButton.enabled = running
+        self.ui.stopButton.enabled = running or bool(self._leftTrainers)
         self.ui.openInGenerationButton.enabled = not running and hasModel
         lastRun = self._run or self._lastRun
         self.ui.showPlotButton.enabled = lastRun is not None and lastRun.curve is not None
