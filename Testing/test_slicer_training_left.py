@@ -107,3 +107,18 @@ def test_a_folder_without_a_left_trainer_is_left_alone(tmp_path):
     logic = WaveletDiffusionTrainingLogic()
     assert logic.stop_left_trainers(out, timeout=1.0) == []
     assert not runfolder.stop_file(out).exists()
+
+
+def test_the_module_asks_before_it_stops_a_left_trainer(tmp_path, started):
+    out = tmp_path / "run"
+    left = start_left_trainer(tmp_path, out, "ignores")
+    started.append(left)
+    logic = WaveletDiffusionTrainingLogic()
+    logic.left_trainer_timeout = 0.5
+    questions = []
+    assert logic.offer_to_stop_left_trainers(out, lambda q: questions.append(q) or False) is False
+    assert f"(process {left.pid})" in questions[0] and process_alive(left.pid)  # "no": nothing is touched
+    assert not runfolder.stop_file(out).exists()
+    assert logic.offer_to_stop_left_trainers(out, lambda q: True) is True
+    assert wait_dead([left.pid], 5) == [] and logic.left_trainers(out) == []
+    assert logic.offer_to_stop_left_trainers(out, lambda q: pytest.fail("nothing to ask")) is True

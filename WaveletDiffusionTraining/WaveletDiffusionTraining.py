@@ -38,7 +38,6 @@ from WaveletDiffusionCommonWidgets.helpers import (
     slicerInstallers,
 )
 from WaveletDiffusionTrainingLib import datasource, parameters, runfolder
-from WaveletDiffusionTrainingLib.logic import LEFT_TRAINER_STOP_TIMEOUT_S
 from WaveletDiffusionTrainingLib.logic import WaveletDiffusionTrainingLogic as _TrainingLogic
 from WaveletDiffusionTrainingLib.parameters import TrainingParameters
 from WaveletDiffusionTrainingLib.runs import TrainingError, format_duration
@@ -197,7 +196,8 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self._parameterNodeGuiTag = None
         self._run = None
         self._lastRun = None
-        self._leftTrainers = []  # trainers of the output folder that this session did not start
+        self._leftTrainers = []  # trainers of the output folder left by an earlier session: Stop offers to stop them
+        self.confirmStop = lambda q: slicer.util.confirmYesNoDisplay(q, windowTitle=_("Wavelet Diffusion Training"))
         self._scanJob = None
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -402,10 +402,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
             self.ui.checkpointLabel.text = "Choose an output folder."
             return
         if self._leftTrainers:
-            self.ui.checkpointLabel.text = _(
-                "A training process of this folder is still running (process {pids}), not started by this Slicer "
-                "session: press Stop to stop it."
-            ).format(pids=", ".join(map(str, self._leftTrainers)))
+            self.ui.checkpointLabel.text = _("A trainer left by an earlier session still runs here: Stop stops it.")
             return
         found = runfolder.checkpoints(path)
         if not found:
@@ -442,7 +439,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
             if params.data_source == "nodes" and not resume and not self.checkedVolumes():
                 raise ValueError(_("select the volumes to train on"))
             parameters.save_settings(self.settings, params)
-            if not self.offerToStopLeftTrainers(params.output_dir):
+            if not self.logic.offer_to_stop_left_trainers(params.output_dir, self.confirmStop):
                 return
             self.logic.ensureDependencies()
             warning = self.logic.memory_warning(params)
@@ -487,45 +484,16 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
     def onStop(self) -> None:
         run = self._run
         if run is None:
-            outputDir = self._parameterNode.outputDir if self._parameterNode else ""
-            if outputDir:
-                with slicer.util.tryWithErrorDisplay(_("Cannot stop the training process."), waitCursor=True):
-                    self.offerToStopLeftTrainers(outputDir)
-            return
+            with slicer.util.tryWithErrorDisplay(_("Cannot stop the training process."), waitCursor=True):
+                self.logic.offer_to_stop_left_trainers(self._parameterNode.outputDir, self.confirmStop)
+            return self.onOutputDirChanged(self._parameterNode.outputDir)  # describes the folder again
         if run.stop_requested_at is not None:
             self.appendLog("ending the training process now (the newest checkpoint on disk stays usable)")
             self.logic.stop(run, force=True)
         else:
-            self.ui.statusLabel.text = (
-                "Stopping: a checkpoint is written after the current step (press Stop "
-                "again to end the process at once)..."
-            )
+            self.ui.statusLabel.text = ("Stopping: a checkpoint is written after the current step (press Stop again "
+                                        "to end the process at once)...")  # fmt: skip
             self.logic.stop(run)
-
-    def offerToStopLeftTrainers(self, outputDir: str) -> bool:
-        """A trainer of ``outputDir`` that this session did not start (left by a Slicer that crashed, or started
-        from a terminal) keeps the folder: offer to stop it. True when none is left running."""
-        pids = self.logic.left_trainers(outputDir)
-        if pids:
-            question = _(
-                "A training process of {folder} is still running (process {pids}): it was left by an earlier Slicer "
-                "session or started elsewhere. Stop it?\n\nIt is asked to write a checkpoint and exit; if it has "
-                "not exited within {seconds} s, it is ended with every process it started. The checkpoints on disk "
-                "stay usable."
-            ).format(folder=outputDir, pids=", ".join(map(str, pids)), seconds=int(LEFT_TRAINER_STOP_TIMEOUT_S))
-            if not slicer.util.confirmYesNoDisplay(question, windowTitle=_("Wavelet Diffusion Training")):
-                return False
-            self.ui.statusLabel.text = _("Stopping the training process left running (its checkpoint first)...")
-            slicer.app.processEvents()
-            ended = self.logic.stop_left_trainers(outputDir)
-            self.ui.statusLabel.text = (
-                _("Ended the training process {pids}.").format(pids=", ".join(map(str, ended)))
-                if ended
-                else _("The training process stopped after writing its checkpoint.")
-            )
-        self.describeOutputDir()
-        self.updateButtons()
-        return True
 
     def onTrainingFinished(self, run) -> None:
         if run is self._run:

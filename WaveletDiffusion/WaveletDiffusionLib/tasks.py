@@ -262,15 +262,27 @@ def labelmap_mask(labelmap: Any, volume: Any) -> np.ndarray:
     )
     if same:
         return volumes.array_ijk_from_node(labelmap) != 0
-    volume_to_labelmap = vtk.vtkGeneralTransform()
-    volume_to_labelmap.PostMultiply()
-    volume_to_labelmap.Concatenate(volumes.vtk_matrix(volumes.ijk_to_ras(volume)))
-    between = vtk.vtkGeneralTransform()
-    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(
-        volume.GetParentTransformNode(), labelmap.GetParentTransformNode(), between
-    )
-    volume_to_labelmap.Concatenate(between)
-    volume_to_labelmap.Concatenate(volumes.vtk_matrix(np.linalg.inv(volumes.ijk_to_ras(labelmap))))
+    parents = (volume.GetParentTransformNode(), labelmap.GetParentTransformNode())
+    to_labelmap_ijk = volumes.vtk_matrix(np.linalg.inv(volumes.ijk_to_ras(labelmap)))
+    if all(t is None or t.IsTransformToWorldLinear() for t in parents):
+        # One matrix: the reslice filter then takes its fast path for linear maps.
+        between = vtk.vtkMatrix4x4()
+        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(*parents, between)
+        matrix = (
+            np.linalg.inv(volumes.ijk_to_ras(labelmap))
+            @ np.array([[between.GetElement(r, c) for c in range(4)] for r in range(4)])
+            @ volumes.ijk_to_ras(volume)
+        )
+        volume_to_labelmap = vtk.vtkTransform()
+        volume_to_labelmap.SetMatrix(volumes.vtk_matrix(matrix))
+    else:
+        volume_to_labelmap = vtk.vtkGeneralTransform()
+        volume_to_labelmap.PostMultiply()
+        volume_to_labelmap.Concatenate(volumes.vtk_matrix(volumes.ijk_to_ras(volume)))
+        between = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(*parents, between)
+        volume_to_labelmap.Concatenate(between)
+        volume_to_labelmap.Concatenate(to_labelmap_ijk)
     # The node keeps the geometry; its image data is read as plain voxel indices (a shallow copy: no voxels copied).
     source = vtk.vtkImageData()
     source.ShallowCopy(labels)

@@ -82,6 +82,7 @@ class WaveletDiffusionTrainingLogic(DataScans, PolledLogic):
         self.provided_root = provided_root
         self.idle = idle
         self.stop_timeout = stop_timeout
+        self.left_trainer_timeout = LEFT_TRAINER_STOP_TIMEOUT_S
         self._runs: list[TrainingRun] = []
         self._scans: list[ScanJob] = []
 
@@ -290,6 +291,23 @@ class WaveletDiffusionTrainingLogic(DataScans, PolledLogic):
                 ours.update(p.pid for p in run.process.tree_alive())
                 ours.add(run.process.pid)
         return [pid for pid in runfolder.live_trainers(out_dir) if pid not in ours]
+
+    def offer_to_stop_left_trainers(self, out_dir: str | Path, confirm: Callable[[str], bool]) -> bool:
+        """When a trainer of ``out_dir`` that this logic did not start is running, ask ``confirm(question)``
+        and, on yes, stop it (:meth:`stop_left_trainers`). True when no such trainer is left running."""
+        pids = self.left_trainers(out_dir) if out_dir else []
+        if not pids:
+            return True
+        question = (
+            f"A training process of {out_dir} is still running (process {', '.join(map(str, pids))}): it was left by "
+            "an earlier Slicer session or started elsewhere, and keeps the folder. Stop it?\n\nIt is asked to write "
+            f"a checkpoint and exit; if it is still running after {self.left_trainer_timeout:.0f} s, it is ended with "
+            "every process it started. The checkpoints on disk stay usable."
+        )
+        if not confirm(question):
+            return False
+        self.stop_left_trainers(out_dir, self.left_trainer_timeout)
+        return True
 
     def stop_left_trainers(self, out_dir: str | Path, timeout: float = LEFT_TRAINER_STOP_TIMEOUT_S) -> list[int]:
         """Stop the trainers of ``out_dir`` that this logic did not start: the stop file asks them to write a
