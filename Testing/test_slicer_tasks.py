@@ -430,3 +430,35 @@ def test_closing_the_scene_cancels_a_running_job_and_adds_nothing_to_the_next_sc
         time.sleep(0.05)
     assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
     assert logic.preview_node is None and job.nodes == []
+
+
+def test_a_labelmap_under_a_non_linear_transform_is_resampled_through_it(scene):  # noqa: F811
+    """A thin-plate spline whose landmarks all move by one vector: Slicer treats it as non-linear (the reslice
+    filter gets the general transform), while it moves every point by that vector (an exact expectation)."""
+    shift = np.array([1.7, -2.3, 0.9])
+    spline = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point in [(-60, -60, -60), (60, -60, -60), (-60, 60, -60), (-60, -60, 60), (60, 60, 60), (0, 10, -5)]:
+        source.InsertNextPoint(*point)
+        target.InsertNextPoint(*(np.array(point) + shift))
+    spline.SetSourceLandmarks(source)
+    spline.SetTargetLandmarks(target)
+    spline.SetBasisToR()
+    warp = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    warp.SetAndObserveTransformToParent(spline)
+    assert not warp.IsTransformToWorldLinear()
+    volume = add_volume(scene, np.zeros((14, 12, 10)), "volume")
+    label_affine = oblique_affine(spacing=(0.7, 0.8, 0.6), origin=(-24.0, 6.0, -19.0))
+    labels = np.zeros((40, 36, 44), dtype=np.uint8)
+    labels[8:30, 4:26, 10:34] = 1
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "label")
+    volumes.update_volume_node(labelmap, labels, label_affine)
+    labelmap.SetAndObserveTransformNodeID(warp.GetID())
+
+    mask = tasks.labelmap_mask(labelmap, volume)
+
+    from_world = np.eye(4)
+    from_world[:3, 3] = -shift  # world -> the labelmap's frame
+    expected = nearest_mask(np.linalg.inv(label_affine) @ from_world @ AFFINE, (14, 12, 10), labels, np.zeros(3))
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(mask, expected)
