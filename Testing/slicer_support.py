@@ -23,6 +23,18 @@ def require_slicer():
     return pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
 
 
+def register_segmentation_converters():
+    """The conversion rules between segment representations, as Slicer's Segmentations module registers them
+    when it starts (vtkSlicerSegmentationsModuleLogic::RegisterNodes); without them a segment cannot be copied
+    or converted. Returns the slicer package."""
+    slicer = require_slicer()
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if not factory.GetConverterRules():
+        factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+    return slicer
+
+
 @pytest.fixture
 def scene():
     slicer = require_slicer()

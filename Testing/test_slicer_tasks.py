@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import vtk
-from slicer_support import require_slicer, scene  # noqa: F401
+from slicer_support import register_segmentation_converters, require_slicer, scene  # noqa: F401
 from vtk.util import numpy_support
 
 slicer = require_slicer()
@@ -94,6 +94,7 @@ def assert_unchanged(node, before):
 def ball_segmentation(scene, centre_ras, radius):  # noqa: F811
     """A segmentation whose one segment is a ball drawn on its own axis-aligned 1 mm grid (not the volume's);
     returns (node, segment id, labelmap array (i, j, k), labelmap origin)."""
+    register_segmentation_converters()
     origin = np.array(centre_ras) - 12.0
     k, j, i = np.mgrid[0:24, 0:24, 0:24]
     ras = np.stack([i, j, k], axis=-1) + origin
@@ -284,3 +285,180 @@ def test_a_model_of_another_task_is_reported_and_the_worker_lives_on(logic, scen
         logic.vary(model=INPAINT, volume=volume, strength=0.2, steps=4)
     assert caught.value.kind == "ConfigError" and "task is 'inpaint'" in str(caught.value)
     assert logic.worker.running and scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 1
+
+
+# ------------------------------------------------------------------------------------------- the user's scene
+
+
+def linear_transform(scene, name, rotate_z=0.0, translate=(0.0, 0.0, 0.0)):  # noqa: F811
+    transform = vtk.vtkTransform()
+    transform.Translate(*translate)
+    transform.RotateZ(rotate_z)
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(transform.GetMatrix())
+    return node, np.array([[transform.GetMatrix().GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def test_a_labelmap_under_another_transform_lands_on_the_right_voxels(scene):  # noqa: F811
+    volume = add_volume(scene, np.zeros((14, 12, 10)), "volume")
+    volume_transform, to_world = linear_transform(scene, "volume registration", 12.0, (1.3, -2.1, 0.4))
+    volume.SetAndObserveTransformNodeID(volume_transform.GetID())
+    label_affine = oblique_affine(spacing=(0.7, 0.8, 0.6), origin=(-24.0, 6.0, -19.0))
+    labels = np.zeros((40, 36, 44), dtype=np.uint8)
+    labels[8:30, 4:26, 10:34] = 3
+    labels[12:16, 10:14, 14:18] = 0
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "label")
+    volumes.update_volume_node(labelmap, labels, label_affine)
+    label_transform, label_to_world = linear_transform(scene, "label registration", -7.0, (-0.9, 0.6, 1.7))
+    labelmap.SetAndObserveTransformNodeID(label_transform.GetID())
+
+    mask = tasks.labelmap_mask(labelmap, volume)
+
+    # By hand: volume voxel -> RAS -> world -> the labelmap's frame -> its nearest voxel (inside: within half a voxel).
+    to_label = np.linalg.inv(label_affine) @ np.linalg.inv(label_to_world) @ to_world @ AFFINE
+    expected = nearest_mask(to_label, (14, 12, 10), labels, np.zeros(3))
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_resampling_a_labelmap_builds_no_index_grid(scene):  # noqa: F811
+    import tracemalloc
+
+    dims = (96, 96, 64)
+    volume = add_volume(scene, np.zeros(dims), "volume", affine=oblique_affine(origin=(-40.0, -40.0, -30.0)))
+    labels = np.zeros((80, 80, 80), dtype=np.uint8)
+    labels[20:60, 20:60, 20:60] = 1
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "label")
+    volumes.update_volume_node(labelmap, labels, np.diag([1.2, 1.2, 1.2, 1.0]))
+    tracemalloc.start()
+    try:
+        mask = tasks.labelmap_mask(labelmap, volume)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    voxels = int(np.prod(dims))
+    assert mask.shape == dims and 0 < mask.sum() < voxels
+    # The output and the mask (a few bytes per voxel); an (N, 3) int64 index grid alone would be 24 bytes per voxel.
+    assert peak < 6 * voxels, peak / voxels
+
+
+def surface_segmentation(scene, centre, radius):  # noqa: F811
+    """A segmentation whose source representation is a closed surface (a ball), and a second, labelmap-less
+    segment; as a model imported into Segmentations is."""
+    register_segmentation_converters()
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surfaces")
+    segmentation.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    for name, offset in (("ball", 0.0), ("other", 8.0)):
+        sphere = vtk.vtkSphereSource()
+        sphere.SetCenter(centre[0] + offset, centre[1], centre[2])
+        sphere.SetRadius(radius)
+        sphere.SetThetaResolution(48)
+        sphere.SetPhiResolution(48)
+        sphere.Update()
+        segmentation.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), name)
+    return segmentation
+
+
+def representations(segmentation):
+    names = []
+    segmentation.GetSegmentation().GetContainedRepresentationNames(names)
+    return sorted(names)
+
+
+def test_rasterising_a_segment_leaves_the_users_segmentation_as_it_was(scene):  # noqa: F811
+    volume = add_volume(scene, np.zeros((SIZE,) * 3), "volume")
+    centre = AFFINE @ np.array([14.0, 16.0, 15.0, 1.0])
+    segmentation = surface_segmentation(scene, centre[:3], 5.0)
+    transform, to_world = linear_transform(scene, "moved", 0.0, (2.5, 0.0, 0.0))
+    segmentation.SetAndObserveTransformNodeID(transform.GetID())
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # made by the first look-up: not ours
+    before = (representations(segmentation), segmentation.GetNumberOfDisplayNodes(), scene.GetNumberOfNodes())
+    assert before[0] == ["Closed surface"]
+
+    ball = segmentation.GetSegmentation().GetSegmentIdBySegmentName("ball")
+    mask = tasks.segment_mask(scene, segmentation, ball, volume)
+
+    assert (representations(segmentation), segmentation.GetNumberOfDisplayNodes(), scene.GetNumberOfNodes()) == before
+    # The ball, moved by its transform, on the volume's grid: every voxel well inside it, none well outside.
+    ijk = np.stack(np.meshgrid(*(np.arange(SIZE),) * 3, indexing="ij"), axis=-1)
+    distance = np.linalg.norm(ijk @ AFFINE[:3, :3].T + AFFINE[:3, 3] - (to_world @ centre)[:3], axis=-1)
+    assert mask[distance < 4.0].all() and not mask[distance > 6.0].any()
+
+
+def study_of(scene, volume):  # noqa: F811
+    """The volume as Slicer's DICOM import leaves it: under a study under a patient."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient")
+    study = hierarchy.CreateStudyItem(patient, "study")
+    hierarchy.CreateItem(study, volume)
+    return hierarchy, study
+
+
+def test_results_go_under_the_inputs_study(logic, scene, phantom):  # noqa: F811
+    volume = add_volume(scene, phantom["t1"], "case t1")
+    hierarchy, study = study_of(scene, volume)
+    (node,) = logic.vary(model=GENERATE, volume=volume, strength=0.1, count=1, seed=2, steps=3)
+    folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node))
+    assert hierarchy.GetItemName(folder).startswith("case t1 vary")
+    assert hierarchy.GetItemParent(folder) == study
+    # Nothing to go beside: a folder at the scene's root.
+    other = add_volume(scene, phantom["t1"], "loose")
+    item = volumes.place_in_folder(scene, [other], "loose results", None, beside=None)
+    assert hierarchy.GetItemParent(item) == hierarchy.GetSceneItemID()
+
+
+def test_closing_the_scene_cancels_a_running_job_and_adds_nothing_to_the_next_scene(logic, scene, phantom):  # noqa: F811
+    volume = add_volume(scene, phantom["t1"], "case t1")
+    progress, finished = [], []
+    job = logic.start_vary(GENERATE, volume, strength=1.0, count=3, seed=0, sampler="ancestral", steps=1000,
+                           preview_every=1, on_progress=lambda j, e: progress.append(e),
+                           on_finished=finished.append)  # fmt: skip
+    deadline = time.monotonic() + TIMEOUT
+    while (not progress or progress[-1].get("step", 0) < 2) and time.monotonic() < deadline:
+        logic.poll()
+        time.sleep(0.02)
+    assert progress and job.state == "running"
+
+    scene.Clear(0)  # what File > Close scene does (qSlicerMainWindow::on_FileCloseSceneAction_triggered)
+
+    assert job.state == "cancelled" and finished == [job] and "scene was closed" in str(job.error)
+    assert not job.output_dir.exists()
+    # What the worker still sends for it reaches no scene: nothing is added to the next one.
+    logic.wait(logic.request("info"), timeout=120)  # answered after the worker has left the cancelled job
+    for _ in range(20):
+        logic.poll()
+        time.sleep(0.05)
+    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
+    assert logic.preview_node is None and job.nodes == []
+
+
+def test_a_labelmap_under_a_non_linear_transform_is_resampled_through_it(scene):  # noqa: F811
+    """A thin-plate spline whose landmarks all move by one vector: Slicer treats it as non-linear (the reslice
+    filter gets the general transform), while it moves every point by that vector (an exact expectation)."""
+    shift = np.array([1.7, -2.3, 0.9])
+    spline = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point in [(-60, -60, -60), (60, -60, -60), (-60, 60, -60), (-60, -60, 60), (60, 60, 60), (0, 10, -5)]:
+        source.InsertNextPoint(*point)
+        target.InsertNextPoint(*(np.array(point) + shift))
+    spline.SetSourceLandmarks(source)
+    spline.SetTargetLandmarks(target)
+    spline.SetBasisToR()
+    warp = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    warp.SetAndObserveTransformToParent(spline)
+    assert not warp.IsTransformToWorldLinear()
+    volume = add_volume(scene, np.zeros((14, 12, 10)), "volume")
+    label_affine = oblique_affine(spacing=(0.7, 0.8, 0.6), origin=(-24.0, 6.0, -19.0))
+    labels = np.zeros((40, 36, 44), dtype=np.uint8)
+    labels[8:30, 4:26, 10:34] = 1
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "label")
+    volumes.update_volume_node(labelmap, labels, label_affine)
+    labelmap.SetAndObserveTransformNodeID(warp.GetID())
+
+    mask = tasks.labelmap_mask(labelmap, volume)
+
+    from_world = np.eye(4)
+    from_world[:3, 3] = -shift  # world -> the labelmap's frame
+    expected = nearest_mask(np.linalg.inv(label_affine) @ from_world @ AFFINE, (14, 12, 10), labels, np.zeros(3))
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(mask, expected)

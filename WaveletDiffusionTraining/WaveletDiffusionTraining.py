@@ -186,6 +186,8 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self._parameterNodeGuiTag = None
         self._run = None
         self._lastRun = None
+        self._leftTrainers = []  # trainers of the output folder left by an earlier session: Stop offers to stop them
+        self.confirmStop = lambda q: slicer.util.confirmYesNoDisplay(q, windowTitle=_("Wavelet Diffusion Training"))
         self._scanJob = None
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -381,13 +383,17 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
     def onOutputDirChanged(self, path) -> None:
         if self._parameterNode:
             self._parameterNode.outputDir = path
-        self.updateButtons()
         self.describeOutputDir()
+        self.updateButtons()
 
     def describeOutputDir(self) -> None:
         path = self._parameterNode.outputDir if self._parameterNode else ""
+        self._leftTrainers = self.logic.left_trainers(path) if path else []
         if not path:
             self.ui.checkpointLabel.text = _("Choose an output folder.")
+            return
+        if self._leftTrainers:
+            self.ui.checkpointLabel.text = _("A trainer left by an earlier session still runs here: Stop stops it.")
             return
         found = runfolder.checkpoints(path)
         if not found:
@@ -424,6 +430,8 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
             if params.data_source == "nodes" and not resume and not self.checkedVolumes():
                 raise ValueError(_("select the volumes to train on"))
             parameters.save_settings(self.settings, params)
+            if not self.logic.offer_to_stop_left_trainers(params.output_dir, self.confirmStop):
+                return
             self.logic.ensureDependencies()
             warning = self.logic.memory_warning(params)
             title = _("Wavelet Diffusion Training")
@@ -467,7 +475,9 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
     def onStop(self) -> None:
         run = self._run
         if run is None:
-            return
+            with slicer.util.tryWithErrorDisplay(_("Cannot stop the training process."), waitCursor=True):
+                self.logic.offer_to_stop_left_trainers(self._parameterNode.outputDir, self.confirmStop)
+            return self.onOutputDirChanged(self._parameterNode.outputDir)  # describes the folder again
         if run.stop_requested_at is not None:
             self.appendLog("ending the training process now (the newest checkpoint on disk stays usable)")
             self.logic.stop(run, force=True)
@@ -517,7 +527,7 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         hasModel = bool(outputDir) and runfolder.latest_model(outputDir) is not None
         self.ui.startButton.enabled = not running
         self.ui.resumeButton.enabled = not running and resumable
-        self.ui.stopButton.enabled = running
+        self.ui.stopButton.enabled = running or bool(self._leftTrainers)
         self.ui.openInGenerationButton.enabled = not running and hasModel
         lastRun = self._run or self._lastRun
         self.ui.showPlotButton.enabled = lastRun is not None and lastRun.curve is not None

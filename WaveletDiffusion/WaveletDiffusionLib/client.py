@@ -19,6 +19,9 @@ from .jobs import GenerationCancelled, GenerationError, Job
 
 log = logging.getLogger(__name__)
 
+# Requests whose answer is data, not nodes: they go on when the scene is closed.
+QUERY_KINDS = ("info", "list_models", "download")
+
 
 class WorkerClient(PolledLogic):
     """Jobs on a persistent worker process (started when first needed, and again after a crash)."""
@@ -48,6 +51,8 @@ class WorkerClient(PolledLogic):
         self._worker: WorkerProcess | None = None
         self._jobs: dict[int, Job] = {}
         self.preview_node: Any = None
+        self._watched_scene: Any = None
+        self._scene_close_tag: int | None = None
 
     # ------------------------------------------------------------------------------------------- plumbing
 
@@ -77,9 +82,40 @@ class WorkerClient(PolledLogic):
         for job in list(self._jobs.values()):
             self._finish(job, "cancelled", GenerationCancelled("the worker was stopped"))
         self._jobs.clear()
+        self._unwatch_scene_close()
+
+    def _watch_scene_close(self) -> None:
+        """Cancel the jobs that add nodes when their scene is closed (*Close scene*, or a scene loaded in its
+        place: both clear the scene, which starts with StartCloseEvent): their results belong to a scene, and
+        an input grid, that are going away."""
+        scene = self.scene
+        if scene is None or scene is self._watched_scene:
+            return
+        self._unwatch_scene_close()
+        self._scene_close_tag = scene.AddObserver(scene.StartCloseEvent, self._on_scene_start_close)
+        self._watched_scene = scene
+
+    def _unwatch_scene_close(self) -> None:
+        scene, self._watched_scene = self._watched_scene, None
+        if scene is not None and self._scene_close_tag is not None:
+            scene.RemoveObserver(self._scene_close_tag)
+        self._scene_close_tag = None
+
+    def _on_scene_start_close(self, caller: Any = None, event: Any = None) -> None:
+        """The scene is being cleared: each job that would add nodes is cancelled on the worker and ends now, so
+        that nothing it sends later reaches the next scene (events of a job no longer listed are dropped)."""
+        for job in [j for j in self._jobs.values() if not j.finished and j.kind not in QUERY_KINDS]:
+            job.cancel_requested = True
+            if self._worker is not None and job.request_id is not None:
+                self._worker.cancel(job.request_id)
+            what = "generation" if job.kind == "generate" else job.kind
+            self._log(f"the scene was closed: {what} cancelled")
+            self._finish(job, "cancelled", GenerationCancelled(f"{what} was cancelled: the scene was closed"))
+        self.preview_node = None
 
     def _submit(self, job: Job, request_type: str, **fields: Any) -> Job:
         self.require_dependencies()  # every request reaches the worker through here
+        self._watch_scene_close()
         try:
             job.request_id = self.worker.send(request_type, **fields)
         except WorkerError as exc:

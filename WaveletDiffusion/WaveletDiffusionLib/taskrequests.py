@@ -279,7 +279,9 @@ class TaskRequests(GenerationRequests):
         attributes["steps"] = meta.get("steps", params.steps)
         volumes.set_attributes(node, attributes)
         job.nodes.append(node)
-        job.folder_item = volumes.place_in_folder(self.scene, [node], job.folder_name, job.folder_item)
+        job.folder_item = volumes.place_in_folder(
+            self.scene, [node], job.folder_name, job.folder_item, beside=job.grid_node
+        )
         volumes.set_item_attributes(self.scene, job.folder_item, params.attributes())
         self._log(f"{params.task}: {node.GetName()}")
         if job.on_volume is not None:

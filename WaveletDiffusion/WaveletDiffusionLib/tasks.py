@@ -5,7 +5,7 @@ shown.
 Inputs are written with Slicer's own volume writer (NRRD: the voxel type and the full-precision geometry are
 kept) into a temporary folder that the worker reads; the input nodes are only read, never modified. A mask is
 the segment rasterised on the volume's grid (Slicer's segmentation export with the volume as reference
-geometry, nearest neighbour) or a labelmap resampled onto that grid (nearest neighbour).
+geometry, nearest neighbour) or a labelmap resampled onto that grid (VTK's reslice filter, nearest neighbour).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import vtk
+from vtk.util import numpy_support
 from WaveletDiffusionCommonLib import volumes
 from WaveletDiffusionCommonLib.settings import numeric_problem
 
@@ -206,17 +207,29 @@ def segment_mask(scene: Any, segmentation: Any, segment_id: str, volume: Any) ->
     """The segment rasterised on ``volume``'s grid: a boolean (i, j, k) array of the volume's dimensions.
 
     Slicer's export to a labelmap with the volume as reference geometry and the reference extent (the whole
-    volume) resamples the segment's binary labelmap by nearest neighbour onto the volume's voxels."""
+    volume) resamples the segment's binary labelmap by nearest neighbour onto the volume's voxels. The export
+    converts every segment of the segmentation it is given to a binary labelmap and gives it display nodes, so
+    it is given a temporary copy of the one segment (under the same transform): the user's segmentation keeps
+    its representations and display nodes."""
     import slicer
 
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segment_id)
+    copy = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "__WaveletDiffusion_segment__")
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__WaveletDiffusion_mask__")
     try:
-        exported = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentation, ids, labelmap, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+        source = segmentation.GetSegmentation()
+        copy.SetAndObserveTransformNodeID(segmentation.GetTransformNodeID())
+        copy.GetSegmentation().SetSourceRepresentationName(source.GetSourceRepresentationName())
+        # A segment drawn as a surface is rasterised on the volume's grid, not on a default grid of its own.
+        copy.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        exported = copy.GetSegmentation().CopySegmentFromSegmentation(source, segment_id) and (
+            slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                copy, ids, labelmap, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+            )
         )
-        if not exported or labelmap.GetImageData() is None:
+        image = labelmap.GetImageData()
+        if not exported or image is None or image.GetPointData().GetScalars() is None:
             raise TaskInputError(
                 f"the segment {segment_id!r} of {segmentation.GetName()!r} could not be rasterised on "
                 f"{volume.GetName()!r}; make sure it has a binary labelmap representation"
@@ -224,27 +237,70 @@ def segment_mask(scene: Any, segmentation: Any, segment_id: str, volume: Any) ->
         mask = volumes.array_ijk_from_node(labelmap) > 0
     finally:
         _remove(scene, labelmap)
+        _remove(scene, copy)
     if mask.shape != grid_of(volume)[0]:
         raise TaskInputError(f"the segment came out with {mask.shape} voxels, not the volume's {grid_of(volume)[0]}")
     return mask
 
 
 def labelmap_mask(labelmap: Any, volume: Any) -> np.ndarray:
-    """The non-zero voxels of ``labelmap`` on ``volume``'s grid (nearest neighbour through both IJK-to-RAS
-    matrices; voxels of the volume outside the labelmap are outside the mask)."""
-    labels = volumes.array_ijk_from_node(labelmap) != 0
-    dims, affine = grid_of(volume)
-    label_affine = volumes.ijk_to_ras(labelmap)
-    if labels.shape == dims and np.allclose(label_affine, affine, atol=GRID_TOLERANCE_MM, rtol=0):
-        return labels
-    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in dims), indexing="ij"), axis=-1).reshape(-1, 3)
-    to_label = np.linalg.inv(label_affine) @ affine
-    index = np.rint(ijk @ to_label[:3, :3].T + to_label[:3, 3]).astype(np.int64)
-    inside = np.all((index >= 0) & (index < np.array(labels.shape)), axis=1)
-    mask = np.zeros(len(index), dtype=bool)
-    valid = index[inside]
-    mask[inside] = labels[valid[:, 0], valid[:, 1], valid[:, 2]]
-    return mask.reshape(dims)
+    """The non-zero voxels of ``labelmap`` on ``volume``'s grid; voxels of the volume outside the labelmap are
+    outside the mask.
+
+    VTK's reslice filter samples the labelmap by nearest neighbour at every voxel centre of the volume: volume
+    IJK -> its RAS -> through both nodes' parent transforms (linear or not) -> the labelmap's IJK. It works on
+    the voxels in place, so the memory it needs is the output (one value per volume voxel), whatever the grids.
+    A voxel centre within half a voxel of the labelmap's edge takes the edge voxel's value (its border)."""
+    import slicer
+
+    dims = grid_of(volume)[0]
+    labels = labelmap.GetImageData()
+    same = (
+        tuple(labels.GetDimensions()) == dims
+        and np.allclose(volumes.ijk_to_ras(labelmap), volumes.ijk_to_ras(volume), atol=GRID_TOLERANCE_MM, rtol=0)
+        and labelmap.GetParentTransformNode() is volume.GetParentTransformNode()
+    )
+    if same:
+        return volumes.array_ijk_from_node(labelmap) != 0
+    parents = (volume.GetParentTransformNode(), labelmap.GetParentTransformNode())
+    to_labelmap_ijk = volumes.vtk_matrix(np.linalg.inv(volumes.ijk_to_ras(labelmap)))
+    if all(t is None or t.IsTransformToWorldLinear() for t in parents):
+        # One matrix: the reslice filter then takes its fast path for linear maps.
+        between = vtk.vtkMatrix4x4()
+        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(*parents, between)
+        matrix = (
+            np.linalg.inv(volumes.ijk_to_ras(labelmap))
+            @ np.array([[between.GetElement(r, c) for c in range(4)] for r in range(4)])
+            @ volumes.ijk_to_ras(volume)
+        )
+        volume_to_labelmap = vtk.vtkTransform()
+        volume_to_labelmap.SetMatrix(volumes.vtk_matrix(matrix))
+    else:
+        volume_to_labelmap = vtk.vtkGeneralTransform()
+        volume_to_labelmap.PostMultiply()
+        volume_to_labelmap.Concatenate(volumes.vtk_matrix(volumes.ijk_to_ras(volume)))
+        between = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(*parents, between)
+        volume_to_labelmap.Concatenate(between)
+        volume_to_labelmap.Concatenate(to_labelmap_ijk)
+    # The node keeps the geometry; its image data is read as plain voxel indices (a shallow copy: no voxels copied).
+    source = vtk.vtkImageData()
+    source.ShallowCopy(labels)
+    source.SetOrigin(0.0, 0.0, 0.0)
+    source.SetSpacing(1.0, 1.0, 1.0)
+    source.SetDirectionMatrix(1, 0, 0, 0, 1, 0, 0, 0, 1)
+    reslice = vtk.vtkImageReslice()
+    reslice.SetInputData(source)
+    reslice.SetResliceTransform(volume_to_labelmap)
+    reslice.SetInterpolationModeToNearestNeighbor()
+    reslice.SetBackgroundLevel(0.0)
+    reslice.SetOutputOrigin(0.0, 0.0, 0.0)
+    reslice.SetOutputSpacing(1.0, 1.0, 1.0)
+    reslice.SetOutputExtent(0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1)
+    reslice.Update()
+    output = reslice.GetOutput()
+    kji = numpy_support.vtk_to_numpy(output.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
+    return volumes.ijk_to_kji(kji != 0)
 
 
 def _remove(scene: Any, node: Any) -> None:

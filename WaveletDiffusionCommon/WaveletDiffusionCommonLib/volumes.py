@@ -153,15 +153,25 @@ def load_volume_file(scene: Any, path: str | os.PathLike, name: str) -> Any:
     return node
 
 
-def place_in_folder(scene: Any, nodes: Sequence[Any], folder_name: str, folder_item: int | None = None) -> int:
+def place_in_folder(
+    scene: Any, nodes: Sequence[Any], folder_name: str, folder_item: int | None = None, beside: Any = None
+) -> int:
     """Put ``nodes`` into one subject-hierarchy folder (created when ``folder_item`` is None or gone); returns the
-    folder's item id, so that later results of the same run join it."""
+    folder's item id, so that later results of the same run join it.
+
+    A new folder goes where ``beside`` (the input the results were made from) sits in the hierarchy: under its
+    patient/study (or folder), as Slicer's segmentation modules place their results; at the scene's root when
+    ``beside`` is None or has no item."""
     import slicer
 
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     invalid = hierarchy.GetInvalidItemID()
     if folder_item is None or folder_item == invalid or not hierarchy.GetItemName(folder_item):
-        folder_item = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), folder_name)
+        parent = hierarchy.GetSceneItemID()
+        input_item = hierarchy.GetItemByDataNode(beside) if beside is not None else invalid
+        if input_item != invalid and hierarchy.GetItemParent(input_item) != invalid:
+            parent = hierarchy.GetItemParent(input_item)
+        folder_item = hierarchy.CreateFolderItem(parent, folder_name)
     for node in nodes:
         item = hierarchy.GetItemByDataNode(node)
         if item == invalid:  # Slicer's application adds the item itself; a bare scene does not

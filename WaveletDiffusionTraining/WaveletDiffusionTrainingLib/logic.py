@@ -22,6 +22,7 @@ usable and *Resume* continues from the newest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -51,6 +52,9 @@ DEFAULT_STOP_TIMEOUT_S = 300.0
 SHUTDOWN_TIMEOUT_S = 4.5
 # The part of it kept for ending the process trees.
 KILL_BUDGET_S = 1.5
+# How long a trainer left running by an earlier session gets to answer its stop file (write a checkpoint and
+# exit) before its processes are ended: the user is waiting for it.
+LEFT_TRAINER_STOP_TIMEOUT_S = 60.0
 
 
 class WaveletDiffusionTrainingLogic(DataScans, PolledLogic):
@@ -78,6 +82,7 @@ class WaveletDiffusionTrainingLogic(DataScans, PolledLogic):
         self.provided_root = provided_root
         self.idle = idle
         self.stop_timeout = stop_timeout
+        self.left_trainer_timeout = LEFT_TRAINER_STOP_TIMEOUT_S
         self._runs: list[TrainingRun] = []
         self._scans: list[ScanJob] = []
 
@@ -277,6 +282,98 @@ class WaveletDiffusionTrainingLogic(DataScans, PolledLogic):
                 f"a training process of {out_dir} is still running (process {pids}). Stop it first (or wait "
                 "until it has ended), then try again."
             )
+
+    def left_trainers(self, out_dir: str | Path) -> list[int]:
+        """The live trainers of ``out_dir`` that this logic did not start (left running by a Slicer that crashed,
+        or started from a terminal); each keeps Start and Resume refused until it ends."""
+        out_dir = Path(out_dir).expanduser().resolve()
+        ours = set()
+        for run in self._runs:
+            if not run.finished and run.process is not None:
+                ours.update(p.pid for p in run.process.tree_alive())
+                ours.add(run.process.pid)
+        return [pid for pid in runfolder.live_trainers(out_dir) if pid not in ours]
+
+    def offer_to_stop_left_trainers(self, out_dir: str | Path, confirm: Callable[[str], bool]) -> bool:
+        """When a trainer of ``out_dir`` that this logic did not start is running, ask ``confirm(question)``
+        and, on yes, stop it (:meth:`stop_left_trainers`). True when no such trainer is left running."""
+        pids = self.left_trainers(out_dir) if out_dir else []
+        if not pids:
+            return True
+        question = (
+            f"A training process of {out_dir} is still running (process {', '.join(map(str, pids))}): it was left by "
+            "an earlier Slicer session or started elsewhere, and keeps the folder. Stop it?\n\nIt is asked to write "
+            f"a checkpoint and exit; if it is still running after {self.left_trainer_timeout:.0f} s, it is ended with "
+            "every process it started. The checkpoints on disk stay usable."
+        )
+        if not confirm(question):
+            return False
+        self.stop_left_trainers(out_dir, self.left_trainer_timeout)
+        return True
+
+    def stop_left_trainers(self, out_dir: str | Path, timeout: float = LEFT_TRAINER_STOP_TIMEOUT_S) -> list[int]:
+        """Stop the trainers of ``out_dir`` that this logic did not start: the stop file asks them to write a
+        checkpoint and exit; those still running after ``timeout`` seconds are ended with every process they
+        started. Only a process whose command line still says it trains into ``out_dir`` (and that is the very
+        process found at first, not a later one with its id) is ended. Returns the ids of the processes that
+        had to be ended; raises :class:`TrainingError` when one survives. Blocks (``idle`` runs meanwhile)."""
+        try:
+            import psutil
+        except ImportError as exc:
+            raise TrainingError("cannot stop the training process without psutil; install it (pip_install('psutil')) "
+                                "or end the process yourself", kind="MissingDependency") from exc  # fmt: skip
+        out_dir = Path(out_dir).expanduser().resolve()
+        found = {}
+        for pid in self.left_trainers(out_dir):
+            try:
+                found[pid] = psutil.Process(pid)  # remembers its start time: is_running() is false for a reused id
+            except psutil.Error:
+                continue
+
+        def alive(proc: Any) -> bool:
+            try:
+                return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                return False
+
+        if not found:
+            return []
+        stop = runfolder.stop_file(out_dir)
+        try:
+            stop.write_bytes(b"")
+            self._log(f"asked the training process {', '.join(map(str, found))} of {out_dir} to stop (its "
+                      f"checkpoint first; ended after {timeout:.0f} s)")  # fmt: skip
+        except OSError as exc:
+            self._log(f"cannot write {stop} ({exc.strerror or exc}): ending the training process at once")
+            timeout = 0.0
+        self._wait_for(lambda: not any(alive(p) for p in found.values()), timeout)
+        still_training = set(runfolder.live_trainers(out_dir))
+        victims = []
+        for pid, proc in found.items():
+            if not alive(proc) or pid not in still_training:
+                continue
+            try:
+                victims.extend([*proc.children(recursive=True), proc])
+            except psutil.Error:
+                continue
+        for proc in victims:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        _, survivors = psutil.wait_procs(victims, timeout=5.0)
+        survivors = [p for p in survivors if alive(p)]
+        if not any(alive(p) for p in found.values()):
+            stop.unlink(missing_ok=True)  # not answered by a process that was ended: it is not for the next run
+        ended = sorted(p.pid for p in victims if p.pid in found)
+        if ended:
+            self._log(f"ended the training process {', '.join(map(str, ended))} of {out_dir}: it did not stop "
+                      f"within {timeout:.0f} s; the checkpoints on disk stay usable")  # fmt: skip
+        if survivors:
+            raise TrainingError(
+                f"the training process {', '.join(str(p.pid) for p in survivors)} of {out_dir} could not be ended; "
+                "end it with the system's task manager, then try again",
+                kind="StopFailed",
+            )
+        return ended
 
     def resume(self, params: TrainingParameters | None = None, **kwargs: Any) -> TrainingRun:
         """Continue the run in ``params.output_dir`` from its newest checkpoint, with the run's own settings
