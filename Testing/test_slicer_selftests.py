@@ -14,6 +14,7 @@ import io
 import os
 import re
 import sys
+import time
 import types
 import unittest
 
@@ -140,6 +141,14 @@ def outcomes(app):
     "passed", "skipped" or the traceback; and the runner's output."""
 
     class Recording(unittest.TextTestResult):
+        def startTest(self, test):
+            super().startTest(test)
+            self.started = time.monotonic()
+
+        def stopTest(self, test):
+            super().stopTest(test)
+            print(f"{test.id()}: {time.monotonic() - self.started:.1f} s")  # shown by pytest -s
+
         def addSuccess(self, test):
             super().addSuccess(test)
             self.passed.append(test.id())
