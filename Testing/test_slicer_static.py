@@ -438,17 +438,19 @@ def test_the_preview_fits_the_views_once():
     assert "fit=job.preview_updates == 1" in source and "fit=True" not in source
 
 
-SELF_TESTS = [("WaveletDiffusion", "test_GenerateDemoVolumes"),
-              ("WaveletDiffusionTraining", "test_TrainStopResumeOnSceneVolumes")]  # fmt: skip
+SELF_TESTS = [("WaveletDiffusion", "test_GenerateDemoVolumes"), ("WaveletDiffusion", "test_SynthesizeDemoPhantom"),
+              ("WaveletDiffusion", "test_InpaintSegmentOfDemoPhantom"), ("WaveletDiffusion", "test_VaryDemoPhantom"),
+              ("WaveletDiffusionTraining", "test_TrainResumeOnSceneVolumes"),
+              ("WaveletDiffusionTraining", "test_StopDuringTraining")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "test"), SELF_TESTS)
-def test_self_tests_check_pytorch_first_and_install_nothing_in_testing_mode(name, test):
+def test_self_tests_get_their_logic_through_the_testing_mode_check_first(name, test):
+    # requireLogic skips in testing mode when something is missing (Testing/test_slicer_selftests.py runs it);
+    # a logic made any other way would install (5.10) or fail (5.12) instead.
     source = ast.unparse(function(name, f"{name}Test", test))
-    skip = source.index("slicer.app.testingEnabled() and dependencies.missing([dependencies.TORCH])")
-    ensure = source.index("logic.ensureDependencies()")
-    first_request = min(source.index(s) for s in ("logic.list_models()", "logic.train(") if s in source)
-    assert skip < ensure < first_request
+    first = min(source.index(s) for s in ("self.requireLogic(", "self.requireModels(") if s in source)
+    assert f"{name}Logic(" not in source and first < source.index("logic.")
 
 
 @pytest.mark.parametrize("name", MODULES)

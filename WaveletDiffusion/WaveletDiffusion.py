@@ -21,11 +21,11 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
 from WaveletDiffusionCommonLib import dependencies, reloading, settings
+from WaveletDiffusionCommonWidgets import selftests
 from WaveletDiffusionCommonWidgets.helpers import (
     CONTRIBUTORS,
     documentationLink,
@@ -293,36 +293,49 @@ class WaveletDiffusionWidget(
         slicer.util.errorDisplay(f"{title}:\n{message}", **errorDetails(detail))
 
 
-class WaveletDiffusionTest(ScriptedLoadableModuleTest):
-    """Generates with the bundled demo model on the CPU (about a minute)."""
+# The bundled demo models the self-tests use (shipped with the engine: no download), both 32^3.
+DEMO_SYNTHESIZE = "demo_phantom_synthesize_32"  # t1 from t2, flair and pd
+DEMO_INPAINT = "demo_phantom_inpaint_32"  # fills a mask of a volume
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
 
-    def runTest(self):
-        self.setUp()
-        self.test_GenerateDemoVolumes()
+class WaveletDiffusionTest(selftests.SelfTest):
+    """Generation, synthesis, inpainting and variations with the bundled demo models on the CPU (seconds each);
+    in testing mode a missing requirement skips them (see ``selftests.SelfTest``)."""
+
+    requester = "Wavelet Diffusion"
+
+    @classmethod
+    def makeLogic(cls):
+        return WaveletDiffusionLogic()
+
+    def requireModels(self, *models: str) -> WaveletDiffusionLogic:
+        logic = self.requireLogic()
+        cached = {m["name"] for m in logic.list_models() if m["cached"]}
+        absent = [name for name in models if name not in cached]
+        if absent:
+            self.skip(f"the demo models {', '.join(absent)} are not part of this installation (reinstall it).")
+        return logic
+
+    def assertResultOnGridOf(self, node, reference):
+        import numpy as np
+        from WaveletDiffusionCommonLib import volumes
+
+        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(node.GetID()))
+        array = volumes.array_ijk_from_node(node)
+        self.assertEqual(array.shape, volumes.array_ijk_from_node(reference).shape)
+        np.testing.assert_allclose(volumes.ijk_to_ras(node), volumes.ijk_to_ras(reference), atol=1e-6)
+        self.assertTrue(np.isfinite(array).all())
+        return array
+
+    # ------------------------------------------------------------------------------------------- tests
 
     def test_GenerateDemoVolumes(self):
         import numpy as np
         from WaveletDiffusionCommonLib import volumes
 
         self.delayDisplay("Generating two volumes with the demo model on the CPU")
-        if slicer.app.testingEnabled() and dependencies.missing([dependencies.TORCH]):
-            # In testing mode every confirmation answers yes: the test would install several GB of PyTorch.
-            self.delayDisplay("PyTorch is not installed: test skipped (install it from the PyTorch Utils module)")
-            return
-        logic = WaveletDiffusionLogic()
-        try:
-            logic.ensureDependencies()  # before the first request: the worker imports torch
-            models = {m["name"]: m for m in logic.list_models()}
-            demo = models.get(parameters.DEFAULT_MODEL)
-            if demo is None or not demo["cached"]:
-                self.delayDisplay("The demo model is not part of this installation: test skipped")
-                return
-            nodes = logic.generate(model=parameters.DEFAULT_MODEL, count=2, seed=3, steps=5, device="cpu")
-        finally:
-            logic.shutdown()
+        logic = self.requireModels(parameters.DEFAULT_MODEL)
+        nodes = logic.generate(model=parameters.DEFAULT_MODEL, count=2, seed=3, steps=2, device="cpu")
         self.assertEqual(len(nodes), 2)
         for seed, node in zip((3, 4), nodes, strict=True):
             self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(node.GetID()))
@@ -332,3 +345,69 @@ class WaveletDiffusionTest(ScriptedLoadableModuleTest):
             self.assertEqual(volumes.get_attributes(node)["seed"], str(seed))
             self.assertIsNotNone(node.GetDisplayNode())
         self.assertFalse(np.array_equal(volumes.array_ijk_from_node(nodes[0]), volumes.array_ijk_from_node(nodes[1])))
+
+    def test_SynthesizeDemoPhantom(self):
+        import numpy as np
+        from WaveletDiffusionCommonLib import volumes
+
+        self.delayDisplay("Synthesizing t1 from t2, flair and pd with the demo model on the CPU")
+        logic = self.requireModels(DEMO_SYNTHESIZE)
+        names = ("t2", "flair", "pd")
+        inputs = {name: selftests.addPhantomVolume(name, contrast) for contrast, name in enumerate(names)}
+        before = {name: volumes.array_ijk_from_node(node).copy() for name, node in inputs.items()}
+        node = logic.synthesize(model=DEMO_SYNTHESIZE, inputs=inputs, seed=1, sampler="ddim", steps=2, device="cpu")
+        array = self.assertResultOnGridOf(node, inputs["t2"])
+        self.assertGreater(float(array.max() - array.min()), 0.0)  # an image, not a constant
+        self.assertEqual(volumes.get_attributes(node)["task"], "synthesize")
+        for name, node_in in inputs.items():
+            np.testing.assert_array_equal(volumes.array_ijk_from_node(node_in), before[name])
+
+    def test_InpaintSegmentOfDemoPhantom(self):
+        import numpy as np
+        from vtk.util import numpy_support
+        from WaveletDiffusionCommonLib import volumes
+        from WaveletDiffusionLib import tasks
+
+        self.delayDisplay("Inpainting a segment of a phantom with the demo model on the CPU")
+        logic = self.requireModels(DEMO_INPAINT)
+        volume = selftests.addPhantomVolume("phantom t1")
+        original = volumes.array_ijk_from_node(volume).copy()
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesion")
+        segmentation.CreateDefaultDisplayNodes()
+        # A ball drawn on its own 1 mm axis-aligned grid, not the volume's: the module resamples it.
+        centre = (volumes.ijk_to_ras(volume) @ np.array([16, 14, 17, 1.0]))[:3]
+        origin = np.floor(centre) - 8.0
+        k, j, i = np.mgrid[0:16, 0:16, 0:16]
+        ball = np.linalg.norm(np.stack([i, j, k], axis=-1) + origin - centre, axis=-1) <= 5.0
+        image = slicer.vtkOrientedImageData()
+        image.SetDimensions(16, 16, 16)
+        image.SetOrigin(*origin)
+        image.SetSpacing(1.0, 1.0, 1.0)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = ball.astype(np.uint8).ravel()
+        segmentation.AddSegmentFromBinaryLabelmapRepresentation(image, "lesion")
+        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("lesion")
+        mask = tasks.segment_mask(slicer.mrmlScene, segmentation, segmentId, volume)
+        self.assertTrue(0 < mask.sum() < mask.size)
+        node = logic.inpaint(model=DEMO_INPAINT, volume=volume, segmentation=segmentation, segment_id=segmentId,
+                             seed=2, device="cpu")  # fmt: skip
+        array = self.assertResultOnGridOf(node, volume)
+        np.testing.assert_array_equal(array[~mask], original[~mask])  # outside the segment: the input, exactly
+        self.assertFalse(np.array_equal(array[mask], original[mask]))
+        np.testing.assert_array_equal(volumes.array_ijk_from_node(volume), original)
+
+    def test_VaryDemoPhantom(self):
+        import numpy as np
+        from WaveletDiffusionCommonLib import volumes
+
+        self.delayDisplay("Making two variations of a phantom with the demo model on the CPU")
+        logic = self.requireModels(parameters.DEFAULT_MODEL)
+        volume = selftests.addPhantomVolume("phantom")
+        original = volumes.array_ijk_from_node(volume).copy()
+        nodes = logic.vary(model=parameters.DEFAULT_MODEL, volume=volume, strength=0.2, count=2, seed=5, steps=4,
+                           device="cpu")  # fmt: skip
+        self.assertEqual(len(nodes), 2)
+        arrays = [self.assertResultOnGridOf(node, volume) for node in nodes]
+        self.assertFalse(np.array_equal(arrays[0], arrays[1]))
+        self.assertFalse(np.array_equal(arrays[0], original))
+        np.testing.assert_array_equal(volumes.array_ijk_from_node(volume), original)

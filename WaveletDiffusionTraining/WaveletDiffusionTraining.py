@@ -25,11 +25,11 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
 from WaveletDiffusionCommonLib import dependencies, reloading, settings
+from WaveletDiffusionCommonWidgets import selftests
 from WaveletDiffusionCommonWidgets.helpers import (
     CONTRIBUTORS,
     documentationLink,
@@ -543,51 +543,59 @@ class WaveletDiffusionTrainingWidget(ScriptedLoadableModuleWidget, VTKObservatio
         slicer.util.errorDisplay(f"{title}:\n{message}", **errorDetails(detail))
 
 
-class WaveletDiffusionTrainingTest(ScriptedLoadableModuleTest):
-    """Trains a tiny network on three small volumes of the scene on the CPU, stops, resumes (about a minute)."""
+class WaveletDiffusionTrainingTest(selftests.SelfTest):
+    """Trains a tiny network on three small volumes of the scene on the CPU: to the end and on with Resume, and
+    stopped in the middle (seconds each); in testing mode a missing requirement skips them (``selftests``)."""
+
+    requester = "Wavelet Diffusion Training"
+    extra = dependencies.TRAINING_PACKAGES
+
+    @classmethod
+    def makeLogic(cls):
+        return WaveletDiffusionTrainingLogic()
 
     def setUp(self):
-        slicer.mrmlScene.Clear()
+        super().setUp()
+        self.folder = Path(tempfile.mkdtemp(prefix="WaveletDiffusionTrainingTest-"))
+        self.addCleanup(shutil.rmtree, self.folder, ignore_errors=True)
 
-    def runTest(self):
-        self.setUp()
-        self.test_TrainStopResumeOnSceneVolumes()
-
-    def test_TrainStopResumeOnSceneVolumes(self):
-        import numpy as np
-
-        self.delayDisplay("Training a tiny network on three scene volumes")
-        if slicer.app.testingEnabled() and dependencies.missing([dependencies.TORCH]):
-            # In testing mode every confirmation answers yes: the test would install several GB of PyTorch.
-            self.delayDisplay("PyTorch is not installed: test skipped (install it from the PyTorch Utils module)")
-            return
-        rng = np.random.default_rng(0)
-        nodes = []
-        for i in range(3):
-            grid = np.indices((20, 20, 20)).astype(np.float32) - 10
-            blob = np.exp(-(grid**2).sum(axis=0) / (20 + 5 * i)) * 100 + rng.random((20, 20, 20)) * 5
-            nodes.append(slicer.util.addVolumeFromArray(blob.astype(np.float32), name=f"blob{i}"))
-        out = Path(tempfile.mkdtemp(prefix="WaveletDiffusionTrainingTest-"))
+    def tinyParameters(self, **fields) -> TrainingParameters:
         tiny = ["--model-channels", "8", "--channel-mult", "1,2", "--num-groups", "4", "--num-res-blocks", "1",
                 "--no-tensorboard"]  # fmt: skip
-        params = TrainingParameters(
-            data_source="nodes", output_dir=str(out / "run"), image_size=16, batch_size=2, max_steps=4, lr=1e-3,
-            device="cpu", checkpoint_interval=2, preview_interval=2, preview_steps=2, log_interval=1,
+        values = dict(
+            data_source="nodes", output_dir=str(self.folder / "run"), image_size=16, batch_size=2, max_steps=4,
+            lr=1e-3, device="cpu", checkpoint_interval=2, preview_interval=2, preview_steps=2, log_interval=1,
             extra_args=tiny,
         )  # fmt: skip
-        logic = WaveletDiffusionTrainingLogic()
-        try:
-            logic.ensureDependencies()
-            run = logic.train(params, nodes=nodes, timeout=600)
-            self.assertEqual(run.state, "finished")
-            self.assertEqual([step for step, _ in run.curve.points()], [1, 2, 3, 4])
-            self.assertEqual(len(run.previews), 2)
-            self.assertTrue(run.model_path.is_file())
-            run = logic.train(params, resume=True, max_steps=6, timeout=600)
-            self.assertEqual(run.state, "finished")
-            self.assertEqual(run.step, 6)
-            self.assertEqual([step for step, _ in run.curve.points()], [1, 2, 3, 4, 5, 6])
-        finally:
-            logic.shutdown()
-            shutil.rmtree(out, ignore_errors=True)
-        self.delayDisplay("Test passed")
+        values.update(fields)
+        return TrainingParameters(**values)
+
+    def test_TrainResumeOnSceneVolumes(self):
+        self.delayDisplay("Training a tiny network on three scene volumes, then resuming it")
+        logic = self.requireLogic()
+        params = self.tinyParameters()
+        run = logic.train(params, nodes=selftests.addBlobVolumes(), timeout=600)
+        self.assertEqual((run.state, [step for step, _ in run.curve.points()]), ("finished", [1, 2, 3, 4]))
+        self.assertEqual(len(run.previews), 2)
+        self.assertTrue(run.model_path.is_file())
+        run = logic.train(params, resume=True, max_steps=6, timeout=600)
+        self.assertEqual((run.state, run.step), ("finished", 6))
+        self.assertEqual([step for step, _ in run.curve.points()], [1, 2, 3, 4, 5, 6])
+
+    def test_StopDuringTraining(self):
+        self.delayDisplay("Stopping a training run in the middle")
+        logic = self.requireLogic()
+        params = self.tinyParameters(max_steps=100_000, checkpoint_interval=100_000, preview_interval=0)
+        run = logic.start_training(params, nodes=selftests.addBlobVolumes())
+        deadline = time.monotonic() + 300
+        while run.step < 2 and not run.finished:
+            self.assertLess(time.monotonic(), deadline, "the trainer did not reach step 2 within 300 s")
+            logic.poll()
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        logic.stop(run)
+        logic.wait(run, timeout=300)
+        self.assertIsNone(run.error)
+        self.assertTrue(run.state == "stopped" and run.stopped_early and run.step < 100_000, run.message)
+        self.assertTrue(run.model_path.is_file())  # the checkpoint written on the stop, at the step reached
+        self.assertEqual(runfolder.resumable(Path(params.output_dir)).step, run.step)

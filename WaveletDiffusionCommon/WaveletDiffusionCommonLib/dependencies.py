@@ -214,3 +214,20 @@ def _install_packages(
             "Install them from the Python console with slicer.util.pip_install, then try again."
         )
     outcome.installed.extend(f"{m.requirement.distribution} {version_of(m.requirement.distribution)}" for m in others)
+
+
+def testing_skip_reason(
+    requester: str, extra: Sequence[Requirement] = (), version_of: Callable[[str], str | None] | None = None
+) -> str | None:
+    """Why a self-test in Slicer's testing mode must be skipped (None: everything is installed).
+
+    In testing mode nothing may be installed and no dialog may wait: Slicer 5.10's confirmations answer OK by
+    themselves (``slicer.util._messageDisplay`` returns its testing value) and its ``pip_install`` installs;
+    5.12's ``pip_ensure`` installs nothing there and returns as if it had. So a self-test checks first and skips."""
+    absent = missing([TORCH, *PACKAGES, *MODULE_PACKAGES, *extra], version_of or installed_version)
+    if not absent:
+        return None
+    return (
+        f"{requester} self-test skipped: {', '.join(m.describe() for m in absent)}; testing mode installs "
+        "nothing (install PyTorch from the PyTorch Utils module and open the module once to install the rest)."
+    )
