@@ -145,12 +145,12 @@ def test_the_vocabulary_is_what_the_engine_offers():
     from wdmcore.evaluation import volumes as evaluation_volumes
     from wdmcore.networks import PRESETS
     from wdmcore.samplers import SAMPLERS
-    from wdmcore.tasks.generate import PRECISIONS
+    from wdmcore.backends.torch_call import AUTOCAST
     from wdmcore.volumes.writing import FORMATS
 
     assert tuple(SAMPLERS) == vocabulary.SAMPLER_NAMES
     assert vocabulary.DEFAULT_SAMPLER in SAMPLERS and set(vocabulary.DEFAULT_STEPS) == set(SAMPLERS)
-    assert tuple(PRECISIONS) == vocabulary.PRECISION_NAMES
+    assert ("auto", *AUTOCAST) == vocabulary.PRECISION_NAMES
     assert vocabulary.PRESET_NAMES == tuple(PRESETS) == hub.KNOWN_PRESETS
     assert vocabulary.OUTPUT_FORMATS == FORMATS
     assert evaluate_command.FORMATS == evaluation_volumes.FORMATS

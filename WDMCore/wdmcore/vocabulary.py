@@ -18,7 +18,9 @@ DEFAULT_STEPS = {"unipc": 25, "dpm++2m": 25, "dpm++2m-sde": 25, "ddim": 50, "anc
 # The quick look (the Slicer module's *Preview*): UniPC with 10 calls, still within the texture band.
 PREVIEW_SAMPLER, PREVIEW_STEPS = "unipc", 10
 MAX_SEED = 2**64 - 1  # the largest seed a torch.Generator takes
-PRECISION_NAMES = ("fp32", "bf16", "fp16")
+# The network's precision and backend (wdmcore.backends): "auto" picks per device and CPU; fp16 is for CUDA.
+PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
+BACKEND_NAMES = ("auto", "torch", "openvino")
 
 # Post-processing of a synthesised sequence (wdmcore.tasks.synthesize): the released sample_auto.py's threshold
 # (the default), sample.py's clamp and brain mask, or none.

@@ -12,7 +12,7 @@ Requests::
     {"type": "load_model", "model": NAME_OR_PATH, "preset": null, "device": "cpu"}
                                                            -> progress (downloads)..., loaded
     {"type": "generate", "num": 2, "seed": 0, "sampler": "unipc", "steps": 25, "batch_size": 1,
-     "precision": "fp32", "preview_every": 5, "output_dir": DIR, "name": "volume"}
+     "precision": "auto", "backend": "auto", "preview_every": 5, "output_dir": DIR, "name": "volume"}
                                                            -> progress..., preview..., result (one per volume),
                                                               done | cancelled
     {"type": "synthesize", "model": NAME_OR_PATH, "inputs": {"t2": PATH, "flair": PATH, "pd": PATH}, "seed": 0,
@@ -24,6 +24,10 @@ Requests::
     {"type": "cancel", "target": JOB_ID_OR_NULL}           (no answer: that job, or the running one, ends with
                                                             cancelled)
     {"type": "shutdown"}                                   -> bye, then the worker exits
+
+Every request that runs a network may carry ``"precision"`` (auto, fp32, bf16, fp16) and ``"backend"`` (auto,
+torch, openvino; :mod:`wdmcore.backends`); the worker uses all physical cores it may run on, and each result's
+meta records the backend, precision and thread count that ran it.
 
 Events the worker sends on its own: ``ready`` when it has started, ``error`` (``kind``, ``message``,
 ``detail``) when a request fails (the worker stays alive), ``log`` for warnings.
@@ -294,8 +298,10 @@ class Worker:
             raise BadRequest("no model is loaded: send load_model first, or give 'model' with the request")
         sampler = request.get("sampler") or DEFAULT_SAMPLER
         steps = request.get("steps")
-        precision = request.get("precision") or "fp32"
+        precision = request.get("precision") or "auto"
+        backend = request.get("backend") or "auto"
         device = request.get("device") or (self.model_key[1] if self.model_key else "cpu")
+        _use_all_cores()
 
         progress = JobProgress(self, job_id, num)
         preview_affine = None
@@ -314,6 +320,7 @@ class Worker:
                 "batch_size": count,
                 "device": device,
                 "precision": precision,
+                "backend": backend,
                 "cancel": self.cancel_event,
                 "on_progress": progress.on_progress,
             }
@@ -366,7 +373,8 @@ class Worker:
         if steps is not None:
             steps = number_field(request, "steps", 0)
         preview_every = number_field(request, "preview_every", 0)
-        precision = request.get("precision") or "fp32"
+        precision = request.get("precision") or "auto"
+        backend = request.get("backend") or "auto"
         progress = JobProgress(self, job_id, num, task=task)
         progress.started()  # the parent knows at once that the job runs (loading the model can take a while)
 
@@ -376,14 +384,15 @@ class Worker:
         output_dir, paths, overwrite = self._plan_outputs(request, task, file_names, inputs, preview_every)
         grid_path = next(iter(inputs.values()))
         self._ensure_model(request)
-        if precision != "fp32":
-            self.send("log", id=job_id, message=f"{task} runs in fp32 (precision {precision} applies to generate)")
+        _use_all_cores()
         written = []
         for index in range(num):
             progress.begin_chunk(index, 1)
             kwargs: dict[str, Any] = {
                 "seed": seed + index,
                 "device": str(self.model.device),
+                "precision": precision,
+                "backend": backend,
                 "cancel": self.cancel_event,
                 "on_progress": progress.on_progress,
             }
@@ -484,6 +493,15 @@ def _json_default(value: Any) -> Any:
     if tolist is not None:
         return tolist()
     return str(value)
+
+
+def _use_all_cores() -> int:
+    """PyTorch (and the OpenVINO backend, which takes the same count) on all physical cores of this process's
+    affinity: one pool computes at a time, and Slicer's own process is idle while the worker runs, so no core
+    is asked for twice. The count is in every result's meta (``threads``)."""
+    from .backends import configure_threads
+
+    return configure_threads()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,6 +130,10 @@ def environment_info() -> dict[str, Any]:
         return info
     info["torch"] = torch.__version__
     info["cuda_build"] = torch.version.cuda
+    from .backends import default_threads, native_bf16
+    from .backends.choice import openvino_installed
+
+    info["cpu"] = {"threads": default_threads(), "native_bf16": native_bf16(), "openvino": openvino_installed()}
     devices = [{"id": "cpu", "name": platform.processor() or "CPU", "kind": "cpu"}]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):

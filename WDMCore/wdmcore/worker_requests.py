@@ -54,7 +54,8 @@ TEXT_FIELDS = {
     "preset": "a network preset name such as unet-128, or null to detect it",
     "device": "a device name: auto, cpu, cuda, cuda:N or mps",
     "sampler": "a sampler name (ancestral, ddim, dpm++2m, dpm++2m-sde or unipc), or null for the default",
-    "precision": "fp32, bf16 or fp16",
+    "precision": "auto, fp32, bf16 (CUDA, or a CPU with native bf16) or fp16 (CUDA), or null for auto",
+    "backend": "auto, torch or openvino (CPU), or null for auto",
     "output_dir": "the path of a folder for the results, or null for a new temporary folder",
     "name": "a file name for the results (text), or null for the default",
     "image": "the path of a volume file",
@@ -68,7 +69,7 @@ def check_fields(request: dict[str, Any]) -> None:
     """Every known field of a request has the type it must have, before any work: a wrong one is refused with a
     sentence that names the field and says what it must be (never a Python exception's text)."""
     from .limits import problem
-    from .vocabulary import PRECISION_NAMES, SAMPLER_NAMES
+    from .vocabulary import BACKEND_NAMES, PRECISION_NAMES, SAMPLER_NAMES
 
     for key, what in TEXT_FIELDS.items():
         value = request.get(key)
@@ -78,6 +79,8 @@ def check_fields(request: dict[str, Any]) -> None:
         raise BadRequest(f"'sampler' must be {TEXT_FIELDS['sampler']}, got {request['sampler']!r:.100}")
     if request.get("precision") not in (None, "", *PRECISION_NAMES):
         raise BadRequest(f"'precision' must be {TEXT_FIELDS['precision']}, got {request['precision']!r:.100}")
+    if request.get("backend") not in (None, "", *BACKEND_NAMES):
+        raise BadRequest(f"'backend' must be {TEXT_FIELDS['backend']}, got {request['backend']!r:.100}")
     for key in NUMBER_FIELDS:
         if key in request and not (key == "steps" and request[key] is None):  # steps null: the default
             message = problem(key, request[key], repr(key))

@@ -79,9 +79,9 @@ def make_call(network: torch.nn.Module, device: torch.device, precision: str, ch
 
 def engine_network_call():
     """The engine's own network call of ``generate`` (precision, channels-last on CUDA, fp32 output)."""
-    from wdmcore.tasks.generate import _network_call
+    from wdmcore.backends.torch_call import torch_call
 
-    return _network_call
+    return torch_call
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

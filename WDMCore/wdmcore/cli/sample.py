@@ -23,10 +23,10 @@ from ..vocabulary import (
     EXIT_TERMINATED,
     MAX_SEED,
     OUTPUT_FORMATS,
-    PRECISION_NAMES,
     SAMPLER_NAMES,
 )
 from .progress import add_progress_option, progress_display
+from .task_options import add_backend_options
 
 
 def add_parser(subparsers: Any) -> None:
@@ -59,7 +59,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:N or mps [auto: CUDA, then MPS, then CPU]")  # fmt: skip
-    parser.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help="network precision [fp32]")
+    add_backend_options(parser)
     parser.add_argument("--compile", action="store_true", help="compile the network with torch.compile")
     parser.add_argument("--out", type=Path, default=Path("wdm_samples"), help="output folder [./wdm_samples]")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="nii.gz", help="file format [nii.gz]")
@@ -119,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.seed <= MAX_SEED - max(0, args.num - 1):
         raise ConfigError(f"--seed must lie between 0 and {MAX_SEED - max(0, args.num - 1)}, got {args.seed}.")
     check_outputs(args)  # an unusable --out is reported at once, before PyTorch and the model are loaded
+    from ..backends import configure_threads
     from ..tasks.generate import generate, resolve_device, resolve_model
     from ..volumes.writing import card_geometry, save_volume
+
+    configure_threads()  # all physical cores this process may use
 
     callback, close = progress_display(args.progress)
 
@@ -162,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 device=device,
                 precision=args.precision,
+                backend=args.backend,
                 on_progress=callback,
                 on_preview=on_preview,
                 preview_every=max(1, args.preview_every),

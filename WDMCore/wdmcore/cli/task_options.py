@@ -10,7 +10,25 @@ from typing import Any
 from ..events import emit
 from ..interrupts import sigterm_unwinds
 from ..limits import option_type
+from ..vocabulary import BACKEND_NAMES, PRECISION_NAMES
 from .progress import progress_display
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """--backend and --precision: what runs the network (every command that runs one)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        default="auto",
+        help="what runs the network: torch, openvino (CPU; the optional openvino extra) or auto, the fastest the "
+        "quality tests accept on this device and CPU (PyTorch fp32 for the released ancestral sampler) [auto]",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_NAMES,
+        default="auto",
+        help="network precision: fp32, bf16 (CUDA, or a CPU with native bf16), fp16 (CUDA) or auto [auto]",
+    )
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> None:
@@ -24,6 +42,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> N
     )
     parser.add_argument("--seed", type=option_type("seed"), default=0, help="random seed [0]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
+    add_backend_options(parser)
     parser.add_argument(
         "--preview-every",
         type=option_type("preview_every"),
@@ -102,7 +121,10 @@ def run_task(args: argparse.Namespace, task: str, inputs: Mapping[str, Any], *po
             import functools
             import importlib
 
+            from ..backends import configure_threads
             from ..volumes.reading import read_header
+
+            configure_threads()  # all physical cores this process may use
 
             run = getattr(importlib.import_module(f"wdmcore.tasks.{task}"), task)
             grid_path = next(iter(inputs.values()))
@@ -115,6 +137,8 @@ def run_task(args: argparse.Namespace, task: str, inputs: Mapping[str, Any], *po
                     *positional,
                     seed=args.seed,
                     device=args.device,
+                    backend=args.backend,
+                    precision=args.precision,
                     on_progress=on_progress,
                     on_preview=on_preview,
                     preview_every=max(1, args.preview_every),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ class WDMModel:
         condition: torch.Tensor | None = None,
         on_step: StepCallback | None = None,
         cancel: CancelCheck | None = None,
+        network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One batch: coefficients [len(seeds), 8, D/2, H/2, W/2], sample i from seed ``seeds[i]``.
 
@@ -126,14 +128,15 @@ class WDMModel:
         schedule.
         ``condition`` (conditional models): the assembled conditioning coefficients in the released channel
         order (cWDM: the given sequences' packs; fastWDM3D: voided image pack, then mask pack); the output grid
-        is the condition's."""
+        is the condition's. ``network``: the call that runs the network (:func:`wdmcore.backends.network_call`;
+        default: this model's PyTorch network as it is)."""
         condition = self.check_condition(condition, len(seeds))
         spatial = condition.shape[2:] if condition is not None else tuple(s // 2 for s in self.image_shape)
         noise = self.noise_source(seeds)
         x = noise.initial((self.network.config.out_channels, *spatial))
         return run_sampler(
             sampler,
-            self.network,
+            self.network if network is None else network,
             self.diffusion,
             x,
             noise,

@@ -6,9 +6,11 @@
 >>> volumes[0].save("out/sample_0.nii.gz")                        # + out/sample_0.json
 
 Sample i is drawn from seed ``seed + i`` alone: the same seed gives the same volume whatever the batch size.
-On CUDA, ``precision="bf16"`` or ``"fp16"`` runs the network under autocast (GroupNorm, the image-space x0 clip
-and the sampler update stay in fp32), the network uses the channels-last-3d layout, and ``compile=True``
-wraps it in :func:`torch.compile`.
+``backend``/``precision`` choose what runs the network (:mod:`wdmcore.backends`): ``auto`` is the fastest choice
+the quality tests accept on this device and CPU (PyTorch fp32 for the released ancestral sampler). On CUDA,
+``precision="bf16"`` or ``"fp16"`` runs the network under autocast (GroupNorm, the image-space x0 clip and the
+sampler update stay in fp32), ``compile=True`` wraps it in :func:`torch.compile` and uses the channels-last-3d
+layout.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends import is_faithful, network_call, resolve_choice
 from ..devices import resolve_device
 from ..errors import ConfigError, NonFiniteError, OutOfMemoryError
 from ..events import ProgressCallback, ProgressTracker
@@ -45,8 +48,6 @@ from ..wavelets import from_coefficients
 from .inputs import cancel_check
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 PreviewCallback = Callable[[int, np.ndarray], None]
 Cancel = Callable[[], bool] | threading.Event
@@ -92,25 +93,6 @@ def _intensity(card: dict[str, Any]) -> tuple[float, float, str]:
         low, high = info.get("range") or (0.0, 1.0)
         return float(low), float(high), str(info.get("meaning", ""))
     return 0.0, 1.0, str(info or "[0, 1] (the network's [-1, 1] mapped by (x + 1) / 2)")
-
-
-def _network_call(
-    network: torch.nn.Module, device: torch.device, precision: str, channels_last: bool = False
-) -> Callable:
-    """network(x, t) in the requested precision; the output is always fp32."""
-    autocast_dtype = PRECISIONS[precision]
-
-    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        if autocast_dtype is None:
-            out = network(x, t)
-        else:
-            with torch.autocast(device.type, dtype=autocast_dtype):
-                out = network(x, t)
-        return out.float().contiguous()
-
-    return call
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -162,7 +144,8 @@ def generate(
     steps: int | None = None,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
+    backend: str = "auto",
     cancel: Cancel | None = None,
     on_progress: ProgressCallback | None = None,
     on_preview: PreviewCallback | None = None,
@@ -186,7 +169,8 @@ def generate(
             for ancestral); :data:`PREVIEW_STEPS` (10) for a quick look.
         batch_size: volumes sampled together (memory vs. speed; the results do not change).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the network (meant for CUDA).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` (CUDA, or a CPU with native bf16) or ``"fp16"`` (CUDA).
+        backend: ``"auto"``, ``"torch"`` or ``"openvino"`` (CPU; converted once per weights and grid, cached).
         cancel: a callable returning True, or a :class:`threading.Event`; checked before every step, then
             :class:`~wdmcore.samplers.Cancelled` is raised.
         on_progress: receives ``{"event": "progress", "task": "sample", "done", "total", "eta_s", ...}`` after
@@ -206,8 +190,6 @@ def generate(
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     if num < 1 or batch_size < 1:
         raise ConfigError("num and batch_size must be at least 1.")
     if preview_every < 1:
@@ -222,10 +204,12 @@ def generate(
 
         with ProgressBars() as bars:
             return generate(model, num, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
-                            device=device, precision=precision, cancel=cancel, on_progress=combine(on_progress, bars),
+                            device=device, precision=precision, backend=backend, cancel=cancel,
+                            on_progress=combine(on_progress, bars),
                             on_preview=on_preview, preview_every=preview_every, compile=compile, preset=preset,
                             reference_affine=reference_affine, on_volume=on_volume)  # fmt: skip
     torch_device = resolve_device(device)
+    resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, preset=preset, device=torch_device, on_progress=on_progress)
     if wdm.task != "generate":
         raise ConfigError(
@@ -251,7 +235,6 @@ def generate(
         "model": wdm.card.get("name") or "unnamed",
         "sampler": sampler,
         "steps": steps,
-        "precision": precision,
         "device": str(torch_device),
         "wdmcore_version": __version__,
         "image_size": size,
@@ -270,7 +253,9 @@ def generate(
         network = network.to(memory_format=torch.channels_last_3d)  # in place: the weights' values are unchanged
     if compile:
         network = torch.compile(network)
-    call = _network_call(network, torch_device, precision, channels_last)
+    faithful = is_faithful(sampler, steps, wdm.diffusion.num_timesteps)
+    call = network_call(network, torch_device, backend=backend, precision=precision, faithful=faithful,
+                        channels_last=channels_last, on_progress=on_progress)  # fmt: skip
     tracker = ProgressTracker(on_progress, "sample", total=num * steps, sampler=sampler, steps=steps)
     half = size // 2
     results: list[GeneratedVolume] = []
@@ -301,7 +286,7 @@ def generate(
                 "generate on the CPU (device 'cpu'), which is slower but limited only by RAM."
             ) from exc
         for s, array in zip(seeds, arrays, strict=True):
-            meta = {**base_meta, "seed": s}
+            meta = {**base_meta, **call.choice.record(), "seed": s}
             volume = GeneratedVolume(array=array, affine=geometry.affine.copy(), seed=s, meta=meta)
             results.append(volume)
             if on_volume is not None:

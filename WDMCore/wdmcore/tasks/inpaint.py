@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends import is_faithful, network_call, resolve_choice
 from ..errors import ConfigError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel
@@ -87,7 +88,7 @@ def component_windows(inside: np.ndarray, size: int) -> list[tuple[np.ndarray, t
     return windows
 
 
-def _inpaint_fast(wdm: WDMModel, image: np.ndarray, inside: np.ndarray, seed: int, steps: int, on_step, cancel):
+def _inpaint_fast(wdm: WDMModel, call, image: np.ndarray, inside: np.ndarray, seed: int, steps: int, on_step, cancel):
     size = wdm.image_size
     c = wdm.diffusion_config
     voided = image.copy()
@@ -135,7 +136,7 @@ def _inpaint_fast(wdm: WDMModel, image: np.ndarray, inside: np.ndarray, seed: in
             on_step(done, total, lambda: to_input(paste(pred)))
 
         coeffs = run_sampler(
-            "ancestral", wdm.network, wdm.diffusion, x, noise, steps=steps, cancel=cancel,
+            "ancestral", call, wdm.diffusion, x, noise, steps=steps, cancel=cancel,
             on_step=None if on_step is None else step,
             condition=condition,
         )  # fmt: skip
@@ -146,7 +147,7 @@ def _inpaint_fast(wdm: WDMModel, image: np.ndarray, inside: np.ndarray, seed: in
 # -- RePaint with an unconditional model -----------------------------------------------------------------------
 
 
-def _repaint(wdm, image, affine, inside, seed, steps, resample, on_step, cancel):
+def _repaint(wdm, call, image, affine, inside, seed, steps, resample, on_step, cancel):
     """RePaint on the model's grid (:class:`~wdmcore.tasks.model_grid.ModelGrid`) around the mask's bounding box:
     the input's own voxels when its spacing is the model's (or the card states none), else a window of the
     model's shape and spacing resampled from the input (linear, edge values beyond the volume; the mask marks
@@ -175,7 +176,7 @@ def _repaint(wdm, image, affine, inside, seed, steps, resample, on_step, cancel)
         return out
 
     on_crop_step = _whole(on_step, paste)
-    return paste(_repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_crop_step, cancel, (lo, hi)))
+    return paste(_repaint_crop(wdm, call, crop, crop_inside, seed, steps, resample, on_crop_step, cancel, (lo, hi)))
 
 
 def _whole(on_step, paste):
@@ -185,8 +186,9 @@ def _whole(on_step, paste):
     return lambda done, total, crop_estimate: on_step(done, total, lambda: paste(crop_estimate()))
 
 
-def _repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_step, cancel, intensity) -> np.ndarray:
+def _repaint_crop(wdm, call, crop, crop_inside, seed, steps, resample, on_step, cancel, intensity) -> np.ndarray:
     """RePaint of one crop of the model's size: the filled crop in the input's intensities (float64).
+    ``call(x, t)``: the network call (:func:`wdmcore.backends.network_call`).
     ``intensity``: the (low, high) input values that become -1 and 1 (values beyond are clipped).
     ``on_step(done, total, estimate)``: ``estimate()`` is the current estimate of the crop, made on demand."""
     c = wdm.diffusion_config
@@ -213,7 +215,7 @@ def _repaint_crop(wdm, crop, crop_inside, seed, steps, resample, on_step, cancel
             t = torch.full((1,), i, dtype=torch.long, device=x.device)
             known_t = diffusion.q_sample(x0_known, t, noise.step(x)) if i > 0 else x0_known
             x = torch.where(known, known_t, x)
-            out = diffusion.p_sample(wdm.network(x, diffusion.model_timesteps(t)).float(), x, t, noise.step(x))
+            out = diffusion.p_sample(call(x, diffusion.model_timesteps(t)), x, t, noise.step(x))
             x_prev = out["sample"]
             if r < resample - 1 and i > 0:
                 # Jump back one step: x_t ~ q(x_t | x_{t-1}).
@@ -238,6 +240,8 @@ def inpaint(
     steps: int | None = None,
     resample: int = 5,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
+    backend: str = "auto",
     cancel: Cancel | None = None,
     on_progress: ProgressCallback | None = None,
     on_preview: PreviewCallback | None = None,
@@ -247,8 +251,11 @@ def inpaint(
     GeneratedVolume). The result is in the image's grid; outside the mask it equals the image exactly.
 
     ``steps``: an ``inpaint`` model runs its released 2 steps by default; an unconditional model runs
-    ``steps`` respaced ancestral steps (default 50), each repeated ``resample`` times (RePaint)."""
+    ``steps`` respaced ancestral steps (default 50), each repeated ``resample`` times (RePaint).
+    ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate` (``auto``
+    is PyTorch fp32 for the released fastWDM3D steps)."""
     torch_device = resolve_device(device)
+    resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     if wdm.task not in ("inpaint", "generate"):
         raise ConfigError(f"this model's task is {wdm.task!r}; inpainting needs an inpaint or a generate model.")
@@ -281,11 +288,14 @@ def inpaint(
             on_preview(0, preview.astype(np.float32))
 
     check = cancel_check(cancel)
+    faithful = is_faithful("ancestral", steps, wdm.diffusion.num_timesteps)
+    call = network_call(wdm.network, torch_device, backend=backend, precision=precision, faithful=faithful,
+                        on_progress=on_progress)  # fmt: skip
     with torch.inference_mode():
         if fast:
-            values = _inpaint_fast(wdm, img.array, inside, seed, steps, on_step, check)
+            values = _inpaint_fast(wdm, call, img.array, inside, seed, steps, on_step, check)
         else:
-            values = _repaint(wdm, img.array, img.affine, inside, seed, steps, resample, on_step, check)
+            values = _repaint(wdm, call, img.array, img.affine, inside, seed, steps, resample, on_step, check)
     result = img.array.copy()
     result[inside] = values[inside]  # outside the mask: the input, exactly
     meta = {
@@ -297,5 +307,6 @@ def inpaint(
         "seed": seed,
         "steps": steps,
         "masked_voxels": int(inside.sum()),
+        **call.choice.record(),
     }
     return GeneratedVolume(array=result.astype(np.float32), affine=img.affine.copy(), seed=seed, meta=meta)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends import is_faithful, network_call, resolve_choice
 from ..errors import ConfigError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel
@@ -100,6 +101,8 @@ def synthesize(
     steps: int | None = None,
     postprocess: str = DEFAULT_POSTPROCESS,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
+    backend: str = "auto",
     cancel: Cancel | None = None,
     on_progress: ProgressCallback | None = None,
     on_preview: PreviewCallback | None = None,
@@ -112,11 +115,14 @@ def synthesize(
     25 network calls); ``sampler="ancestral", steps=1000`` is the released sampler. A model with fewer
     diffusion steps than the sampler's default runs all of them.
 
+    ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`.
+
     ``postprocess``: ``"threshold"`` (default; the released ``sample_auto.py``: values <= 0.04 set to 0),
     ``"brain-mask"`` (the released ``sample.py``: clamp to [0, 1], 0 where the first input is 0) or ``"none"``."""
     if postprocess not in POSTPROCESSING:
         raise ConfigError(f"unknown post-processing {postprocess!r}; choose one of {', '.join(POSTPROCESSING)}.")
     torch_device = resolve_device(device)
+    resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "synthesize")
     steps = default_steps(wdm, sampler) if steps is None else int(steps)
@@ -132,9 +138,13 @@ def synthesize(
             grid = finish_image(wdm, pred, prepared[0], postprocess)
             on_preview(0, from_grid(grid, fits, first.array.shape).astype(np.float32))
 
+    faithful = is_faithful(sampler, steps, wdm.diffusion.num_timesteps)
+    call = network_call(wdm.network, torch_device, backend=backend, precision=precision, faithful=faithful,
+                        on_progress=on_progress)  # fmt: skip
     coeffs = wdm.sample_coefficients(
-        [seed], sampler=sampler, steps=steps, condition=condition, on_step=on_step, cancel=cancel_check(cancel)
-    )
+        [seed], sampler=sampler, steps=steps, condition=condition, on_step=on_step, cancel=cancel_check(cancel),
+        network=call,
+    )  # fmt: skip
     image = from_grid(finish_image(wdm, coeffs, prepared[0], postprocess), fits, first.array.shape).astype(np.float32)
     output = wdm.card.get("output")
     meta = {
@@ -146,6 +156,7 @@ def synthesize(
         "sampler": sampler,
         "steps": steps,
         "postprocess": postprocess,
+        **call.choice.record(),
         "intensity": "[0, 1]: quantile-clipped, min-max scaled (as the model's training data)",
     }
     return GeneratedVolume(array=image, affine=first.affine.copy(), seed=seed, meta=meta)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends import is_faithful, network_call, resolve_choice
 from ..errors import ConfigError
 from ..events import ProgressCallback, ProgressTracker, warn
 from ..models.model import WDMModel
@@ -53,6 +54,8 @@ def vary(
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
+    backend: str = "auto",
     cancel: Cancel | None = None,
     on_progress: ProgressCallback | None = None,
     on_preview: PreviewCallback | None = None,
@@ -61,10 +64,12 @@ def vary(
     """A variation of ``image`` (path, (array, affine), array or GeneratedVolume) in its own grid.
 
     ``sampler``/``steps``: as for :func:`~wdmcore.tasks.generate.generate` (default: the engine's fast sampler
-    and its step count over the whole schedule, of which only those below the starting noise level run)."""
+    and its step count over the whole schedule, of which only those below the starting noise level run).
+    ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`."""
     if not 0 < strength <= 1:
         raise ConfigError(f"strength must be in (0, 1], got {strength}.")
     torch_device = resolve_device(device)
+    resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "generate")
     if steps is None:
@@ -105,6 +110,9 @@ def vary(
         full = solver_timesteps(diffusion, steps, DEFAULT_SPACING[sampler])
         timesteps = [t for t in full if t <= strength * (diffusion.num_timesteps - 1)] or full[-1:]
         start, calls = timesteps[0], len(timesteps)
+    faithful = is_faithful(sampler, steps, wdm.diffusion.num_timesteps)
+    call = network_call(wdm.network, torch_device, backend=backend, precision=precision, faithful=faithful,
+                        on_progress=on_progress)  # fmt: skip
     tracker = ProgressTracker(on_progress, "vary", total=calls, steps=calls, sampler=sampler)
 
     def to_input(coeffs: torch.Tensor) -> np.ndarray:
@@ -125,10 +133,10 @@ def vary(
         t = torch.full((1,), start, dtype=torch.long, device=x0.device)
         x = diffusion.q_sample(x0, t, noise.initial(tuple(x0.shape[1:])).to(x0.device))
         if timesteps is None:
-            x = _ancestral_from(wdm, diffusion, x, start, noise, on_step, check)
+            x = _ancestral_from(call, diffusion, x, start, noise, on_step, check)
         else:
             x = run_sampler(
-                sampler, wdm.network, diffusion, x, noise, steps=calls, timesteps=timesteps, on_step=on_step,
+                sampler, call, diffusion, x, noise, steps=calls, timesteps=timesteps, on_step=on_step,
                 cancel=check,
             )  # fmt: skip
     result = to_input(x)
@@ -142,13 +150,15 @@ def vary(
         "steps": steps,
         "denoising_steps": calls,
         "model_grid": grid.describe(),
+        **call.choice.record(),
     }
     return GeneratedVolume(array=result.astype(np.float32), affine=img.affine.copy(), seed=seed, meta=meta)
 
 
-def _ancestral_from(wdm: WDMModel, diffusion, x: torch.Tensor, start: int, noise, on_step, check) -> torch.Tensor:
-    """The respaced ancestral sampler from step index ``start`` of ``diffusion`` down to 0."""
-    denoise = model_denoiser(wdm.network, diffusion)
+def _ancestral_from(network, diffusion, x: torch.Tensor, start: int, noise, on_step, check) -> torch.Tensor:
+    """The respaced ancestral sampler from step index ``start`` of ``diffusion`` down to 0; ``network(x, t)``
+    is the model's network call."""
+    denoise = model_denoiser(network, diffusion)
     for done, i in enumerate(reversed(range(start + 1)), start=1):
         if check is not None and check():
             raise Cancelled("the variation was cancelled")
