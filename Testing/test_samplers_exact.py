@@ -212,6 +212,32 @@ def table(step_counts=(10, 12, 15, 25, 50)) -> None:
     )
 
 
+def few_call_table(step_counts=(4, 5, 6, 8, 10)) -> None:
+    """UniPC of order 2 and 3 and DPM-Solver++ 2M on each spacing at few calls: texture / high-band ratio."""
+    from wdmcore.samplers import SPACINGS, dpmpp_2m, unipc
+
+    print("| solver | spacing | " + " | ".join(str(s) for s in step_counts) + " |")
+    print("|---|---|" + "---|" * len(step_counts))
+    solvers = {
+        "unipc-3": lambda *a, **k: unipc(*a, order=3, **k),
+        "unipc-2": lambda *a, **k: unipc(*a, order=2, **k),
+        "dpm++2m": dpmpp_2m,
+    }
+    for spacing in (s for s in SPACINGS if s != "linspace"):
+        for name, solver in solvers.items():
+            cells = []
+            for steps in step_counts:
+                noise = NoiseSource(range(1024))
+                with torch.inference_mode():
+                    out = solver(MIXTURE.denoise, DIFFUSION, noise.initial(SHAPE), noise, steps=steps, spacing=spacing)
+                m = MIXTURE.measure(out)
+                cells.append(f"{m['texture_ratio']:.3f} / {m['high_band_ratio']:.3f}")
+            print(f"| {name} | {spacing} | " + " | ".join(cells) + " |", flush=True)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    table(tuple(int(s) for s in sys.argv[1].split(",")) if len(sys.argv) > 1 else (10, 12, 15, 25, 50))
+    if sys.argv[1:2] == ["few-calls"]:
+        few_call_table()
+    else:
+        table(tuple(int(s) for s in sys.argv[1].split(",")) if len(sys.argv) > 1 else (10, 12, 15, 25, 50))
