@@ -141,11 +141,11 @@ def test_wdm_help_and_version_exit_0_without_torch():
 
 def test_the_vocabulary_is_what_the_engine_offers():
     from wdmcore import hub, vocabulary
+    from wdmcore.backends.torch_call import AUTOCAST
     from wdmcore.cli import evaluate as evaluate_command
     from wdmcore.evaluation import volumes as evaluation_volumes
     from wdmcore.networks import PRESETS
     from wdmcore.samplers import SAMPLERS
-    from wdmcore.backends.torch_call import AUTOCAST
     from wdmcore.volumes.writing import FORMATS
 
     assert tuple(SAMPLERS) == vocabulary.SAMPLER_NAMES

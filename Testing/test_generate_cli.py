@@ -11,7 +11,7 @@ from test_generate import tiny_model
 
 import wdmcore
 from wdmcore.cli.main import main
-from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate
+from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS, PREVIEW_SAMPLER, PREVIEW_STEPS, generate
 
 DEMO_ASSET = Path(wdmcore.__file__).parent / "assets" / "demo_phantom_64.safetensors"
 AFFINE = [[3.75, 0, 0, -118.125], [0, 3.75, 0, -118.125], [0, 0, 3.75, -118.125], [0, 0, 0, 1]]
@@ -127,3 +127,20 @@ def test_demo_script_runs_twice_and_replaces_only_its_own_output(tmp_path):
     run = subprocess.run([*args, "--out", str(own)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "already exist" in run.stderr
     assert (own / "sample_seed0000.nii.gz").read_bytes() == b"keep me"
+
+
+def test_sample_at_the_preview_quality_runs_its_calls(tmp_path, model_file, capsys):
+    out = tmp_path / "preview"
+    preview = ["sample", "--model", str(model_file), "--quality", "preview"]
+    assert main([*preview, "--out", str(out), "--progress", "none"]) == 0
+    sidecar = json.loads((out / "sample_seed0000.json").read_text(encoding="utf-8"))
+    assert (sidecar["sampler"], sidecar["steps"]) == (PREVIEW_SAMPLER, PREVIEW_STEPS)
+    # --steps still wins; a quality that is not a level, or a preview of another sampler, is refused.
+    assert main(["sample", "--model", str(model_file), "--quality", "preview", "--steps", "3", "--out", str(out / "3"),
+                 "--progress", "none"]) == 0  # fmt: skip
+    assert json.loads((out / "3" / "sample_seed0000.json").read_text(encoding="utf-8"))["steps"] == 3
+    assert main(["sample", "--model", str(model_file), "--quality", "preview", "--sampler", "ddim", "--out",
+                 str(out / "ddim")]) == 2  # fmt: skip
+    assert "preview quality" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", "--quality", "best"])

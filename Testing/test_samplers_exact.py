@@ -22,6 +22,7 @@ import torch
 
 from wdmcore.diffusion import Diffusion, DiffusionConfig
 from wdmcore.samplers import NoiseSource, run_sampler
+from wdmcore.vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS, PREVIEW_SAMPLER, PREVIEW_STEPS
 from wdmcore.wavelets import from_coefficients
 
 SHAPE = (8, 2, 2, 2)  # coefficients of a 4^3 image: 64 per sample
@@ -87,9 +88,58 @@ def run(sampler: str, steps: int, n: int = 1024, spacing: str | None = None, see
     return MIXTURE.measure(samples)
 
 
-# Every sampler but the paper's at its default step count (wdmcore.generate.DEFAULT_STEPS), the Preview setting
-# (UniPC, 10 steps) and DPM-Solver++ at 12.
-FAST = [("unipc", 25), ("unipc", 10), ("dpm++2m", 25), ("dpm++2m", 12), ("dpm++2m-sde", 25), ("ddim", 50)]
+# Every sampler but the paper's at its default step count (wdmcore.vocabulary.DEFAULT_STEPS), UniPC at 25 (what the
+# default was) and DPM-Solver++ at 12. The Preview setting has its own, wider band below.
+FAST = [(name, DEFAULT_STEPS[name]) for name in ("unipc", "dpm++2m", "dpm++2m-sde", "ddim")]
+FAST += [("unipc", 25), ("dpm++2m", 12)]
+
+
+def test_the_default_and_the_preview_are_few_calls():
+    assert DEFAULT_STEPS[DEFAULT_SAMPLER] <= 10 and PREVIEW_STEPS <= 6
+
+
+def test_the_preview_keeps_the_texture_within_15_percent():
+    measured = run(PREVIEW_SAMPLER, PREVIEW_STEPS)
+    assert 0.85 <= measured["texture_ratio"] <= 1.15 and 0.85 <= measured["high_band_ratio"] <= 1.15, measured
+    assert measured["frequency_error"] < 0.04, measured
+
+
+def test_the_default_few_call_solver_is_what_reaches_the_texture():
+    # The same calls on the spacing and the order the solver had before fall short: the test can tell.
+    noise = NoiseSource(range(1024))
+    from wdmcore.samplers import unipc
+
+    with torch.inference_mode():
+        old = unipc(MIXTURE.denoise, DIFFUSION, noise.initial(SHAPE), noise, steps=PREVIEW_STEPS, spacing="logsnr")
+    assert MIXTURE.measure(old)["high_band_ratio"] < 0.8
+
+
+@pytest.mark.parametrize("steps", [DEFAULT_STEPS[DEFAULT_SAMPLER], PREVIEW_STEPS])
+def test_the_conditional_path_reaches_the_texture(steps):
+    # A task network sees [x_t, condition] (run_sampler's ``condition``, the synthesis path). Conditioned on the
+    # component, the exact denoiser is one Gaussian component's posterior mean; the samples must then carry the
+    # true texture around their own component's mean.
+    n = 512
+    labels = torch.multinomial(WEIGHTS, n, replacement=True, generator=torch.Generator().manual_seed(5))
+    condition = torch.nn.functional.one_hot(labels, len(WEIGHTS)).float().view(n, len(WEIGHTS), 1, 1, 1)
+    condition = condition.expand(n, len(WEIGHTS), *SHAPE[1:])
+    abar = MIXTURE.abar
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x_t, which = x[:, :8].double(), x[:, 8:, 0, 0, 0].argmax(1)
+        a2 = abar[t].view(-1, 1, 1, 1, 1)
+        mean = MIXTURE.means[which]
+        return (mean + a2.sqrt() * MIXTURE.tau**2 / (a2 * MIXTURE.tau**2 + 1 - a2) * (x_t - a2.sqrt() * mean)).float()
+
+    noise = NoiseSource(range(n))
+    with torch.inference_mode():
+        samples = run_sampler(
+            DEFAULT_SAMPLER, denoise, DIFFUSION, noise.initial(SHAPE), noise, steps=steps, condition=condition
+        )
+    residual = (samples.double() - MIXTURE.means[labels]) / MIXTURE.tau
+    low, high = (0.9, 1.1) if steps == DEFAULT_STEPS[DEFAULT_SAMPLER] else (0.85, 1.15)
+    assert low <= residual.pow(2).mean().sqrt().item() <= high
+    assert low <= residual[:, 1:].pow(2).mean().sqrt().item() <= high
 
 
 def test_the_mixture_is_what_it_claims():
@@ -162,6 +212,32 @@ def table(step_counts=(10, 12, 15, 25, 50)) -> None:
     )
 
 
+def few_call_table(step_counts=(4, 5, 6, 8, 10)) -> None:
+    """UniPC of order 2 and 3 and DPM-Solver++ 2M on each spacing at few calls: texture / high-band ratio."""
+    from wdmcore.samplers import SPACINGS, dpmpp_2m, unipc
+
+    print("| solver | spacing | " + " | ".join(str(s) for s in step_counts) + " |")
+    print("|---|---|" + "---|" * len(step_counts))
+    solvers = {
+        "unipc-3": lambda *a, **k: unipc(*a, order=3, **k),
+        "unipc-2": lambda *a, **k: unipc(*a, order=2, **k),
+        "dpm++2m": dpmpp_2m,
+    }
+    for spacing in (s for s in SPACINGS if s != "linspace"):
+        for name, solver in solvers.items():
+            cells = []
+            for steps in step_counts:
+                noise = NoiseSource(range(1024))
+                with torch.inference_mode():
+                    out = solver(MIXTURE.denoise, DIFFUSION, noise.initial(SHAPE), noise, steps=steps, spacing=spacing)
+                m = MIXTURE.measure(out)
+                cells.append(f"{m['texture_ratio']:.3f} / {m['high_band_ratio']:.3f}")
+            print(f"| {name} | {spacing} | " + " | ".join(cells) + " |", flush=True)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    table(tuple(int(s) for s in sys.argv[1].split(",")) if len(sys.argv) > 1 else (10, 12, 15, 25, 50))
+    if sys.argv[1:2] == ["few-calls"]:
+        few_call_table()
+    else:
+        table(tuple(int(s) for s in sys.argv[1].split(",")) if len(sys.argv) > 1 else (10, 12, 15, 25, 50))

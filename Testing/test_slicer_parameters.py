@@ -22,7 +22,7 @@ class DictSettings:
 
 def test_defaults_are_valid_and_fast():
     params = GenerationParameters().validate()
-    assert params.sampler == "unipc" and params.steps == 25 and params.device == "cpu"
+    assert params.sampler == "unipc" and params.steps == 10 and params.device == "cpu"
 
 
 def test_step_defaults_agree_with_the_engine():
@@ -60,9 +60,9 @@ def test_sampler_presets():
     params.apply_sampler_preset("faithful")
     assert (params.sampler, params.steps) == ("ancestral", 1000)
     params.apply_sampler_preset("fast")
-    assert (params.sampler, params.steps) == ("unipc", 25)
-    params.apply_sampler_preset("preview")
     assert (params.sampler, params.steps) == ("unipc", 10)
+    params.apply_sampler_preset("preview")
+    assert (params.sampler, params.steps) == ("unipc", 6)
 
 
 def test_node_name_from_model_or_output_name():

@@ -326,7 +326,9 @@ def test_previews_are_the_whole_output_in_the_input_grid(fast_tiny, unconditiona
     previews = []
     out = wdmcore.vary(unconditional, (image, OBLIQUE), strength=0.5, steps=4, preview_every=1,
                        on_preview=lambda i, a: previews.append(a))  # fmt: skip
-    assert len(previews) == 2 and all(p.shape == shape for p in previews)
+    # One preview per call run: only the calls below the strength's noise level (3 of the 4 timesteps of the
+    # default spacing: 999 is above it).
+    assert len(previews) == out.meta["denoising_steps"] == 3 and all(p.shape == shape for p in previews)
     assert abs(previews[0].mean() - image.mean()) < 0.5 * image.std()  # in the input's intensities, not [0, 1]
 
 
@@ -370,7 +372,7 @@ def test_cwdm_sample_auto_output_in_the_input_grid_matches_the_released_file(cwd
 
 def test_synthesize_and_vary_default_to_the_fast_sampler_and_report_steps(cwdm_tiny, unconditional, one_thread):
     from wdmcore.progressbar import ProgressBars
-    from wdmcore.vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from wdmcore.vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS, PREVIEW_STEPS
 
     rng = np.random.default_rng(7)
     inputs = {name: rng.random((16, 16, 8)) for name in cwdm_tiny.input_names}
@@ -388,8 +390,16 @@ def test_synthesize_and_vary_default_to_the_fast_sampler_and_report_steps(cwdm_t
     assert (seen[0]["total"], seen[0]["sampler"]) == (1000, "ancestral")
     image = rng.random((20, 16, 16)) * 50
     varied = wdmcore.vary(unconditional, image, strength=0.5, seed=0)
-    assert varied.meta["sampler"] == DEFAULT_SAMPLER and varied.meta["steps"] == 25  # the model has 100 steps
-    assert 1 <= varied.meta["denoising_steps"] < 25 and varied.array.shape == image.shape
+    default = DEFAULT_STEPS[DEFAULT_SAMPLER]  # below the model's 100 diffusion steps
+    assert varied.meta["sampler"] == DEFAULT_SAMPLER and varied.meta["steps"] == default
+    assert 1 <= varied.meta["denoising_steps"] < default and varied.array.shape == image.shape
+    # The preview quality: fewer calls for both tasks; refused for a sampler it was not measured with.
+    assert wdmcore.vary(unconditional, image, strength=0.5, quality="preview").meta["steps"] == PREVIEW_STEPS
+    events = []
+    wdmcore.synthesize(cwdm_tiny, inputs, seed=1, quality="preview", on_progress=events.append)
+    assert [e["done"] for e in events if e["event"] == "progress"] == list(range(1, PREVIEW_STEPS + 1))
+    with pytest.raises(ConfigError, match="preview quality"):
+        wdmcore.synthesize(cwdm_tiny, inputs, sampler="ddim", quality="preview")
     # Progress bars of the tasks count steps.
     import io
 

@@ -78,7 +78,7 @@ class WaveletDiffusionParameterNode:
     preset: str = ""
     device: str = "cpu"
     sampler: Annotated[str, Choice(list(parameters.SAMPLERS))] = "unipc"
-    steps: Annotated[int, WithinRange(1, 1000)] = 25
+    steps: Annotated[int, WithinRange(1, 1000)] = 10
     count: Annotated[int, WithinRange(1, 100)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     batchSize: Annotated[int, WithinRange(1, 16)] = 1

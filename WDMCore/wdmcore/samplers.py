@@ -4,9 +4,10 @@
   fidelity; the released-code fixtures test it). With a respaced :class:`~wdmcore.diffusion.Diffusion` it is the
   k-step ancestral sampler the released code could not run; below a few hundred steps its "fixed large"
   variance adds more noise at the last steps than the network was trained to remove.
-* :func:`dpmpp_2m` (DPM-Solver++ 2M), :func:`dpmpp_2m_sde` (its SDE variant) and :func:`unipc` (UniPC, bh2) are
-  fast solvers over the full 1000-step schedule on integer timesteps from :func:`solver_timesteps`: spaced
-  evenly in log-SNR (or Karras' sigmas) all the way down to t = 0, whose x0 prediction is the result.
+* :func:`dpmpp_2m` (DPM-Solver++ 2M), :func:`dpmpp_2m_sde` (its SDE variant) and :func:`unipc` (UniPC, bh2, order
+  2 or 3; :func:`run_sampler` runs order 3) are fast solvers over the full 1000-step schedule on integer
+  timesteps from :func:`solver_timesteps`: spaced in log-SNR (by default short steps near the data, long
+  ones through the noise) all the way down to t = 0, whose x0 prediction is the result.
 * :func:`ddim` is DDIM (eta = 0 as released, or stochastic with eta > 0) over a respaced diffusion; through
   :func:`run_sampler` it runs on the same kind of spacing down to t = 0.
 
@@ -37,6 +38,7 @@ import torch
 
 from .diffusion import Diffusion, space_timesteps
 from .errors import ConfigError, WDMError
+from .vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS, PREVIEW_SAMPLER, PREVIEW_STEPS, QUALITIES
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (done, total, x, pred_x0)
@@ -148,7 +150,7 @@ def ddim(
 
 # -- timestep spacings for the fast solvers --------------------------------------------------------------------
 
-SPACINGS = ("logsnr", "karras", "quadratic", "uniform", "linspace")
+SPACINGS = ("logsnr-sqrt", "logsnr", "karras", "quadratic", "uniform", "linspace")
 
 
 def log_snr(diffusion: Diffusion) -> np.ndarray:
@@ -160,6 +162,10 @@ def log_snr(diffusion: Diffusion) -> np.ndarray:
 def solver_timesteps(diffusion: Diffusion, steps: int, spacing: str = "logsnr") -> list[int]:
     """``steps`` distinct integer timesteps of the full ``diffusion``, from T-1 down, one network call each.
 
+    * ``"logsnr-sqrt"``: lambda = lambda(T-1) + (lambda(0) - lambda(T-1)) * sqrt(k / (steps - 1)): long log-SNR
+      steps through the noise, short ones near t = 0 where the fine texture forms. Chosen for few calls with the
+      exact-denoiser measurements in docs/generation.md (it beat log-SNR, time-uniform, Karras and tuned-end
+      spacings from 5 to 10 calls and matches log-SNR from 25 on);
     * ``"logsnr"``: evenly spaced in log-SNR lambda from t = T-1 to t = 0 (the spacing of the DPM-Solver papers);
     * ``"karras"``: sigma = sqrt((1 - abar) / abar) spaced as in Karras et al. (rho = 7), sigma_max to sigma_min;
     * ``"quadratic"``: t = (T-1) * u**2 for u evenly spaced from 1 to 0 (denser near t = 0);
@@ -192,6 +198,8 @@ def solver_timesteps(diffusion: Diffusion, steps: int, spacing: str = "logsnr") 
         lam = log_snr(diffusion)
         if spacing == "logsnr":
             targets = np.linspace(lam[-1], lam[0], steps)
+        elif spacing == "logsnr-sqrt":
+            targets = lam[-1] + (lam[0] - lam[-1]) * np.sqrt(np.linspace(0.0, 1.0, steps))
         else:  # karras: sigma = exp(-lambda), interpolated in sigma ** (1 / rho)
             rho = 7.0
             high, low = np.exp(-lam[-1]) ** (1 / rho), np.exp(-lam[0]) ** (1 / rho)
@@ -286,16 +294,10 @@ def dpmpp_2m_sde(
     )  # fmt: skip
 
 
-def _unipc_corrector_weights(h: float, ratios: Sequence[float]) -> list[float]:
-    """UniPC's corrector weights rho (B(h) = e^-h - 1, "bh2") for a step of log-SNR length ``h``.
-
-    ``ratios``: (lambda_i - lambda_s0) / h of the earlier outputs whose differences enter the step (empty for
-    first order). Solves the order conditions R rho = b, where R has rows r**k (r = the ratios and 1 for the
-    new output) and b holds the scaled phi-functions of -h; first order is the trapezoid weight 1/2.
-    """
-    if not ratios:
-        return [0.5]
-    hh, order = -h, len(ratios) + 1
+def _unipc_b(h: float, order: int) -> list[float]:
+    """The right-hand side of UniPC's order conditions (B(h) = e^-h - 1, "bh2") for a step of log-SNR length h:
+    the scaled phi-functions of -h, one per order."""
+    hh = -h
     b_h = math.expm1(hh)
     phi = math.expm1(hh) / hh - 1.0
     factorial, b = 1.0, []
@@ -303,8 +305,32 @@ def _unipc_corrector_weights(h: float, ratios: Sequence[float]) -> list[float]:
         b.append(phi * factorial / b_h)
         factorial *= k + 1
         phi = phi / hh - 1.0 / factorial
+    return b
+
+
+def _unipc_corrector_weights(h: float, ratios: Sequence[float]) -> list[float]:
+    """UniPC's corrector weights rho for a step of log-SNR length ``h``.
+
+    ``ratios``: (lambda_i - lambda_s0) / h of the earlier outputs whose differences enter the step (empty for
+    first order). Solves the order conditions R rho = b, where R has rows r**k (r = the ratios and 1 for the
+    new output); first order is the trapezoid weight 1/2.
+    """
+    if not ratios:
+        return [0.5]
+    order = len(ratios) + 1
     nodes = np.array([*ratios, 1.0])
-    return [float(v) for v in np.linalg.solve(np.stack([nodes**k for k in range(order)]), np.array(b))]
+    return [float(v) for v in np.linalg.solve(np.stack([nodes**k for k in range(order)]), np.array(_unipc_b(h, order)))]
+
+
+def _unipc_predictor_weights(h: float, ratios: Sequence[float]) -> list[float]:
+    """UniPC's predictor weights for the differences to ``len(ratios)`` earlier outputs: 1/2 at order 2 (the
+    DPM-Solver++ 2M step), the order conditions without the new output above."""
+    if len(ratios) == 1:
+        return [0.5]
+    order = len(ratios) + 1
+    nodes = np.array(ratios)
+    rows = np.stack([nodes**k for k in range(order - 1)])
+    return [float(v) for v in np.linalg.solve(rows, np.array(_unipc_b(h, order)[:-1]))]
 
 
 def unipc(
@@ -315,17 +341,19 @@ def unipc(
     *,
     steps: int = 25,
     spacing: str = "logsnr",
+    order: int = 2,
     timesteps: Sequence[int] | None = None,
     on_step: StepCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> torch.Tensor:
-    """UniPC (data prediction, order 2, B(h) = bh2): the DPM-Solver++ 2M predictor plus a corrector that
-    re-uses each new network output to refine the step that led to it, at no extra network call.
+    """UniPC (data prediction, B(h) = bh2): a multistep predictor of ``order`` (2: the DPM-Solver++ 2M step) plus
+    a corrector that re-uses each new network output to refine the step that led to it, at no extra network
+    call. Lower orders while too few outputs exist and towards the end (as ``diffusers``' lower_order_final).
     ``timesteps``: as for :func:`dpmpp_2m`."""
     timesteps = solver_timesteps(diffusion, steps, spacing) if timesteps is None else list(timesteps)
     levels = _levels(diffusion, timesteps)
     x = x.float()
-    outputs: list[tuple[torch.Tensor, float]] = []  # (x0 prediction, lambda) of the previous two calls
+    outputs: list[tuple[torch.Tensor, float]] = []  # (x0 prediction, lambda) of the previous calls, newest last
     last_x, last_order = x, 0
     for k, timestep in enumerate(timesteps):
         _check_cancel(cancel)
@@ -335,25 +363,27 @@ def unipc(
             m0, lam_0 = outputs[-1]
             sigma_0 = levels[k - 1][1]
             h = lam_t - lam_0
-            ratios = [(outputs[-2][1] - lam_0) / h] if last_order == 2 else []
+            earlier = outputs[-last_order:-1][::-1]  # the outputs before m0 that the predictor used, newest first
+            ratios = [(lam_i - lam_0) / h for _, lam_i in earlier]
             rho = _unipc_corrector_weights(h, ratios)
             correction = rho[-1] * (x0 - m0)
-            if ratios:
-                correction = correction + rho[0] * (outputs[-2][0] - m0) / ratios[0]
+            for weight, (m_i, _), r in zip(rho[:-1], earlier, ratios, strict=True):
+                correction = correction + weight * (m_i - m0) / r
             x = (sigma_t / sigma_0) * last_x - (alpha_t * math.expm1(-h)) * (m0 + correction)
-        outputs = [*outputs[-1:], (x0, lam_t)]
+        outputs = [*outputs[-(order - 1) :], (x0, lam_t)] if order > 1 else [(x0, lam_t)]
         (_, sigma_s, lam_s), (alpha_n, sigma_n, lam_n) = levels[k], levels[k + 1]
         last_x = x
         if sigma_n == 0.0:
             x, last_order = x0, 1
         else:
             h = lam_n - lam_s
-            last_order = 2 if len(outputs) == 2 else 1
+            last_order = min(order, len(outputs), len(timesteps) - k)
             estimate = x0
-            if last_order == 2:
-                m1, lam_1 = outputs[0]
-                ratio = (lam_1 - lam_s) / h
-                estimate = x0 + 0.5 * (m1 - x0) / ratio
+            if last_order > 1:
+                earlier = outputs[-last_order:-1][::-1]
+                ratios = [(lam_i - lam_s) / h for _, lam_i in earlier]
+                for weight, (m_i, _), r in zip(_unipc_predictor_weights(h, ratios), earlier, ratios, strict=True):
+                    estimate = estimate + weight * (m_i - x0) / r
             x = (sigma_n / sigma_s) * x - (alpha_n * math.expm1(-h)) * estimate
         if on_step is not None:
             on_step(k + 1, len(timesteps), x, x0)
@@ -450,9 +480,29 @@ def scheduler_loop(
 
 SAMPLERS = {"ancestral": ancestral, "ddim": ddim, "dpm++2m": dpmpp_2m, "dpm++2m-sde": dpmpp_2m_sde, "unipc": unipc}
 RESPACED_SAMPLERS = ("ancestral", "ddim")  # run on a respaced diffusion: one network call per kept timestep
-# The spacing each sampler runs on unless told otherwise (chosen with the exact-denoiser measurements in
-# docs/generation.md). The ancestral sampler always uses the released respacing.
-DEFAULT_SPACING = {"ddim": "logsnr", "dpm++2m": "logsnr", "dpm++2m-sde": "logsnr", "unipc": "logsnr"}
+# The spacing each sampler runs on unless told otherwise, and UniPC's order (chosen with the exact-denoiser
+# measurements in docs/generation.md: third order on "logsnr-sqrt" reaches the texture with the fewest calls). The
+# ancestral sampler always uses the released respacing.
+DEFAULT_SPACING = {"ddim": "logsnr", "dpm++2m": "logsnr-sqrt", "dpm++2m-sde": "logsnr", "unipc": "logsnr-sqrt"}
+UNIPC_ORDER = 3
+
+
+def default_calls(sampler: str, steps: int | None, quality: str = "default") -> int:
+    """The network calls to run: ``steps`` when given, else the ``quality`` level's count for ``sampler``
+    (``"default"``: :data:`~wdmcore.vocabulary.DEFAULT_STEPS`; ``"preview"``: UniPC's
+    :data:`~wdmcore.vocabulary.PREVIEW_STEPS`, measured for that sampler only)."""
+    if quality not in QUALITIES:
+        raise ConfigError(f"unknown quality {quality!r}; choose one of {', '.join(QUALITIES)}.")
+    if steps is not None:
+        return int(steps)
+    if quality == "preview":
+        if sampler != PREVIEW_SAMPLER:
+            raise ConfigError(
+                f"the preview quality is measured for the {PREVIEW_SAMPLER} sampler only; leave the sampler out, "
+                f"or give the number of steps for {sampler}."
+            )
+        return PREVIEW_STEPS
+    return DEFAULT_STEPS.get(sampler, DEFAULT_STEPS[DEFAULT_SAMPLER])
 
 
 def run_sampler(
@@ -503,5 +553,7 @@ def run_sampler(
     else:
         used = diffusion
         kwargs = {"steps": steps, "spacing": spacing or DEFAULT_SPACING[sampler], "timesteps": timesteps}
+        if sampler == "unipc":
+            kwargs["order"] = UNIPC_ORDER
     denoise = model_denoiser(network, used, condition)
     return SAMPLERS[sampler](denoise, used, x, noise, on_step=on_step, cancel=cancel, **kwargs)

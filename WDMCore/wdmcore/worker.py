@@ -11,8 +11,10 @@ Requests::
     {"type": "download", "model": NAME}                    -> progress..., downloaded
     {"type": "load_model", "model": NAME_OR_PATH, "preset": null, "device": "cpu"}
                                                            -> progress (downloads)..., loaded
-    {"type": "generate", "num": 2, "seed": 0, "sampler": "unipc", "steps": 25, "batch_size": 1,
+    {"type": "generate", "num": 2, "seed": 0, "sampler": "unipc", "steps": 10, "batch_size": 1,
      "precision": "auto", "backend": "auto", "preview_every": 5, "output_dir": DIR, "name": "volume"}
+                                                           ("quality": "preview" instead of "steps": 6 UniPC
+                                                            calls; generate, synthesize and vary)
                                                            -> progress..., preview..., result (one per volume),
                                                               done | cancelled
     {"type": "synthesize", "model": NAME_OR_PATH, "inputs": {"t2": PATH, "flair": PATH, "pd": PATH}, "seed": 0,
@@ -326,6 +328,8 @@ class Worker:
             }
             if steps is not None:
                 kwargs["steps"] = steps
+            if request.get("quality") is not None:
+                kwargs["quality"] = request["quality"]
             if preview_every > 0:
                 kwargs["on_preview"] = progress.preview_callback(output_dir, preview_affine)
                 kwargs["preview_every"] = preview_every
@@ -372,6 +376,9 @@ class Worker:
         steps = request.get("steps")
         if steps is not None:
             steps = number_field(request, "steps", 0)
+        if request.get("quality") is not None and task == "inpaint":
+            raise BadRequest("inpainting has no quality levels (it runs the model's own or RePaint's steps); leave "
+                             "'quality' out and set 'steps' instead")  # fmt: skip
         preview_every = number_field(request, "preview_every", 0)
         precision = request.get("precision") or "auto"
         backend = request.get("backend") or "auto"
@@ -398,6 +405,8 @@ class Worker:
             }
             if steps is not None:
                 kwargs["steps"] = steps
+            if request.get("quality") is not None:
+                kwargs["quality"] = request["quality"]
             if preview_every > 0:
                 kwargs["on_preview"] = progress.preview_callback(output_dir, lambda: _file_affine(grid_path))
                 kwargs["preview_every"] = preview_every

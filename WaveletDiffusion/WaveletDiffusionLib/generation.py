@@ -92,7 +92,7 @@ class GenerationRequests(WorkerClient):
         """Generate ``count`` volumes and return their nodes (blocks until done).
 
         ``sampler`` defaults to the engine's default sampler (UniPC, ``wdmcore.vocabulary.DEFAULT_SAMPLER``) with
-        its default step count (25); ``sampler="ancestral", steps=1000`` gives the paper's sampler exactly. A
+        its default step count (10 for unipc); ``sampler="ancestral", steps=1000`` gives the paper's sampler exactly. A
         sampler named without ``steps`` gets its default step count (:data:`.parameters.DEFAULT_STEPS`). Other
         keywords are :class:`GenerationParameters` fields (``batch_size``, ``precision``, ``preset``,
         ``output_name``, ``preview``). Raises :class:`GenerationError` (or

@@ -23,6 +23,7 @@ from ..vocabulary import (
     EXIT_TERMINATED,
     MAX_SEED,
     OUTPUT_FORMATS,
+    QUALITIES,
     SAMPLER_NAMES,
 )
 from .progress import add_progress_option, progress_display
@@ -53,6 +54,13 @@ def add_parser(subparsers: Any) -> None:
         type=option_type("steps"),
         default=None,
         help="network evaluations per volume [" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_STEPS.items()) + "]",
+    )
+    parser.add_argument(
+        "--quality",
+        choices=QUALITIES,
+        default="default",
+        help="how many calls when --steps is not given: default, or preview (UniPC with fewer calls, "
+        "for a quick look) [default]",
     )
     parser.add_argument(
         "--batch-size", type=option_type("batch_size"), default=1, help="volumes sampled at once (memory vs speed) [1]"
@@ -162,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 sampler=args.sampler,
                 steps=args.steps,
+                quality=args.quality,
                 batch_size=args.batch_size,
                 device=device,
                 precision=args.precision,

@@ -17,6 +17,7 @@ from ..vocabulary import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     DEFAULT_SYNTHESIS_POSTPROCESS,
+    QUALITIES,
     SAMPLER_NAMES,
     SYNTHESIS_POSTPROCESSING,
 )
@@ -61,6 +62,13 @@ def add_parser(subparsers: Any) -> None:
         "--sampler ancestral --steps 1000 is the released sampler]",
     )
     p.add_argument(
+        "--quality",
+        choices=QUALITIES,
+        default="default",
+        help="how many calls when --steps is not given: default, or preview (UniPC with fewer calls, "
+        "for a quick look) [default]",
+    )
+    p.add_argument(
         "--postprocess",
         choices=SYNTHESIS_POSTPROCESSING,
         default=DEFAULT_SYNTHESIS_POSTPROCESS,
@@ -90,5 +98,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give the model's inputs, e.g. --t1c A.nii.gz --t2w B.nii.gz --t2f C.nii.gz.")
     options = {f"--{name}" if name in args.input_names else f"--input {name}": path for name, path in inputs.items()}
     return run_task(
-        args, "synthesize", options, inputs, sampler=args.sampler, steps=args.steps, postprocess=args.postprocess
+        args,
+        "synthesize",
+        options,
+        inputs,
+        sampler=args.sampler,
+        steps=args.steps,
+        quality=args.quality,
+        postprocess=args.postprocess,
     )

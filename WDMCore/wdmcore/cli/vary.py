@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..limits import option_type
-from ..vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_NAMES
+from ..vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS, QUALITIES, SAMPLER_NAMES
 from .example_data import ExampleFormatter, example_epilog
 from .task_options import add_common_options, run_task
 
@@ -34,6 +34,13 @@ def add_parser(subparsers: Any) -> None:
         help=f"network calls over the whole schedule, of which those below --strength run "
         f"[{DEFAULT_STEPS[DEFAULT_SAMPLER]} for {DEFAULT_SAMPLER}; the sampler's default otherwise]",
     )
+    p.add_argument(
+        "--quality",
+        choices=QUALITIES,
+        default="default",
+        help="how many calls when --steps is not given: default, or preview (UniPC with fewer calls, "
+        "for a quick look) [default]",
+    )
     p.set_defaults(handler=run)
 
 
@@ -46,4 +53,5 @@ def run(args: argparse.Namespace) -> int:
         strength=args.strength,
         sampler=args.sampler,
         steps=args.steps,
+        quality=args.quality,
     )

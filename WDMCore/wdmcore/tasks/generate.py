@@ -34,7 +34,7 @@ from ..errors import ConfigError, NonFiniteError, OutOfMemoryError
 from ..events import ProgressCallback, ProgressTracker
 from ..loading import load_model
 from ..models.model import WDMModel
-from ..samplers import SAMPLERS, Cancelled, NoiseSource, run_sampler
+from ..samplers import SAMPLERS, Cancelled, NoiseSource, default_calls, run_sampler
 from ..vocabulary import (  # noqa: F401 - defaults kept with the names `wdm` shares (no torch); re-exported
     DEFAULT_MODEL,
     DEFAULT_SAMPLER,
@@ -142,6 +142,7 @@ def generate(
     seed: int = 0,
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
+    quality: str = "default",
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     precision: str = "auto",
@@ -165,8 +166,10 @@ def generate(
         sampler: ``"unipc"`` (default), ``"dpm++2m"``, ``"dpm++2m-sde"``, ``"ddim"`` (fast solvers on log-SNR
             spacing down to t = 0) or ``"ancestral"`` (the paper's sampler; with 1000 steps exactly the
             released one, respaced below that).
-        steps: network evaluations per volume; default per sampler (:data:`DEFAULT_STEPS`: 25 for unipc, 1000
-            for ancestral); :data:`PREVIEW_STEPS` (10) for a quick look.
+        steps: network evaluations per volume; default per sampler (:data:`DEFAULT_STEPS`: 10 for unipc, 1000
+            for ancestral).
+        quality: ``"default"``, or ``"preview"`` for a quick look (UniPC, :data:`PREVIEW_STEPS` = 6 calls); used
+            when ``steps`` is not given.
         batch_size: volumes sampled together (memory vs. speed; the results do not change).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` (CUDA, or a CPU with native bf16) or ``"fp16"`` (CUDA).
@@ -198,7 +201,7 @@ def generate(
         raise ConfigError(
             f"seed must lie between 0 and {MAX_SEED - (num - 1)} (seed + i for {num} volumes), got {seed}."
         )
-    steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    steps = default_calls(sampler, steps, quality)
     if progress:
         from ..progressbar import ProgressBars, combine
 

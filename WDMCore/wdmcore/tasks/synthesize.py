@@ -28,13 +28,13 @@ from ..backends import is_faithful, network_call, resolve_choice
 from ..errors import ConfigError
 from ..events import ProgressCallback, ProgressTracker
 from ..models.model import WDMModel
+from ..samplers import default_calls
 from ..vocabulary import DEFAULT_SYNTHESIS_POSTPROCESS as DEFAULT_POSTPROCESS
 from ..vocabulary import SYNTHESIS_POSTPROCESSING
 from ..wavelets import from_coefficients, to_coefficients
 from .domain import warn_outside_domain
 from .generate import (
     DEFAULT_SAMPLER,
-    DEFAULT_STEPS,
     Cancel,
     GeneratedVolume,
     PreviewCallback,
@@ -70,9 +70,9 @@ def prepare_condition(model: WDMModel, volumes: Mapping[str, Any]) -> tuple[torc
     return torch.cat(packs, dim=1), prepared, fits
 
 
-def default_steps(model: WDMModel, sampler: str) -> int:
-    """The sampler's default number of network calls, at most the model's diffusion steps."""
-    return min(DEFAULT_STEPS.get(sampler, DEFAULT_STEPS[DEFAULT_SAMPLER]), model.diffusion.num_timesteps)
+def default_steps(model: WDMModel, sampler: str, quality: str = "default") -> int:
+    """The sampler's number of network calls at ``quality``, at most the model's diffusion steps."""
+    return min(default_calls(sampler, None, quality), model.diffusion.num_timesteps)
 
 
 def finish_image(
@@ -99,6 +99,7 @@ def synthesize(
     seed: int = 0,
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
+    quality: str = "default",
     postprocess: str = DEFAULT_POSTPROCESS,
     device: str | torch.device = "cpu",
     precision: str = "auto",
@@ -111,8 +112,9 @@ def synthesize(
     """Synthesise the model's output contrast from ``inputs`` (card input name -> volume: path, (array, affine),
     array or GeneratedVolume). All inputs must share one grid; the result is in that grid.
 
-    ``sampler``/``steps``: as for :func:`~wdmcore.tasks.generate.generate`: the engine's fast default (UniPC,
-    25 network calls); ``sampler="ancestral", steps=1000`` is the released sampler. A model with fewer
+    ``sampler``/``steps``/``quality``: as for :func:`~wdmcore.tasks.generate.generate`: the engine's fast default
+    (UniPC, 10 network calls; ``quality="preview"``: 6); ``sampler="ancestral", steps=1000`` is the released
+    sampler. A model with fewer
     diffusion steps than the sampler's default runs all of them.
 
     ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`.
@@ -125,7 +127,7 @@ def synthesize(
     resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "synthesize")
-    steps = default_steps(wdm, sampler) if steps is None else int(steps)
+    steps = default_steps(wdm, sampler, quality) if steps is None else int(steps)
     volumes = read_inputs(inputs, wdm.input_names, "synthesize")
     warn_outside_domain(wdm, list(volumes.values()), on_progress, "synthesize", at_model_spacing=False)
     first = next(iter(volumes.values()))

@@ -27,12 +27,11 @@ from ..backends import is_faithful, network_call, resolve_choice
 from ..errors import ConfigError
 from ..events import ProgressCallback, ProgressTracker, warn
 from ..models.model import WDMModel
-from ..samplers import DEFAULT_SPACING, Cancelled, model_denoiser, run_sampler, solver_timesteps
+from ..samplers import DEFAULT_SPACING, Cancelled, default_calls, model_denoiser, run_sampler, solver_timesteps
 from ..wavelets import from_coefficients, to_coefficients
 from .domain import warn_outside_domain
 from .generate import (
     DEFAULT_SAMPLER,
-    DEFAULT_STEPS,
     Cancel,
     GeneratedVolume,
     PreviewCallback,
@@ -53,6 +52,7 @@ def vary(
     seed: int = 0,
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
+    quality: str = "default",
     device: str | torch.device = "cpu",
     precision: str = "auto",
     backend: str = "auto",
@@ -63,8 +63,8 @@ def vary(
 ) -> GeneratedVolume:
     """A variation of ``image`` (path, (array, affine), array or GeneratedVolume) in its own grid.
 
-    ``sampler``/``steps``: as for :func:`~wdmcore.tasks.generate.generate` (default: the engine's fast sampler
-    and its step count over the whole schedule, of which only those below the starting noise level run).
+    ``sampler``/``steps``/``quality``: as for :func:`~wdmcore.tasks.generate.generate` (default: the engine's fast
+    sampler and its step count over the whole schedule, of which only those below the starting noise level run).
     ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`."""
     if not 0 < strength <= 1:
         raise ConfigError(f"strength must be in (0, 1], got {strength}.")
@@ -73,7 +73,7 @@ def vary(
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "generate")
     if steps is None:
-        steps = min(DEFAULT_STEPS.get(sampler, DEFAULT_STEPS[DEFAULT_SAMPLER]), wdm.diffusion.num_timesteps)
+        steps = min(default_calls(sampler, None, quality), wdm.diffusion.num_timesteps)
     img = read_input(image, "image")
     warn_outside_domain(wdm, [img], on_progress, "vary", at_model_spacing=True)
     grid = ModelGrid.centred(wdm, img.affine, img.array.shape)
