@@ -41,6 +41,7 @@ from .generate import (
     resolve_model,
 )
 from .inputs import cancel_check, fit_axis, from_grid, quantile_minmax, read_inputs, require_task, to_grid
+from .samples import collect_draws, draws_per_batch, sample_seeds, samples_meta
 
 CWDM_QUANTILES = (0.001, 0.999)
 # What happens to the sampled image (names in wdmcore.vocabulary, as the two released sampling scripts do it):
@@ -96,6 +97,8 @@ def synthesize(
     inputs: Mapping[str, Any],
     *,
     seed: int = 0,
+    samples: int = 1,
+    keep_samples: bool = False,
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     postprocess: str = DEFAULT_POSTPROCESS,
@@ -113,9 +116,14 @@ def synthesize(
     diffusion steps than the sampler's default runs all of them.
 
     ``postprocess``: ``"threshold"`` (default; the released ``sample_auto.py``: values <= 0.04 set to 0),
-    ``"brain-mask"`` (the released ``sample.py``: clamp to [0, 1], 0 where the first input is 0) or ``"none"``."""
+    ``"brain-mask"`` (the released ``sample.py``: clamp to [0, 1], 0 where the first input is 0) or ``"none"``.
+
+    ``samples``: draws from seeds ``seed`` ... ``seed + samples - 1``, sampled together as memory allows; the
+    result is their mean with the per-voxel ``std`` (and every draw with ``keep_samples``), see
+    :mod:`wdmcore.tasks.samples`."""
     if postprocess not in POSTPROCESSING:
         raise ConfigError(f"unknown post-processing {postprocess!r}; choose one of {', '.join(POSTPROCESSING)}.")
+    seeds = sample_seeds(seed, samples)
     torch_device = resolve_device(device)
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "synthesize")
@@ -124,18 +132,27 @@ def synthesize(
     warn_outside_domain(wdm, list(volumes.values()), on_progress, "synthesize", at_model_spacing=False)
     first = next(iter(volumes.values()))
     condition, prepared, fits = prepare_condition(wdm, volumes)
-    tracker = ProgressTracker(on_progress, "synthesize", total=steps, sampler=sampler, steps=steps)
+    tracker = ProgressTracker(on_progress, "synthesize", total=steps * len(seeds), sampler=sampler, steps=steps)
 
-    def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
-        tracker.advance(1)
-        if on_preview is not None and (done % preview_every == 0 or done == total):
-            grid = finish_image(wdm, pred, prepared[0], postprocess)
-            on_preview(0, from_grid(grid, fits, first.array.shape).astype(np.float32))
+    def draw(batch: list[int]) -> list[np.ndarray]:
+        """The images of one batch of seeds in the inputs' grid (the preview: the batch's first draw)."""
 
-    coeffs = wdm.sample_coefficients(
-        [seed], sampler=sampler, steps=steps, condition=condition, on_step=on_step, cancel=cancel_check(cancel)
-    )
-    image = from_grid(finish_image(wdm, coeffs, prepared[0], postprocess), fits, first.array.shape).astype(np.float32)
+        def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
+            tracker.advance(len(batch))
+            if on_preview is not None and (done % preview_every == 0 or done == total):
+                grid = finish_image(wdm, pred[:1], prepared[0], postprocess)
+                on_preview(0, from_grid(grid, fits, first.array.shape).astype(np.float32))
+
+        coeffs = wdm.sample_coefficients(
+            batch, sampler=sampler, steps=steps, condition=condition, on_step=on_step, cancel=cancel_check(cancel)
+        )
+        return [
+            from_grid(finish_image(wdm, coeffs[b : b + 1], prepared[0], postprocess), fits, first.array.shape)
+            for b in range(len(batch))
+        ]
+
+    per_batch = draws_per_batch(condition[0, 0].numel() * 8, len(seeds), torch_device)
+    image, std, draws = collect_draws(draw, seeds, per_batch, keep_samples)
     output = wdm.card.get("output")
     meta = {
         "task": "synthesize",
@@ -147,5 +164,6 @@ def synthesize(
         "steps": steps,
         "postprocess": postprocess,
         "intensity": "[0, 1]: quantile-clipped, min-max scaled (as the model's training data)",
+        **samples_meta(seeds),
     }
-    return GeneratedVolume(array=image, affine=first.affine.copy(), seed=seed, meta=meta)
+    return GeneratedVolume(array=image, affine=first.affine.copy(), seed=seed, meta=meta, std=std, draws=draws)
