@@ -111,7 +111,7 @@ def picture(path: Path, panels: list[tuple[str, list[tuple[str, np.ndarray]]]]) 
             )
             ax.set_title(f"{title}: {name}", fontsize=9)
             ax.axis("off")
-            if name.startswith(("std", "|")):
+            if heat:
                 fig.colorbar(shown, ax=ax, fraction=0.046)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
