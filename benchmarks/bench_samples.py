@@ -106,9 +106,8 @@ def picture(path: Path, panels: list[tuple[str, list[tuple[str, np.ndarray]]]]) 
     fig, axes = plt.subplots(len(panels), 5, figsize=(12.5, 2.8 * len(panels)))
     for row, (title, images) in zip(np.atleast_2d(axes), panels, strict=True):
         for ax, (name, image) in zip(row, images, strict=True):
-            shown = ax.imshow(
-                np.rot90(image[:, :, SIZE // 2]), cmap="magma" if name.startswith(("std", "|")) else "gray"
-            )
+            heat = name.startswith(("std", "|"))
+            shown = ax.imshow(np.rot90(image[:, :, SIZE // 2]), cmap="magma" if heat else "gray")
             ax.set_title(f"{title}: {name}", fontsize=9)
             ax.axis("off")
             if heat:
@@ -198,9 +197,8 @@ def main() -> int:
                             if k.startswith("spearman") and not k.endswith("_min"))  # fmt: skip
             print(f"| {task} | {n} | {row['ssim']:.4f} | {row['psnr']:.2f} | {row['psnr_01']:.2f} | {row['mse']:.5f} "
                   f"| {rho} |")  # fmt: skip
-        print(
-            f"| {task} | time | samples=1: {s['seconds_samples_1']:.2f} s; samples=16: {s['seconds_samples_16']:.2f} s |"
-        )
+        times = f"samples=1: {s['seconds_samples_1']:.2f} s; samples=16: {s['seconds_samples_16']:.2f} s"
+        print(f"| {task} | time | {times} |")
     if args.picture is not None and panels:
         picture(args.picture, panels)
         record["picture"] = str(args.picture)
