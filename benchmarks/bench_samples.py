@@ -97,18 +97,19 @@ def summary(cases: list[dict]) -> dict:
     }
 
 
-def picture(path: Path, panels: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> None:
+def picture(path: Path, panels: list[tuple[str, int, list[tuple[str, np.ndarray]]]]) -> None:
+    """One row per (title, axial slice index, [(name, volume), ...])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(panels), 5, figsize=(12.5, 2.8 * len(panels)))
-    for row, (title, images) in zip(np.atleast_2d(axes), panels, strict=True):
+    for row, (title, k, images) in zip(np.atleast_2d(axes), panels, strict=True):
         for ax, (name, image) in zip(row, images, strict=True):
             heat = name.startswith(("std", "|"))
-            shown = ax.imshow(np.rot90(image[:, :, SIZE // 2]), cmap="magma" if heat else "gray")
-            ax.set_title(f"{title}: {name}", fontsize=9)
+            shown = ax.imshow(np.rot90(image[:, :, k]), cmap="magma" if heat else "gray")
+            ax.set_title(f"{title}: {name} (slice {k})", fontsize=8)
             ax.axis("off")
             if heat:
                 fig.colorbar(shown, ax=ax, fraction=0.046)
@@ -160,7 +161,7 @@ def main() -> int:
             cases.append(case)
             print(json.dumps(case), flush=True)
             if index == 0:
-                panels.append(("synthesis", [("input flair", contrasts["flair"]), ("truth t1", truth),
+                panels.append(("synthesis", SIZE // 2, [("input flair", contrasts["flair"]), ("truth t1", truth),
                                              ("mean of 16", result.array), ("|error|", np.abs(result.array - truth)),
                                              ("std", result.std)]))  # fmt: skip
         record["synthesize"] = {"model": model.card.get("name"), "cases": cases, "summary": summary(cases)}
@@ -180,7 +181,8 @@ def main() -> int:
             cases.append(case)
             print(json.dumps(case), flush=True)
             if index == 0:
-                panels.append(("inpainting", [("input (voided)", voided), ("truth t1", truth),
+                k = int(np.argmax(lesion.sum(axis=(0, 1))))  # the axial slice with most of the lesion
+                panels.append(("inpainting", k, [("input (voided)", voided), ("truth t1", truth),
                                               ("mean of 16", result.array), ("|error|", np.abs(result.array - truth)),
                                               ("std", result.std)]))  # fmt: skip
         record["inpaint"] = {"model": model.card.get("name"), "cases": cases, "summary": summary(cases)}
