@@ -67,6 +67,7 @@ LIMITS: dict[str, Limit] = {
     "preview_every": Limit(True, 0, _COUNT),  # 0: no previews
     "strength": Limit(False, 0.0, 1.0, low_open=True),  # vary: (0, 1]
     "resample": Limit(True, 1, 1000),  # RePaint repetitions per step
+    "samples": Limit(True, 1, 1000),  # synthesize / inpaint / vary: draws for the mean and the uncertainty map
     # Training (wdm train, its --config files, the Slicer Training module).
     "image_size": Limit(True, 8, 1024),  # the network's levels bound it further (a multiple of 2 x 2^levels)
     "lr": Limit(False, 0.0, 1.0, low_open=True),

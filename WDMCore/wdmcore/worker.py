@@ -23,6 +23,10 @@ Requests::
     {"type": "vary", "model": ..., "image": PATH, "strength": 0.5, "count": 1, "seed": 0, "steps": null, ...}
                                                            -> progress..., preview..., result (one per volume,
                                                               in the input's grid), done | cancelled
+    The three tasks take "samples": N (default 1) and "keep_samples": false: each volume is then the mean of N
+    draws (volume i: seeds seed + i N ... seed + i N + N - 1), written with its uncertainty map
+    ``<name>_std.nii.gz`` (the result event's "std_path") and, when kept, the draws ``<name>_sample<j>.nii.gz``
+    ("sample_paths").
     {"type": "cancel", "target": JOB_ID_OR_NULL}           (no answer: that job, or the running one, ends with
                                                             cancelled)
     {"type": "shutdown"}                                   -> bye, then the worker exits
@@ -74,6 +78,7 @@ from .worker_jobs import (
     environment_info,
     load_any_model,
     num_timesteps,
+    task_file_names,
     write_nifti,
 )
 from .worker_requests import (
@@ -382,13 +387,17 @@ class Worker:
         preview_every = number_field(request, "preview_every", 0)
         precision = request.get("precision") or "auto"
         backend = request.get("backend") or "auto"
+        samples = number_field(request, "samples", 1)
+        keep_samples = bool(request.get("keep_samples", False))  # its type: check_fields
         progress = JobProgress(self, job_id, num, task=task)
         progress.started()  # the parent knows at once that the job runs (loading the model can take a while)
 
         def file_names(name: str) -> list[str]:
-            return [f"{name}.nii.gz"] if num == 1 else [f"{name}_{i + 1}.nii.gz" for i in range(num)]
+            return [f for names in task_file_names(name, num, samples, keep_samples) for f in names]
 
-        output_dir, paths, overwrite = self._plan_outputs(request, task, file_names, inputs, preview_every)
+        output_dir, flat, overwrite = self._plan_outputs(request, task, file_names, inputs, preview_every)
+        per_volume = len(flat) // num
+        paths = [flat[i * per_volume : (i + 1) * per_volume] for i in range(num)]
         grid_path = next(iter(inputs.values()))
         self._ensure_model(request)
         _use_all_cores()
@@ -396,7 +405,7 @@ class Worker:
         for index in range(num):
             progress.begin_chunk(index, 1)
             kwargs: dict[str, Any] = {
-                "seed": seed + index,
+                "seed": seed + index * samples,
                 "device": str(self.model.device),
                 "precision": precision,
                 "backend": backend,
@@ -410,8 +419,19 @@ class Worker:
             if preview_every > 0:
                 kwargs["on_preview"] = progress.preview_callback(output_dir, lambda: _file_affine(grid_path))
                 kwargs["preview_every"] = preview_every
+            if samples > 1 or keep_samples:
+                kwargs.update(samples=samples, keep_samples=keep_samples)
             volume = run(index, **kwargs)
-            written.append(self._write_result(job_id, paths[index], volume, index, num, overwrite=overwrite, task=task))
+            extra: dict[str, Any] = {"task": task}
+            files = iter(paths[index][1:])
+            if volume.std is not None:
+                extra["std_path"] = str(write_nifti(next(files), volume.std, volume.affine, overwrite=overwrite))
+            if volume.draws is not None:
+                extra["sample_paths"] = [
+                    str(write_nifti(next(files), draw, volume.affine, overwrite=overwrite)) for draw in volume.draws
+                ]
+            mean_path = paths[index][0]
+            written.append(self._write_result(job_id, mean_path, volume, index, num, overwrite=overwrite, **extra))
         self.send("done", id=job_id, paths=written, elapsed_s=round(time.perf_counter() - progress.start, 3))
 
     # ------------------------------------------------------------------------------------------- helpers

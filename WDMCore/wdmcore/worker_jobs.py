@@ -168,6 +168,22 @@ def environment_info() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- files
 
 
+def task_file_names(name: str, num: int, samples: int = 1, keep_samples: bool = False) -> list[list[str]]:
+    """The file names of each of the ``num`` results of a synthesize / inpaint / vary request: the volume (the mean
+    of ``samples`` draws), then with ``samples`` > 1 its uncertainty map ``<volume>_std``, then with
+    ``keep_samples`` every draw ``<volume>_sample<i>``."""
+    stems = [name] if num == 1 else [f"{name}_{i + 1}" for i in range(num)]
+    files = []
+    for stem in stems:
+        names = [f"{stem}.nii.gz"]
+        if samples > 1:
+            names.append(f"{stem}_std.nii.gz")
+        if keep_samples:
+            names.extend(f"{stem}_sample{i}.nii.gz" for i in range(samples))
+        files.append(names)
+    return files
+
+
 def write_nifti(path: str | os.PathLike, array: Any, affine: Any, *, overwrite: bool = True) -> Path:
     """Write an (i, j, k) array with its voxel-to-RAS affine as NIfTI (nibabel, or SimpleITK as in Slicer's
     Python) under a temporary name, renamed into place when complete; ``overwrite=False`` refuses an existing

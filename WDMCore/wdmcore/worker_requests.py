@@ -62,7 +62,7 @@ TEXT_FIELDS = {
     "mask": "the path of a volume file",
 }
 # Number fields, checked against wdmcore.limits.LIMITS under the same names.
-NUMBER_FIELDS = ("num", "count", "seed", "steps", "batch_size", "preview_every", "strength", "resample")
+NUMBER_FIELDS = ("num", "count", "seed", "steps", "batch_size", "preview_every", "strength", "resample", "samples")
 
 
 def check_fields(request: dict[str, Any]) -> None:
@@ -87,9 +87,13 @@ def check_fields(request: dict[str, Any]) -> None:
             if message:
                 raise BadRequest(message)
     first = request.get("seed", 0)
-    count = request.get("num", request.get("count", 1))
+    count = request.get("num", request.get("count", 1)) * request.get("samples", 1)
     if first + count - 1 > MAX_SEED:
-        raise BadRequest(f"'seed' + the number of volumes - 1 must stay within 0 to {MAX_SEED}, got seed {first}")
+        raise BadRequest(
+            f"'seed' + the number of volumes (times 'samples') - 1 must stay within 0 to {MAX_SEED}, got seed {first}"
+        )
+    if not isinstance(request.get("keep_samples", False), bool):
+        raise BadRequest(f"'keep_samples' must be true or false, got {request['keep_samples']!r:.100}")
     inputs = request.get("inputs")
     if "inputs" in request and (
         not isinstance(inputs, dict) or not inputs or not all(isinstance(v, str) and v for v in inputs.values())

@@ -62,6 +62,8 @@ class Job:
     """Synthesize / inpaint / vary: the input nodes by role (``image`` for inpaint and vary, the card's input
     names for synthesis); results are placed in the grid of :attr:`grid_node`."""
     grid_node: Any = None
+    uncertainty_nodes: list[Any] = field(default_factory=list)
+    """Results of several draws: the uncertainty map (std) of each mean in :attr:`nodes`."""
 
     @property
     def finished(self) -> bool:

@@ -197,6 +197,12 @@ def uses_count(task: str) -> bool:
     return task in (GENERATE, VARY)
 
 
+def uses_samples(task: str) -> bool:
+    """Whether the *Samples* field applies: the tasks whose result can be the mean of several draws, with an
+    uncertainty map."""
+    return task in (SYNTHESIZE, INPAINT, VARY)
+
+
 def uses_sampler(task: str, card: Mapping[str, Any]) -> bool:
     """Whether the sampler choice applies: RePaint runs the ancestral sampler (its resampling jumps need fresh
     noise), a conditional inpainting model its released schedule."""
@@ -268,9 +274,19 @@ class TaskInputs:
     def strength(self, value: float) -> None:
         self._set("strength", repr(round(float(value), 4)))
 
+    @property
+    def samples(self) -> int:
+        """Draws per result (1: one draw, as before; more: their mean and an uncertainty map)."""
+        text = self._get("samples")
+        return int(text) if text.isdigit() and int(text) >= 1 else 1
+
+    @samples.setter
+    def samples(self, value: int) -> None:
+        self._set("samples", str(int(value)))
+
     def selection(self, task: str, card: Mapping[str, Any]) -> Selection:
         """What the user chose for ``task``'s slots."""
-        chosen = Selection(task=task, strength=self.strength)
+        chosen = Selection(task=task, strength=self.strength, samples=self.samples)
         for slot in input_slots(task, card):
             if slot.kind == VOLUME and task == SYNTHESIZE:
                 chosen.inputs[slot.key] = self.get_node(slot.key)
@@ -313,6 +329,7 @@ class Selection:
     segment_id: str | None = None
     labelmap: Any = None
     strength: float = DEFAULT_STRENGTH
+    samples: int = 1
 
 
 def _fmt(values: Sequence[float], unit: str = "") -> str:
@@ -504,6 +521,8 @@ def run_plan(task: str, card: Mapping[str, Any], model: str, chosen: Selection, 
     # *Live preview* unticked reaches the worker as preview_every 0: no preview files, no preview node.
     common = {"seed": int(settings.seed), "device": settings.device, "precision": settings.precision,
               "preview": bool(settings.preview)}  # fmt: skip
+    if uses_samples(task) and chosen.samples > 1:
+        common["samples"] = int(chosen.samples)
     sampling = {"sampler": settings.sampler, "steps": int(settings.steps)}
     if task == GENERATE:
         return RunPlan("start_generation", (settings,), {}, f"generating {settings.count} volume(s)")

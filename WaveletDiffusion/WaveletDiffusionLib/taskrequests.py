@@ -27,6 +27,7 @@ class TaskRequests(GenerationRequests):
         inputs: dict[str, Any],
         *,
         seed: int = 0,
+        samples: int = 1,
         sampler: str | None = None,
         steps: int | None = None,
         device: str = "cpu",
@@ -47,8 +48,8 @@ class TaskRequests(GenerationRequests):
             tasks.check_volume(node, f"input {name!r}")
         tasks.check_same_grid(inputs)
         first = next(iter(inputs.values()))
-        params = TaskParameters("synthesize", str(model), seed=seed, sampler=sampler, steps=steps, device=device,
-                                precision=precision, preview=preview, preview_every=preview_every,
+        params = TaskParameters("synthesize", str(model), seed=seed, samples=samples, sampler=sampler, steps=steps,
+                                device=device, precision=precision, preview=preview, preview_every=preview_every,
                                 source=first.GetName(),
                                 inputs={k: v.GetName() for k, v in inputs.items()}).validate()  # fmt: skip
         job = self._task_job(params, inputs, first, on_progress, on_preview, on_volume, on_finished)
@@ -70,6 +71,7 @@ class TaskRequests(GenerationRequests):
         segment_id: str | None = None,
         labelmap: Any = None,
         seed: int = 0,
+        samples: int = 1,
         steps: int | None = None,
         resample: int | None = None,
         device: str = "cpu",
@@ -100,8 +102,8 @@ class TaskRequests(GenerationRequests):
             raise TaskInputError(
                 f"{mask_label} does not cover any voxel of {volume.GetName()!r}; draw the region on this volume"
             )
-        params = TaskParameters("inpaint", str(model), seed=seed, steps=steps, resample=resample, device=device,
-                                precision=precision, preview=preview, preview_every=preview_every,
+        params = TaskParameters("inpaint", str(model), seed=seed, samples=samples, steps=steps, resample=resample,
+                                device=device, precision=precision, preview=preview, preview_every=preview_every,
                                 source=volume.GetName(), inputs={"image": volume.GetName()},
                                 mask=mask_label).validate()  # fmt: skip
         job = self._task_job(params, {"image": volume}, volume, on_progress, on_preview, on_volume, on_finished)
@@ -127,6 +129,7 @@ class TaskRequests(GenerationRequests):
         strength: float = 0.5,
         count: int = 1,
         seed: int = 0,
+        samples: int = 1,
         sampler: str | None = None,
         steps: int | None = None,
         device: str = "cpu",
@@ -143,8 +146,8 @@ class TaskRequests(GenerationRequests):
         ``sampler``/``steps``: as for generation (the engine's fast default when None); only the sampler's steps
         below the chosen noise level run."""
         tasks.check_volume(volume, "the volume to vary")
-        params = TaskParameters("vary", str(model), seed=seed, sampler=sampler, steps=steps, device=device,
-                                precision=precision, count=count, strength=strength, preview=preview,
+        params = TaskParameters("vary", str(model), seed=seed, samples=samples, sampler=sampler, steps=steps,
+                                device=device, precision=precision, count=count, strength=strength, preview=preview,
                                 preview_every=preview_every, source=volume.GetName(),
                                 inputs={"image": volume.GetName()}).validate()  # fmt: skip
         job = self._task_job(params, {"image": volume}, volume, on_progress, on_preview, on_volume, on_finished)
@@ -250,6 +253,8 @@ class TaskRequests(GenerationRequests):
             request["sampler"] = params.sampler
         if params.steps is not None:
             request["steps"] = int(params.steps)
+        if params.samples > 1:
+            request["samples"] = int(params.samples)
         return self._submit(job, params.task, **request)
 
     def _task_nodes(self, job: Job, timeout: float | None) -> list[Any]:
@@ -279,8 +284,16 @@ class TaskRequests(GenerationRequests):
         attributes["steps"] = meta.get("steps", params.steps)
         volumes.set_attributes(node, attributes)
         job.nodes.append(node)
+        placed = [node]
+        if event.get("std_path"):
+            std = volumes.load_volume_file(self.scene, event["std_path"], f"{node.GetName()} uncertainty")
+            tasks.place_like(std, job.grid_node)
+            volumes.set_attributes(std, {**attributes, "statistic": "per-voxel std of the draws"})
+            tasks.show_uncertainty(self.scene, node, std, str(meta.get("intensity") or ""))
+            job.uncertainty_nodes.append(std)
+            placed.append(std)
         job.folder_item = volumes.place_in_folder(
-            self.scene, [node], job.folder_name, job.folder_item, beside=job.grid_node
+            self.scene, placed, job.folder_name, job.folder_item, beside=job.grid_node
         )
         volumes.set_item_attributes(self.scene, job.folder_item, params.attributes())
         self._log(f"{params.task}: {node.GetName()}")

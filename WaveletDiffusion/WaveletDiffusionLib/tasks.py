@@ -28,7 +28,7 @@ GRID_TOLERANCE_MM = 1e-3
 # The numeric settings of a task, checked against the engine's table (wdmcore.limits).
 TASK_NUMERIC_LABELS = {"seed": "the seed", "steps": "the number of steps", "count": "the number of volumes",
                        "strength": "the strength", "resample": "the RePaint repetitions",
-                       "preview_every": "the preview interval"}  # fmt: skip
+                       "preview_every": "the preview interval", "samples": "the number of samples"}  # fmt: skip
 
 
 class TaskInputError(ValueError):
@@ -50,6 +50,8 @@ class TaskParameters:
     count: int = 1
     strength: float | None = None
     resample: int | None = None
+    samples: int = 1
+    """Draws per result: more than 1 gives their mean and an uncertainty map (their per-voxel std)."""
     preview: bool = True
     preview_every: int = 5
     source: str = ""
@@ -95,6 +97,7 @@ class TaskParameters:
             "mask": self.mask or None,
             "strength": self.strength,
             "resample": self.resample,
+            "samples": self.samples if self.samples > 1 else None,
         }
         return {k: v for k, v in values.items() if v not in (None, "")}
 
@@ -328,7 +331,8 @@ def place_like(node: Any, source: Any) -> None:
 def show_task_result(job: Any) -> None:
     """Show a finished task's first result in every slice view: for inpainting in the foreground over the
     original in the background (fade between the two with the slice views' opacity slider), otherwise in the
-    background. Fits the views when Slicer's application is there."""
+    background; a mean of several draws in the background with its uncertainty map in colour over it. Fits the
+    views when Slicer's application is there."""
     nodes = [n for n in getattr(job, "nodes", []) or [] if n is not None and n.GetScene() is not None]
     if not nodes:
         return
@@ -336,10 +340,15 @@ def show_task_result(job: Any) -> None:
     scene = result.GetScene()
     source = (getattr(job, "inputs", None) or {}).get("image")
     inpainting = getattr(job, "kind", "") == "inpaint" and source is not None and source.GetScene() is scene
+    uncertainty = [n for n in getattr(job, "uncertainty_nodes", []) or [] if n.GetScene() is scene]
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     for i in range(composites.GetNumberOfItems()):
         composite = composites.GetItemAsObject(i)
-        if inpainting:
+        if uncertainty:  # several draws: their std in colour over the mean (the legend is the std's)
+            composite.SetBackgroundVolumeID(result.GetID())
+            composite.SetForegroundVolumeID(uncertainty[0].GetID())
+            composite.SetForegroundOpacity(UNCERTAINTY_OPACITY)
+        elif inpainting:
             composite.SetBackgroundVolumeID(source.GetID())
             composite.SetForegroundVolumeID(result.GetID())
             composite.SetForegroundOpacity(1.0)
@@ -361,3 +370,68 @@ def _fit_slice_views() -> None:
     logics = layout.mrmlSliceLogics()
     for i in range(logics.GetNumberOfItems()):
         logics.GetItemAsObject(i).FitSliceToBackground()
+
+
+# ------------------------------------------------------------------------------------------- uncertainty
+
+UNCERTAINTY_COLORS = "WaveletDiffusion uncertainty"
+# Dark (little spread) to bright yellow (much): the std map shown over the mean, transparent where it is 0.
+UNCERTAINTY_RAMP = ((0.0, (0.0, 0.0, 0.0, 0.0)), (0.25, (0.35, 0.0, 0.55, 0.6)), (0.6, (0.9, 0.3, 0.1, 0.8)),
+                    (1.0, (1.0, 1.0, 0.2, 0.9)))  # fmt: skip
+UNCERTAINTY_OPACITY = 0.6
+UNCERTAINTY = "WaveletDiffusion.uncertainty"  # on a mean: the node ID of its uncertainty map
+UNCERTAINTY_OF = "WaveletDiffusion.uncertaintyOf"  # on an uncertainty map: the node ID of its mean
+
+
+def uncertainty_colors(scene: Any) -> Any:
+    """The colour table of uncertainty maps (one per scene, made on first use)."""
+    existing = scene.GetFirstNodeByName(UNCERTAINTY_COLORS)
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", UNCERTAINTY_COLORS)
+    node.SetTypeToUser()
+    count = 256
+    node.SetNumberOfColors(count)
+    stops = np.array([p for p, _ in UNCERTAINTY_RAMP])
+    rgba = np.array([c for _, c in UNCERTAINTY_RAMP])
+    for i in range(count):
+        x = i / (count - 1)
+        node.SetColor(i, "", *(float(np.interp(x, stops, rgba[:, k])) for k in range(4)))
+    node.SetAttribute("Category", "WaveletDiffusion")
+    return node
+
+
+def show_uncertainty(scene: Any, mean: Any, std: Any, units: str = "") -> Any:
+    """Display ``std`` (the per-voxel standard deviation of the draws whose mean is ``mean``) as a colour map from
+    0 to its largest value, with a colour legend titled in the intensity's ``units``; returns the legend node.
+    The slice views show it over the mean with :func:`slicer.util.setSliceViewerLayers` (the module does that)."""
+    std.CreateDefaultDisplayNodes()
+    display = std.GetDisplayNode()
+    display.SetAndObserveColorNodeID(uncertainty_colors(scene).GetID())
+    array = volumes.array_ijk_from_node(std)
+    high = float(np.max(array)) if array.size else 0.0
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, high if high > 0 else 1.0)
+    legend = _add_color_legend(scene, std, display)
+    legend.SetTitleText(f"std of the draws{f' ({units})' if units else ''}")
+    legend.SetLabelFormat("%.3g")
+    legend.SetVisibility(True)
+    std.SetAttribute(UNCERTAINTY_OF, mean.GetID())
+    mean.SetAttribute(UNCERTAINTY, std.GetID())
+    return legend
+
+
+def _add_color_legend(scene: Any, node: Any, display: Any) -> Any:
+    """A colour legend of ``node``'s ``display``: Slicer's Colors module makes it where the application runs
+    (``AddDefaultColorLegendDisplayNode``); with the MRML classes alone (slicer-core) the same node by hand."""
+    import slicer
+
+    colors = getattr(getattr(slicer, "modules", None), "colors", None)
+    if colors is not None:
+        legend = colors.logic().AddDefaultColorLegendDisplayNode(node)
+    else:
+        legend = scene.AddNode(slicer.vtkMRMLColorLegendDisplayNode())
+        node.AddAndObserveDisplayNodeID(legend.GetID())
+    legend.SetName(f"{node.GetName()} legend")
+    legend.SetAndObservePrimaryDisplayNode(display)
+    return legend

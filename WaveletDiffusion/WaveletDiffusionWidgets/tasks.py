@@ -83,6 +83,12 @@ class TaskPanel:
             widget.enabled = taskpanel.uses_steps(task, card)
         for widget in (self.ui.countLabel, self.ui.countSpinBox):
             widget.enabled = taskpanel.uses_count(task)
+        samplesLabel, samplesSpinBox = self.samplesRow()
+        samplesLabel.visible = samplesSpinBox.visible = taskpanel.uses_samples(task)
+        if samplesSpinBox.value != inputs.samples:
+            samplesSpinBox.blockSignals(True)
+            samplesSpinBox.value = inputs.samples
+            samplesSpinBox.blockSignals(False)
         generating = task == taskpanel.GENERATE
         for widget in (self.ui.batchSizeLabel, self.ui.batchSizeSpinBox, self.ui.outputNameLabel,
                        self.ui.outputNameLineEdit):  # fmt: skip
@@ -90,6 +96,35 @@ class TaskPanel:
         self.ui.generateButton.text = taskpanel.RUN_LABELS[task]
         self.ui.runCollapsibleButton.text = taskpanel.RUN_LABELS[task]
         self.showSelectionCheck()
+
+    def samplesRow(self):
+        """(label, spin box) of *Samples*, made once below *Number of volumes*: 1 draws one result as before;
+        more draw that many (seeds seed, seed + 1, ...) and give their mean and an uncertainty map (their std)."""
+        row = getattr(self, "_samplesRow", None)
+        if row is not None:
+            return row
+        label = qt.QLabel(_("Samples:"))
+        spinBox = qt.QSpinBox()
+        spinBox.minimum, spinBox.maximum, spinBox.value = 1, 1000, 1
+        spinBox.toolTip = _(
+            "Draws per result. 1: one draw. More: the result is their mean, with an uncertainty map (the per-voxel "
+            "standard deviation of the draws) shown in colour over it; the run takes about that many times longer."
+        )
+        layout = self.ui.countSpinBox.parentWidget().layout()
+        if isinstance(layout, qt.QFormLayout):
+            layout.addRow(label, spinBox)
+        else:
+            rowIndex = layout.rowCount()
+            layout.addWidget(label, rowIndex, 0)
+            layout.addWidget(spinBox, rowIndex, 1)
+        spinBox.valueChanged.connect(self.onSamplesChosen)
+        self._samplesRow = (label, spinBox)
+        return self._samplesRow
+
+    def onSamplesChosen(self, value) -> None:
+        inputs = self.taskInputs()
+        if inputs is not None:
+            inputs.samples = int(value)
 
     def setSynthesisSlots(self, slots) -> None:
         """One labelled volume selector per input the card names; made anew only when the names change (another

@@ -41,6 +41,18 @@ def add_common_options(parser: argparse.ArgumentParser, *, model_help: str) -> N
         "before the model is loaded; an input is never replaced)",
     )
     parser.add_argument("--seed", type=option_type("seed"), default=0, help="random seed [0]")
+    parser.add_argument(
+        "--samples",
+        type=option_type("samples"),
+        default=1,
+        help="draws from seeds SEED ... SEED+N-1: --out is their mean, <out stem>_std.<ext> the per-voxel standard "
+        "deviation (an uncertainty map) [1]",
+    )
+    parser.add_argument(
+        "--keep-samples",
+        action="store_true",
+        help="also write every draw as <out stem>_sample<i>.<ext> (i = 0 ... N-1, seed SEED+i)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto: CUDA if available]")
     add_backend_options(parser)
     parser.add_argument(
@@ -90,18 +102,35 @@ def check_task_outputs(args: argparse.Namespace, inputs: Mapping[str, Any]) -> N
     from ..volumes.outputs import check_outputs, existing_file, task_output_paths
 
     check_outputs(
-        task_output_paths(args.out, preview=writes_preview(args)),
+        task_output_paths(args.out, preview=writes_preview(args), samples=args.samples, keep_samples=args.keep_samples),
         inputs={**inputs, "--model": existing_file(args.model)},
         overwrite=args.overwrite,
     )
 
 
 def write_result(args: argparse.Namespace, volume, on_progress) -> int:
+    """Write the result (the mean of several draws), then its uncertainty map and the kept draws, which the
+    sidecar names; a result event (or a printed path) per file."""
+    from ..volumes.outputs import draw_path, std_path
+    from ..volumes.writing import save_volume
+
+    extra = []
+    if volume.std is not None:
+        extra.append(("std", std_path(args.out), volume.std))
+    for i, array in enumerate(volume.draws or []):
+        extra.append((f"sample{i}", draw_path(args.out, i), array))
+    if extra:
+        volume.meta["files"] = {kind: path.name for kind, path, _ in extra}
     path = volume.save(args.out, overwrite=args.overwrite)
-    if args.progress == "jsonl":
-        emit(on_progress, "result", path=str(path.resolve()), seed=volume.seed, meta=volume.meta)
-    else:
-        print(path)
+    written = [(None, path)]
+    for kind, target, array in extra:
+        written.append((kind, save_volume(array, volume.affine, target, sidecar=False, overwrite=args.overwrite)))
+    for kind, target in written:
+        if args.progress == "jsonl":
+            fields = {"meta": volume.meta} if kind is None else {"kind": kind}
+            emit(on_progress, "result", path=str(target.resolve()), seed=volume.seed, **fields)
+        else:
+            print(target)
     return 0
 
 
@@ -136,6 +165,8 @@ def run_task(args: argparse.Namespace, task: str, inputs: Mapping[str, Any], *po
                     args.model,
                     *positional,
                     seed=args.seed,
+                    samples=args.samples,
+                    keep_samples=args.keep_samples,
                     device=args.device,
                     backend=args.backend,
                     precision=args.precision,

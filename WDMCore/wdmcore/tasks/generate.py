@@ -56,12 +56,18 @@ Cancel = Callable[[], bool] | threading.Event
 @dataclass
 class GeneratedVolume:
     """One generated volume: ``array`` float32 in NIfTI index order (i, j, k) in the card's intensity range,
-    ``affine`` 4x4 voxel-to-RAS (mm), the ``seed`` it was drawn from and a ``meta`` record."""
+    ``affine`` 4x4 voxel-to-RAS (mm), the ``seed`` it was drawn from and a ``meta`` record.
+
+    A task result of several draws (``samples=N``, see :mod:`wdmcore.tasks.samples`) is one too: ``array`` is
+    the mean of the draws (seeds ``seed`` ... ``seed + N - 1``), ``std`` their per-voxel standard deviation and
+    ``draws`` every draw when they were kept; both None for a single draw."""
 
     array: np.ndarray
     affine: np.ndarray
     seed: int
     meta: dict[str, Any] = field(default_factory=dict)
+    std: np.ndarray | None = None
+    draws: list[np.ndarray] | None = None
 
     def save(
         self, path: str | os.PathLike, *, dtype: str = "float32", sidecar: bool = True, overwrite: bool = True

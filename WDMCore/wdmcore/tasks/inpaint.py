@@ -39,6 +39,7 @@ from .domain import warn_mask_in_background, warn_outside_domain
 from .generate import Cancel, GeneratedVolume, PreviewCallback, resolve_device, resolve_model
 from .inputs import binary_mask, cancel_check, check_same_grid, quantile_minmax, read_input
 from .model_grid import ModelGrid, voxel_spacing
+from .samples import collect_draws, sample_seeds, samples_meta
 
 FAST_QUANTILES = (0.005, 0.995)
 FAST_PADDED = 256
@@ -237,6 +238,8 @@ def inpaint(
     mask: Any,
     *,
     seed: int = 0,
+    samples: int = 1,
+    keep_samples: bool = False,
     steps: int | None = None,
     resample: int = 5,
     device: str | torch.device = "cpu",
@@ -253,7 +256,12 @@ def inpaint(
     ``steps``: an ``inpaint`` model runs its released 2 steps by default; an unconditional model runs
     ``steps`` respaced ancestral steps (default 50), each repeated ``resample`` times (RePaint).
     ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate` (``auto``
-    is PyTorch fp32 for the released fastWDM3D steps)."""
+    is PyTorch fp32 for the released fastWDM3D steps).
+
+    ``samples``: fills from seeds ``seed`` ... ``seed + samples - 1`` (one after the other: each runs its own
+    windows); the result is their mean with the per-voxel ``std`` (0 outside the mask), and every draw with
+    ``keep_samples``, see :mod:`wdmcore.tasks.samples`."""
+    seeds = sample_seeds(seed, samples)
     torch_device = resolve_device(device)
     resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
@@ -277,7 +285,7 @@ def inpaint(
         passes = ndimage.label(inside, structure=np.ones((3, 3, 3), dtype=bool))[1]  # one run per component
     else:
         passes = 1
-    tracker = ProgressTracker(on_progress, "inpaint", total=steps * passes, steps=steps)
+    tracker = ProgressTracker(on_progress, "inpaint", total=steps * passes * len(seeds), steps=steps)
 
     def on_step(done: int, total: int, estimate) -> None:
         """``estimate()``: the current estimate of the whole output's values (input grid), computed on demand."""
@@ -291,13 +299,21 @@ def inpaint(
     faithful = is_faithful("ancestral", steps, wdm.diffusion.num_timesteps)
     call = network_call(wdm.network, torch_device, backend=backend, precision=precision, faithful=faithful,
                         on_progress=on_progress)  # fmt: skip
-    with torch.inference_mode():
-        if fast:
-            values = _inpaint_fast(wdm, call, img.array, inside, seed, steps, on_step, check)
-        else:
-            values = _repaint(wdm, call, img.array, img.affine, inside, seed, steps, resample, on_step, check)
-    result = img.array.copy()
-    result[inside] = values[inside]  # outside the mask: the input, exactly
+
+    def draw(batch: list[int]) -> list[np.ndarray]:
+        filled = []
+        for one in batch:
+            with torch.inference_mode():
+                if fast:
+                    values = _inpaint_fast(wdm, call, img.array, inside, one, steps, on_step, check)
+                else:
+                    values = _repaint(wdm, call, img.array, img.affine, inside, one, steps, resample, on_step, check)
+            result = img.array.copy()
+            result[inside] = values[inside]  # outside the mask: the input, exactly (so the std is 0 there)
+            filled.append(result)
+        return filled
+
+    mean, std, draws = collect_draws(draw, seeds, 1, keep_samples)
     meta = {
         "task": "inpaint",
         "method": "fastWDM3D (released)" if fast else f"RePaint in wavelet space, resample {resample}",
@@ -308,5 +324,6 @@ def inpaint(
         "steps": steps,
         "masked_voxels": int(inside.sum()),
         **call.choice.record(),
+        **samples_meta(seeds),
     }
-    return GeneratedVolume(array=result.astype(np.float32), affine=img.affine.copy(), seed=seed, meta=meta)
+    return GeneratedVolume(array=mean, affine=img.affine.copy(), seed=seed, meta=meta, std=std, draws=draws)

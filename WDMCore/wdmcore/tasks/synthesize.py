@@ -42,6 +42,7 @@ from .generate import (
     resolve_model,
 )
 from .inputs import cancel_check, fit_axis, from_grid, quantile_minmax, read_inputs, require_task, to_grid
+from .samples import collect_draws, draws_per_batch, sample_seeds, samples_meta
 
 CWDM_QUANTILES = (0.001, 0.999)
 # What happens to the sampled image (names in wdmcore.vocabulary, as the two released sampling scripts do it):
@@ -97,6 +98,8 @@ def synthesize(
     inputs: Mapping[str, Any],
     *,
     seed: int = 0,
+    samples: int = 1,
+    keep_samples: bool = False,
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     quality: str = "default",
@@ -120,9 +123,14 @@ def synthesize(
     ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`.
 
     ``postprocess``: ``"threshold"`` (default; the released ``sample_auto.py``: values <= 0.04 set to 0),
-    ``"brain-mask"`` (the released ``sample.py``: clamp to [0, 1], 0 where the first input is 0) or ``"none"``."""
+    ``"brain-mask"`` (the released ``sample.py``: clamp to [0, 1], 0 where the first input is 0) or ``"none"``.
+
+    ``samples``: draws from seeds ``seed`` ... ``seed + samples - 1``, sampled together as memory allows; the
+    result is their mean with the per-voxel ``std`` (and every draw with ``keep_samples``), see
+    :mod:`wdmcore.tasks.samples`."""
     if postprocess not in POSTPROCESSING:
         raise ConfigError(f"unknown post-processing {postprocess!r}; choose one of {', '.join(POSTPROCESSING)}.")
+    seeds = sample_seeds(seed, samples)
     torch_device = resolve_device(device)
     resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
@@ -132,22 +140,31 @@ def synthesize(
     warn_outside_domain(wdm, list(volumes.values()), on_progress, "synthesize", at_model_spacing=False)
     first = next(iter(volumes.values()))
     condition, prepared, fits = prepare_condition(wdm, volumes)
-    tracker = ProgressTracker(on_progress, "synthesize", total=steps, sampler=sampler, steps=steps)
-
-    def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
-        tracker.advance(1)
-        if on_preview is not None and (done % preview_every == 0 or done == total):
-            grid = finish_image(wdm, pred, prepared[0], postprocess)
-            on_preview(0, from_grid(grid, fits, first.array.shape).astype(np.float32))
-
+    tracker = ProgressTracker(on_progress, "synthesize", total=steps * len(seeds), sampler=sampler, steps=steps)
     faithful = is_faithful(sampler, steps, wdm.diffusion.num_timesteps)
     call = network_call(wdm.network, torch_device, backend=backend, precision=precision, faithful=faithful,
                         on_progress=on_progress)  # fmt: skip
-    coeffs = wdm.sample_coefficients(
-        [seed], sampler=sampler, steps=steps, condition=condition, on_step=on_step, cancel=cancel_check(cancel),
-        network=call,
-    )  # fmt: skip
-    image = from_grid(finish_image(wdm, coeffs, prepared[0], postprocess), fits, first.array.shape).astype(np.float32)
+
+    def draw(batch: list[int]) -> list[np.ndarray]:
+        """The images of one batch of seeds in the inputs' grid (the preview: the batch's first draw)."""
+
+        def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
+            tracker.advance(len(batch))
+            if on_preview is not None and (done % preview_every == 0 or done == total):
+                grid = finish_image(wdm, pred[:1], prepared[0], postprocess)
+                on_preview(0, from_grid(grid, fits, first.array.shape).astype(np.float32))
+
+        coeffs = wdm.sample_coefficients(
+            batch, sampler=sampler, steps=steps, condition=condition, on_step=on_step, cancel=cancel_check(cancel),
+            network=call,
+        )  # fmt: skip
+        return [
+            from_grid(finish_image(wdm, coeffs[b : b + 1], prepared[0], postprocess), fits, first.array.shape)
+            for b in range(len(batch))
+        ]
+
+    per_batch = draws_per_batch(condition[0, 0].numel() * 8, len(seeds), torch_device)
+    image, std, draws = collect_draws(draw, seeds, per_batch, keep_samples)
     output = wdm.card.get("output")
     meta = {
         "task": "synthesize",
@@ -160,5 +177,6 @@ def synthesize(
         "postprocess": postprocess,
         **call.choice.record(),
         "intensity": "[0, 1]: quantile-clipped, min-max scaled (as the model's training data)",
+        **samples_meta(seeds),
     }
-    return GeneratedVolume(array=image, affine=first.affine.copy(), seed=seed, meta=meta)
+    return GeneratedVolume(array=image, affine=first.affine.copy(), seed=seed, meta=meta, std=std, draws=draws)

@@ -40,6 +40,7 @@ from .generate import (
 )
 from .inputs import cancel_check, quantile_minmax, read_input, require_task
 from .model_grid import ModelGrid
+from .samples import collect_draws, draws_per_batch, sample_seeds, samples_meta
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def vary(
     *,
     strength: float = 0.5,
     seed: int = 0,
+    samples: int = 1,
+    keep_samples: bool = False,
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     quality: str = "default",
@@ -65,9 +68,14 @@ def vary(
 
     ``sampler``/``steps``/``quality``: as for :func:`~wdmcore.tasks.generate.generate` (default: the engine's fast
     sampler and its step count over the whole schedule, of which only those below the starting noise level run).
-    ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`."""
+    ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`.
+
+    ``samples``: variations from seeds ``seed`` ... ``seed + samples - 1``, sampled together as memory allows; the
+    result is their mean with the per-voxel ``std`` (and every draw with ``keep_samples``), see
+    :mod:`wdmcore.tasks.samples`."""
     if not 0 < strength <= 1:
         raise ConfigError(f"strength must be in (0, 1], got {strength}.")
+    seeds = sample_seeds(seed, samples)
     torch_device = resolve_device(device)
     resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
@@ -97,7 +105,6 @@ def vary(
     c = wdm.diffusion_config
     x0 = to_coefficients(torch.from_numpy((2 * scaled - 1).astype(np.float32))[None, None], c.lll_scale, c.high_scale)
     x0 = x0.to(wdm.device)
-    noise = wdm.noise_source([seed])
     check = cancel_check(cancel)
     if sampler == "ancestral":
         diffusion = wdm.sampling_diffusion(steps)
@@ -113,7 +120,7 @@ def vary(
     faithful = is_faithful(sampler, steps, wdm.diffusion.num_timesteps)
     call = network_call(wdm.network, torch_device, backend=backend, precision=precision, faithful=faithful,
                         on_progress=on_progress)  # fmt: skip
-    tracker = ProgressTracker(on_progress, "vary", total=calls, steps=calls, sampler=sampler)
+    tracker = ProgressTracker(on_progress, "vary", total=calls * len(seeds), steps=calls, sampler=sampler)
 
     def to_input(coeffs: torch.Tensor) -> np.ndarray:
         """Coefficients on the model's grid -> the whole volume in the input's grid and intensities: the change
@@ -124,22 +131,29 @@ def vary(
         whole[box] += grid.back(values - seen)
         return whole
 
-    def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
-        tracker.advance(1)
-        if on_preview is not None and (done % preview_every == 0 or done == total):
-            on_preview(0, to_input(pred).astype(np.float32))
+    def draw(batch: list[int]) -> list[np.ndarray]:
+        """The variations of one batch of seeds in the input's grid (the preview: the batch's first)."""
 
-    with torch.inference_mode():
-        t = torch.full((1,), start, dtype=torch.long, device=x0.device)
-        x = diffusion.q_sample(x0, t, noise.initial(tuple(x0.shape[1:])).to(x0.device))
-        if timesteps is None:
-            x = _ancestral_from(call, diffusion, x, start, noise, on_step, check)
-        else:
-            x = run_sampler(
-                sampler, call, diffusion, x, noise, steps=calls, timesteps=timesteps, on_step=on_step,
-                cancel=check,
-            )  # fmt: skip
-    result = to_input(x)
+        def on_step(done: int, total: int, _x: torch.Tensor, pred: torch.Tensor) -> None:
+            tracker.advance(len(batch))
+            if on_preview is not None and (done % preview_every == 0 or done == total):
+                on_preview(0, to_input(pred[:1]).astype(np.float32))
+
+        noise = wdm.noise_source(batch)
+        with torch.inference_mode():
+            t = torch.full((len(batch),), start, dtype=torch.long, device=x0.device)
+            x = diffusion.q_sample(x0, t, noise.initial(tuple(x0.shape[1:])).to(x0.device))
+            if timesteps is None:
+                x = _ancestral_from(call, diffusion, x, start, noise, on_step, check)
+            else:
+                x = run_sampler(
+                    sampler, call, diffusion, x, noise, steps=calls, timesteps=timesteps, on_step=on_step,
+                    cancel=check,
+                )  # fmt: skip
+        return [to_input(x[b : b + 1]) for b in range(len(batch))]
+
+    per_batch = draws_per_batch(x0[0, 0].numel() * 8, len(seeds), torch_device)
+    result, std, draws = collect_draws(draw, seeds, per_batch, keep_samples)
     meta = {
         "task": "vary",
         "model": wdm.card.get("name") or "unnamed",
@@ -151,8 +165,9 @@ def vary(
         "denoising_steps": calls,
         "model_grid": grid.describe(),
         **call.choice.record(),
+        **samples_meta(seeds),
     }
-    return GeneratedVolume(array=result.astype(np.float32), affine=img.affine.copy(), seed=seed, meta=meta)
+    return GeneratedVolume(array=result, affine=img.affine.copy(), seed=seed, meta=meta, std=std, draws=draws)
 
 
 def _ancestral_from(network, diffusion, x: torch.Tensor, start: int, noise, on_step, check) -> torch.Tensor:
@@ -162,7 +177,7 @@ def _ancestral_from(network, diffusion, x: torch.Tensor, start: int, noise, on_s
     for done, i in enumerate(reversed(range(start + 1)), start=1):
         if check is not None and check():
             raise Cancelled("the variation was cancelled")
-        t = torch.full((1,), i, dtype=torch.long, device=x.device)
+        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         out = diffusion.p_sample(denoise(x, t), x, t, noise.step(x))
         x = out["sample"]
         on_step(done, start + 1, x, out["pred_xstart"])

@@ -28,6 +28,8 @@ from .writing import ensure_output_folder, sidecar_path, split_format
 
 PATH_SEPARATORS = ("/", "\\")  # both, on every system: a name must mean the same file on Windows and POSIX
 PREVIEW_SUFFIX = "_preview.nii"
+STD_SUFFIX = "_std"  # the uncertainty map of a result of several draws: <stem>_std.<format>
+DRAW_SUFFIX = "_sample"  # draw i of them, kept on request: <stem>_sample<i>.<format>
 
 
 def plain_name(name: object, what: str) -> str:
@@ -60,13 +62,34 @@ def preview_path(out: str | os.PathLike) -> Path:
     return out.with_name(stem(out) + PREVIEW_SUFFIX)
 
 
-def task_output_paths(out: str | os.PathLike, *, preview: bool) -> list[Path]:
-    """Every file a task command writes for ``--out``: the volume, its sidecar and, with ``preview``, the preview
-    file. The format must be known from the name (ConfigError at once otherwise)."""
+def std_path(out: str | os.PathLike) -> Path:
+    """The uncertainty map of a task output of several draws: ``<stem>_std.<format>`` next to it."""
+    out = Path(out)
+    _, fmt = split_format(out)
+    return out.with_name(f"{stem(out)}{STD_SUFFIX}.{fmt}")
+
+
+def draw_path(out: str | os.PathLike, index: int) -> Path:
+    """Draw ``index`` (seed + index) of a task output of several draws: ``<stem>_sample<index>.<format>``."""
+    out = Path(out)
+    _, fmt = split_format(out)
+    return out.with_name(f"{stem(out)}{DRAW_SUFFIX}{index}.{fmt}")
+
+
+def task_output_paths(
+    out: str | os.PathLike, *, preview: bool, samples: int = 1, keep_samples: bool = False
+) -> list[Path]:
+    """Every file a task command writes for ``--out``: the volume, its sidecar, with ``preview`` the preview file,
+    with ``samples`` > 1 the uncertainty map and with ``keep_samples`` every draw. The format must be known from
+    the name (ConfigError at once otherwise)."""
     out = Path(out)
     paths = [out, sidecar_path(out)]
     if preview:
         paths.append(preview_path(out))
+    if samples > 1:
+        paths.append(std_path(out))
+    if keep_samples:
+        paths.extend(draw_path(out, i) for i in range(samples))
     return paths
 
 
