@@ -567,8 +567,7 @@ class WaveletDiffusionTrainingTest(selftests.SelfTest):
             lr=1e-3, device="cpu", checkpoint_interval=2, preview_interval=2, preview_steps=2, log_interval=1,
             extra_args=tiny,
         )  # fmt: skip
-        values.update(fields)
-        return TrainingParameters(**values)
+        return TrainingParameters(**(values | fields))
 
     def test_TrainResumeOnSceneVolumes(self):
         self.delayDisplay("Training a tiny network on three scene volumes, then resuming it")
