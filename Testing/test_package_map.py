@@ -25,7 +25,7 @@ FACE = "wdmcore"  # the package's __init__.py: load_model, generate, ... served 
 FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "vocabulary", "paths", "filemodes", "version"}),
     frozenset({"events", "devices", "interrupts", "hugepages", "wavelets", "volumes", "limits"}),
-    frozenset({"progressbar", "networks", "diffusion", "data"}),
+    frozenset({"progressbar", "networks", "diffusion", "data", "backends"}),
     frozenset({"samplers"}),
     frozenset({"models"}),
     frozenset({"hub", "training"}),

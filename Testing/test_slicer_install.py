@@ -61,8 +61,9 @@ def slicer_python(tmp_path) -> Path:
 def run_script(*args, env=None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_NO_INDEX")}
     environment.update(env or {})
+    # pip's messages hold non-ASCII characters (box drawing) whatever the locale: read them as UTF-8.
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          env=environment, timeout=300)  # fmt: skip
+                          encoding="utf-8", errors="replace", env=environment, timeout=300)  # fmt: skip
 
 
 def imports(python: Path, module: str) -> str | None:

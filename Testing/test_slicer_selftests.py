@@ -19,7 +19,7 @@ import types
 import unittest
 
 import pytest
-from slicer_support import MODULE_DIR, TRAINING_MODULE_DIR, require_slicer
+from slicer_support import MODULE_DIR, TRAINING_MODULE_DIR, register_segmentation_converters, require_slicer
 
 slicer = require_slicer()
 
@@ -91,6 +91,7 @@ def app():
     patch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
     # Slicer's launcher environment: outside Slicer there is none, the test's own is the one children start from.
     patch.setattr(slicer.util, "startupEnvironment", lambda: dict(os.environ))
+    register_segmentation_converters()  # as the Segmentations module does when Slicer starts
     for folder in (MODULE_DIR, TRAINING_MODULE_DIR):
         patch.syspath_prepend(str(folder))
     for name in MODULES:

@@ -276,7 +276,9 @@ def test_fastwdm3d_inpainting_reproduces_the_released_crops(reference_dir, monke
 
     monkeypatch.setattr(samplers, "run_sampler", recording)
     with torch.inference_mode():
-        values = inpaint_module._inpaint_fast(model, image, inside, 43, 2, None, None)  # case 1: seed 42 + 1
+        values = inpaint_module._inpaint_fast(
+            model, model.network, image, inside, 43, 2, None, None
+        )  # case 1: seed 42 + 1
     assert len(calls) == 1
     x_t, condition, final = calls[0]
     comp = "case1/comp0/"
@@ -444,9 +446,9 @@ def test_repaint_works_at_the_model_spacing_and_maps_back(unconditional_2mm, mon
     seen = {}
     real = inpaint_module._repaint_crop
 
-    def identity(wdm, crop, crop_inside, *args):
+    def identity(wdm, call, crop, crop_inside, *args):
         seen["crop"], seen["inside"] = crop, crop_inside
-        seen["filled"] = real(wdm, crop, crop_inside, *args)
+        seen["filled"] = real(wdm, call, crop, crop_inside, *args)
         return crop  # fill the mask with the resampled input itself
 
     monkeypatch.setattr(inpaint_module, "_repaint_crop", identity)
@@ -473,7 +475,7 @@ def test_repaint_works_at_the_model_spacing_and_maps_back(unconditional_2mm, mon
 
 def test_solvers_take_explicit_timesteps_for_partial_runs():
     from wdmcore.diffusion import Diffusion, DiffusionConfig
-    from wdmcore.samplers import NoiseSource, run_sampler, solver_timesteps
+    from wdmcore.samplers import DEFAULT_SPACING, NoiseSource, run_sampler, solver_timesteps
 
     diffusion = Diffusion(DiffusionConfig(steps=100))
 
@@ -482,7 +484,7 @@ def test_solvers_take_explicit_timesteps_for_partial_runs():
 
     x = torch.randn(1, 8, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     for sampler in ("unipc", "dpm++2m", "ddim"):
-        full = solver_timesteps(diffusion, 10, "logsnr")
+        full = solver_timesteps(diffusion, 10, DEFAULT_SPACING[sampler])
         a = run_sampler(sampler, network, diffusion, x, NoiseSource([0]), steps=10)
         b = run_sampler(sampler, network, diffusion, x, NoiseSource([0]), steps=1, timesteps=full)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

@@ -10,13 +10,15 @@ from typing import Any
 
 import torch
 
+from wdmcore.vocabulary import DEFAULT_SAMPLER, DEFAULT_STEPS
+
 from .measuring import make_call, peak_memory, reset_peak, sync
 from .networks import TINY_GRID, build, preset
 from .recording import BudgetExceeded, Part
 from .suite import Suite
 
-# Network calls of the engine's default sampler (tasks/generate.py: UniPC, 25): a volume costs that many steps.
-DEFAULT_CALLS = 25
+# Network calls of the engine's default sampler: a volume costs that many steps.
+DEFAULT_CALLS = DEFAULT_STEPS[DEFAULT_SAMPLER]
 
 
 def sampling_setup(name: str, tiny: bool):

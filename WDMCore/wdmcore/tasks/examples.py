@@ -32,6 +32,8 @@ EXAMPLE_COMMANDS = {
     "synthesize": (
         "wdm synthesize --model demo_phantom_synthesize_32 --t2 t2.nii.gz --flair flair.nii.gz --pd pd.nii.gz "
         "--out t1_synthesized.nii.gz",
+        "wdm synthesize --model demo_phantom_synthesize_32 --t2 t2.nii.gz --flair flair.nii.gz --pd pd.nii.gz "
+        "--samples 4 --keep-samples --out t1_mean.nii.gz",
     ),
     "inpaint": (
         "wdm inpaint --model demo_phantom_inpaint_32 --image t1.nii.gz --mask lesion.nii.gz --out t1_filled.nii.gz",
