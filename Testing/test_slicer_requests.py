@@ -29,7 +29,9 @@ GENERATION_OTHERS = {"poll", "wait", "cancel", "shutdown", "memory_warning", "ta
                      "remove_preview", "configure", "require_dependencies", "worker", "busy", "scene"}  # fmt: skip
 TRAINING_REQUESTS = {"start_training", "train", "resume", "start_scan", "scan"}
 TRAINING_OTHERS = {"poll", "wait", "stop", "shutdown", "cancel_scan", "memory_warning", "configure",
-                   "require_dependencies", "runs", "busy", "scene"}  # fmt: skip
+                   "require_dependencies", "runs", "busy", "scene",
+                   # trainers left by an earlier session: found and ended, nothing started
+                   "left_trainers", "offer_to_stop_left_trainers", "stop_left_trainers"}  # fmt: skip
 
 
 def public_names(cls) -> set[str]:
