@@ -166,3 +166,55 @@ def test_an_install_that_does_not_deliver_is_reported():
     fake.pip_ensure = lambda specs: fake.calls.append(("pip_ensure", specs))  # user cancelled Slicer's dialog
     with pytest.raises(deps.DependencyError, match="still missing"):
         deps.ensure_dependencies(fake.installers())
+
+
+# ------------------------------------------------------------------------------------------- network backends
+
+QUESTION = "The OpenVINO backend needs {packages}. Install it now?"
+
+
+def test_backend_packages_are_the_engines_extras():
+    project = tomllib.loads((REPO_ROOT / "WDMCore" / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    for backend, requirements in deps.BACKEND_PACKAGES.items():
+        assert [r.spec for r in requirements] == extras[backend], backend
+    from WaveletDiffusionLib.parameters import BACKENDS
+
+    assert set(deps.BACKEND_PACKAGES) < set(BACKENDS)
+
+
+def test_an_installed_backend_or_one_without_packages_asks_nothing():
+    fake = FakeSlicer({**ALL_PRESENT, "openvino": "2025.1.0"})
+    assert deps.offer_backend(fake.installers(), "openvino", question=QUESTION) is None
+    fake = FakeSlicer(ALL_PRESENT)  # no OpenVINO: PyTorch and auto need nothing more
+    for backend in ("auto", "torch"):
+        assert deps.offer_backend(fake.installers(), backend, question=QUESTION) is None
+    assert fake.questions == [] and fake.calls == []
+
+
+def test_openvino_is_installed_as_the_engines_extra_through_pip_ensure():
+    fake = FakeSlicer(ALL_PRESENT)
+    assert deps.offer_backend(fake.installers(), "openvino", question=QUESTION) is None
+    assert fake.calls == [("pip_ensure", ["openvino>=2024.0"])]  # Slicer 5.12 asks itself
+    assert fake.installed["openvino"] == "2024.0.9"
+
+
+def test_older_slicer_asks_the_modules_question_then_pip_installs_openvino():
+    fake = FakeSlicer(ALL_PRESENT, has_pip_ensure=False)
+    assert deps.offer_backend(fake.installers(), "openvino", question=QUESTION) is None
+    assert fake.questions == ["The OpenVINO backend needs openvino>=2024.0 (not installed). Install it now?"]
+    assert fake.calls == [("pip_install", "openvino>=2024.0")]
+
+
+def test_declined_openvino_installs_nothing_and_says_pytorch_runs_instead():
+    fake = FakeSlicer(ALL_PRESENT, has_pip_ensure=False, answer=False)
+    message = deps.offer_backend(fake.installers(), "openvino", question=QUESTION)
+    assert message.startswith("the openvino backend needs openvino>=2024.0 (not installed); PyTorch runs the network")
+    assert fake.calls == [] and "openvino" not in fake.installed
+
+
+def test_in_testing_mode_openvino_is_neither_offered_nor_installed():
+    fake = FakeSlicer(ALL_PRESENT)
+    message = deps.offer_backend(fake.installers(), "openvino", question=QUESTION, testing=True)
+    assert "PyTorch runs the network instead (testing mode installs nothing)" in message
+    assert fake.questions == [] and fake.calls == []

@@ -90,3 +90,79 @@ def test_damaged_settings_fall_back_to_defaults():
     restored = load_settings(settings)
     # the invalid value alone is dropped
     assert restored.steps == GenerationParameters.steps and restored.sampler == "ddim"
+
+
+# ------------------------------------------------------------------------------------------- backend, precision
+
+
+def test_backend_and_precision_names_agree_with_the_engine_and_default_to_auto():
+    from WaveletDiffusionLib import parameters
+
+    from wdmcore.vocabulary import BACKEND_NAMES, PRECISION_NAMES
+
+    assert parameters.PRECISIONS == PRECISION_NAMES and parameters.BACKENDS == BACKEND_NAMES
+    params = GenerationParameters().validate()
+    assert (params.backend, params.precision) == ("auto", "auto")
+
+
+@pytest.mark.parametrize(
+    ("device", "backend", "precision", "message"),
+    [("cpu", "onnx", "auto", "backend is one of auto, torch, openvino, got 'onnx'"),
+     ("cpu", "auto", "int8", "precision is one of auto, fp32, bf16, fp16, got 'int8'"),
+     ("cuda:0", "openvino", "auto", "the OpenVINO backend runs on the CPU, not on cuda:0: choose the CPU"),
+     ("mps", "openvino", "fp32", "runs on the CPU, not on mps"),
+     ("cpu", "auto", "fp16", "fp16 is a CUDA precision: on the CPU choose precision auto, fp32 or bf16")],
+)  # fmt: skip
+def test_a_backend_or_precision_the_engine_refuses_is_refused_before_a_run(device, backend, precision, message):
+    from WaveletDiffusionLib.tasks import TaskInputError, TaskParameters
+
+    with pytest.raises(ValueError, match=message):
+        GenerationParameters(device=device, backend=backend, precision=precision).validate()
+    with pytest.raises(TaskInputError, match=message):
+        TaskParameters("vary", "m", device=device, backend=backend, precision=precision).validate()
+
+
+def test_the_panel_refuses_only_what_the_engine_refuses_on_every_device():
+    """Every (device, backend, precision) the panel lets through, the engine resolves; every one it refuses, the
+    engine refuses too (the engine may also refuse bf16 on a CPU without native bf16 support, which the panel
+    cannot know)."""
+    import torch
+    from WaveletDiffusionLib import parameters
+
+    from wdmcore.backends import resolve_choice
+    from wdmcore.errors import ConfigError
+
+    for device in ("cpu", "cuda:0", "mps"):
+        for backend in parameters.BACKENDS:
+            for precision in parameters.PRECISIONS:
+                refused = parameters.backend_problem(device, backend, precision) is not None
+                try:
+                    resolve_choice(torch.device(device), backend, precision, threads=1)
+                    engine_refused = False
+                except ConfigError:
+                    engine_refused = True
+                if refused:
+                    assert engine_refused, (device, backend, precision)
+                elif engine_refused:
+                    assert device == "cpu" and precision == "bf16", (device, backend, precision)
+
+
+def test_backend_and_precision_are_remembered_and_older_choices_stay_valid():
+    import json
+
+    settings = DictSettings()
+    save_settings(settings, GenerationParameters(backend="openvino", precision="bf16"))
+    restored = load_settings(settings)
+    assert (restored.backend, restored.precision) == ("openvino", "bf16")
+    key = "WaveletDiffusion/Generate/last"
+    # Saved before the backend box existed, when fp32 was the default precision: kept as it was.
+    settings.data[key] = json.dumps({"device": "cpu", "steps": 25, "precision": "fp32"})
+    restored = load_settings(settings)
+    assert (restored.precision, restored.backend, restored.steps) == ("fp32", "auto", 25)
+    # fp16 on the CPU (the engine refuses it) and OpenVINO with a GPU: that value alone is dropped.
+    settings.data[key] = json.dumps({"device": "cpu", "steps": 25, "precision": "fp16"})
+    restored = load_settings(settings)
+    assert (restored.precision, restored.steps) == ("auto", 25)
+    settings.data[key] = json.dumps({"device": "cuda:0", "backend": "openvino", "precision": "bf16"})
+    restored = load_settings(settings)
+    assert (restored.device, restored.backend, restored.precision) == ("cuda:0", "auto", "bf16")

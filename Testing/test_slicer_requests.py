@@ -26,10 +26,13 @@ GENERATION_REQUESTS = {"generate", "start_generation", "synthesize", "start_synt
                        "vary", "start_vary", "download", "start_download", "list_models", "device_info",
                        "request"}  # fmt: skip
 GENERATION_OTHERS = {"poll", "wait", "cancel", "shutdown", "memory_warning", "task_memory_warning",
-                     "remove_preview", "configure", "require_dependencies", "worker", "busy", "scene"}  # fmt: skip
+                     "remove_preview", "configure", "require_dependencies", "require_backend", "worker", "busy",
+                     "scene"}  # fmt: skip
 TRAINING_REQUESTS = {"start_training", "train", "resume", "start_scan", "scan"}
 TRAINING_OTHERS = {"poll", "wait", "stop", "shutdown", "cancel_scan", "memory_warning", "configure",
-                   "require_dependencies", "runs", "busy", "scene"}  # fmt: skip
+                   "require_dependencies", "runs", "busy", "scene",
+                   # trainers left by an earlier session: found and ended, nothing started
+                   "left_trainers", "offer_to_stop_left_trainers", "stop_left_trainers"}  # fmt: skip
 
 
 def public_names(cls) -> set[str]:
@@ -286,3 +289,72 @@ def test_scene_volumes_for_training_are_written_uncompressed(scene, tmp_path):
     written = export_volume_nodes([volume(scene, "ct")], tmp_path / "scene_volumes")
     header = written[0].read_bytes()[:400].decode("latin-1")
     assert "encoding: raw" in header
+
+
+# ------------------------------------------------------------------------------------------- backend and precision
+
+
+def task_plans(scene, settings):
+    """The panel's calls for vary, inpaint and synthesize with ``settings``."""
+    image, t2, flair = volume(scene, "image"), volume(scene, "t2"), volume(scene, "flair")
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[2:5, 2:5, 2:5] = 1
+    from WaveletDiffusionCommonLib.volumes import update_volume_node
+
+    update_volume_node(labelmap, labels, np.eye(4))
+    synth_card = {"task": "synthesize", "inputs": [{"name": "t2"}, {"name": "flair"}], "output": {"name": "t1"}}
+    unconditional = {"task": "generate"}
+    return [
+        taskpanel.run_plan(taskpanel.VARY, unconditional, "m", taskpanel.Selection(taskpanel.VARY, volume=image),
+                           settings),
+        taskpanel.run_plan(taskpanel.INPAINT, unconditional, "m",
+                           taskpanel.Selection(taskpanel.INPAINT, volume=image, labelmap=labelmap), settings),
+        taskpanel.run_plan(taskpanel.SYNTHESIZE, synth_card, "m",
+                           taskpanel.Selection(taskpanel.SYNTHESIZE, inputs={"t2": t2, "flair": flair}), settings),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("backend", "precision"), [("openvino", "bf16"), ("torch", "fp32"), ("auto", "auto")])
+def test_backend_and_precision_reach_the_generate_and_task_requests(scene, backend, precision):
+    settings = GenerationParameters(model="m", backend=backend, precision=precision)
+    logic = CapturingLogic(scene)
+    logic.start_generation(settings)
+    for plan in task_plans(scene, settings):
+        getattr(logic, plan.method)(*plan.args, **plan.kwargs, on_progress=None, on_preview=None, on_finished=None)
+    assert [kind for kind, _fields in logic.sent] == ["generate", "vary", "inpaint", "synthesize"]
+    for kind, fields in logic.sent:
+        assert (fields["backend"], fields["precision"]) == (backend, precision), kind
+
+
+def test_a_missing_openvino_is_offered_once_before_the_first_request_and_the_run_goes_on(scene):
+    """The gate stands in for the module's offer (dependencies.offer_backend); declined, the request still names
+    OpenVINO: the worker runs PyTorch and says so (the engine's fallback)."""
+    asked = []
+    logic = CapturingLogic(scene)
+    logs = []
+    logic.log_callback = logs.append
+    logic.configure(backend_gate=lambda backend: asked.append((backend, len(logic.sent))) or "PyTorch runs instead")
+    settings = GenerationParameters(model="m", backend="openvino")
+    logic.start_generation(settings)
+    for plan in task_plans(scene, settings):
+        getattr(logic, plan.method)(*plan.args, **plan.kwargs, on_progress=None, on_preview=None, on_finished=None)
+    assert asked == [("openvino", 0)]  # before anything was sent, once this session
+    assert "PyTorch runs instead" in logs
+    assert [fields["backend"] for _kind, fields in logic.sent] == ["openvino"] * 4
+    logic.require_backend("openvino", again=True)  # the user chose it again in the panel: asked again
+    assert len(asked) == 2
+
+
+def test_openvino_on_a_gpu_is_refused_before_anything_is_asked_or_sent(scene):
+    asked = []
+    logic = CapturingLogic(scene)
+    logic.configure(backend_gate=asked.append)
+    settings = GenerationParameters(model="m", device="cuda:0", backend="openvino")
+    with pytest.raises(ValueError, match="runs on the CPU, not on cuda:0"):
+        logic.start_generation(settings)
+    for plan in task_plans(scene, settings):
+        with pytest.raises(ValueError, match="runs on the CPU, not on cuda:0"):
+            getattr(logic, plan.method)(*plan.args, **plan.kwargs, on_progress=None, on_preview=None,
+                                        on_finished=None)  # fmt: skip
+    assert asked == [] and logic.sent == []

@@ -414,6 +414,24 @@ def test_preset_and_device_boxes_follow_the_parameter_node():
     assert "combo.findData(wanted) < 0" in devices and "combo.addItem(label, wanted)" in devices
 
 
+def test_the_backend_box_follows_the_parameter_node_and_choosing_offers_the_install():
+    """The backend box is not bound by connectGui (connectGui's refill would look like a choice): its items are
+    the backends in order, the user's choice is stored and offers OpenVINO's install, the node's value is shown."""
+    from WaveletDiffusionLib import parameters
+
+    widget = ui_widgets()["backendComboBox"]
+    assert widget.get("class") == "QComboBox" and "backendComboBox" not in bound_widgets("WaveletDiffusion")
+    assert [i.find("property/string").text for i in widget.findall("item")] == list(parameters.BACKENDS)
+    assert "self.ui.backendComboBox.activated.connect(self.onBackendChosen)" in module_source("WaveletDiffusion")
+    chosen = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "onBackendChosen"))
+    assert "self._parameterNode.backend = backend" in chosen
+    assert "self.logic.require_backend(backend, again=True)" in chosen
+    assert "self.showBackend" in calls_in(function("WaveletDiffusion", "WaveletDiffusionWidget",
+                                                   "onParameterNodeModified"))  # fmt: skip
+    shown = ast.unparse(function("WaveletDiffusion", "WaveletDiffusionWidget", "showBackend"))
+    assert "parameters.BACKENDS.index(self._parameterNode.backend)" in shown
+
+
 def test_the_data_folder_is_scanned_only_through_the_debounced_scheduler():
     source = module_source("WaveletDiffusionTraining")
     scans = re.findall(r"self\.startScan\((.*?)\)", source)

@@ -324,12 +324,12 @@ def test_inpainting_with_a_labelmap(scene, cards):
 
 
 # The logic's task API, as the panel calls it (WaveletDiffusionLib.logic).
-def start_synthesize(model, inputs, *, seed, sampler, steps, device, precision, preview, on_progress, on_preview,
-                     on_finished): ...  # fmt: skip
+def start_synthesize(model, inputs, *, seed, sampler, steps, device, precision, backend, preview, on_progress,
+                     on_preview, on_finished): ...  # fmt: skip
 def start_inpaint(model, volume, *, segmentation=None, segment_id=None, labelmap=None, seed, steps, device, precision,
-                  preview, on_progress, on_preview, on_finished): ...  # fmt: skip
-def start_vary(model, volume, *, strength, count, seed, sampler, steps, device, precision, preview, on_progress,
-               on_preview, on_finished): ...  # fmt: skip
+                  backend, preview, on_progress, on_preview, on_finished): ...  # fmt: skip
+def start_vary(model, volume, *, strength, count, seed, sampler, steps, device, precision, backend, preview,
+               on_progress, on_preview, on_finished): ...  # fmt: skip
 
 
 API = {"start_synthesize": start_synthesize, "start_inpaint": start_inpaint, "start_vary": start_vary}
@@ -338,7 +338,7 @@ CALLBACKS = {"on_progress": None, "on_preview": None, "on_finished": None}
 
 def plans(scene, cards):
     settings = GenerationParameters(model="m", seed=11, sampler="dpm++2m", steps=20, device="cuda:0", count=3,
-                                    precision="bf16")  # fmt: skip
+                                    precision="bf16", backend="torch")  # fmt: skip
     t2, flair, pd = (volume(scene, n) for n in ("t2", "flair", "pd"))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     segmentation.GetSegmentation().AddEmptySegment("s1", "lesion")
@@ -365,6 +365,7 @@ def test_run_makes_one_call_of_the_logic_per_task(scene, cards):
         "seed": 11,
         "device": "cuda:0",
         "precision": "bf16",
+        "backend": "torch",
         "preview": True,
         "sampler": "dpm++2m",
         "steps": 20,
@@ -372,22 +373,24 @@ def test_run_makes_one_call_of_the_logic_per_task(scene, cards):
     assert synth.description == "synthesizing t1 from t2=t2, flair=flair, pd=pd"
     inpaint = made["inpaint"]
     assert inpaint.method == "start_inpaint" and inpaint.args == ("demo_phantom_inpaint_32", t2)
-    assert inpaint.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "preview": True, "steps": None,
-                              "segmentation": segmentation, "segment_id": "s1"}  # fmt: skip
+    assert inpaint.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "backend": "torch",
+                              "preview": True, "steps": None, "segmentation": segmentation,
+                              "segment_id": "s1"}  # fmt: skip
     assert inpaint.description == "inpainting segment lesion of t2"
     repaint = made["repaint"]
     assert repaint.kwargs == {
         "seed": 11,
         "device": "cuda:0",
         "precision": "bf16",
+        "backend": "torch",
         "preview": True,
         "steps": 20,
         "labelmap": labelmap,
     }
     vary = made["vary"]
     assert vary.method == "start_vary" and vary.args == ("demo_phantom_64", flair)
-    assert vary.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "preview": True, "sampler": "dpm++2m",
-                           "steps": 20, "strength": 0.25, "count": 3}  # fmt: skip
+    assert vary.kwargs == {"seed": 11, "device": "cuda:0", "precision": "bf16", "backend": "torch", "preview": True,
+                           "sampler": "dpm++2m", "steps": 20, "strength": 0.25, "count": 3}  # fmt: skip
     generate = taskpanel.run_plan("generate", cards["demo_phantom_64"], "demo_phantom_64", Selection("generate"),
                                   settings)  # fmt: skip
     assert generate.method == "start_generation" and generate.args == (settings,)

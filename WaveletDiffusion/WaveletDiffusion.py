@@ -82,7 +82,8 @@ class WaveletDiffusionParameterNode:
     count: Annotated[int, WithinRange(1, 100)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     batchSize: Annotated[int, WithinRange(1, 16)] = 1
-    precision: Annotated[str, Choice(list(parameters.PRECISIONS))] = "fp32"
+    precision: Annotated[str, Choice(list(parameters.PRECISIONS))] = "auto"
+    backend: Annotated[str, Choice(list(parameters.BACKENDS))] = "auto"
     outputName: str = ""
     preview: bool = True
 
@@ -97,6 +98,7 @@ class WaveletDiffusionParameterNode:
             seed=self.seed,
             batch_size=self.batchSize,
             precision=self.precision,
+            backend=self.backend,
             output_name=self.outputName,
             preview=self.preview,
         )
@@ -105,6 +107,13 @@ class WaveletDiffusionParameterNode:
         self.model, self.preset, self.device = params.model, params.preset, params.device
         self.sampler, self.steps, self.count = params.sampler, params.steps, params.count
         self.batchSize, self.precision, self.preview = params.batch_size, params.precision, params.preview
+        self.backend = params.backend
+
+
+OPENVINO_QUESTION = _(
+    "The OpenVINO backend needs {packages} (the engine's optional openvino package; it runs the network faster "
+    "on many CPUs). Install it now? Otherwise PyTorch runs the network."
+)
 
 
 class WaveletDiffusionLogic(ScriptedLoadableModuleLogic, _GenerationLogic):
@@ -127,6 +136,9 @@ class WaveletDiffusionLogic(ScriptedLoadableModuleLogic, _GenerationLogic):
             base_env=slicer.util.startupEnvironment,
             provided_root=slicer.app.extensionsInstallPath,
             dependency_gate=lambda: dependencies.ensure_dependencies(slicerInstallers()),
+            backend_gate=lambda backend: dependencies.offer_backend(
+                slicerInstallers(), backend, question=OPENVINO_QUESTION, testing=slicer.app.testingEnabled()
+            ),
         )
 
     def getParameterNode(self):
@@ -198,6 +210,7 @@ class WaveletDiffusionWidget(
         # the new value (PythonQt calls slots in connection order, and these connect before connectGui).
         self.ui.presetComboBox.activated.connect(self.onPresetChosen)
         self.ui.deviceComboBox.activated.connect(self.onDeviceChosen)
+        self.ui.backendComboBox.activated.connect(self.onBackendChosen)  # choosing OpenVINO offers to install it
         self.ui.samplerPresetComboBox.activated.connect(self.onSamplerPresetChosen)
         self.ui.randomSeedButton.clicked.connect(self.onRandomSeed)
         self.ui.generateButton.clicked.connect(self.onGenerate)
@@ -263,6 +276,7 @@ class WaveletDiffusionWidget(
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """Show what the parameter node holds in the boxes that connectGui does not bind."""
         self.showPresetAndDevice()
+        self.showBackend()
         self.updateSamplerPreset()
         self.showTask()
 

@@ -53,6 +53,22 @@ class WorkerClient(PolledLogic):
         self.preview_node: Any = None
         self._watched_scene: Any = None
         self._scene_close_tag: int | None = None
+        self.backend_gate: Callable[[str], str | None] | None = None
+        """Offers the packages of a network backend that is chosen but not installed (in Slicer: the engine's
+        ``openvino`` extra, :func:`WaveletDiffusionCommonLib.dependencies.offer_backend`); returns None when the
+        backend is ready, else a sentence for the log (the worker then runs PyTorch, as the engine falls back)."""
+        self._backends_offered: set[str] = set()
+
+    def require_backend(self, backend: str, *, again: bool = False) -> None:
+        """Offer what ``backend`` needs (:attr:`backend_gate`) before a request that runs the network: once a
+        session per backend, or ``again`` when the user has just chosen it. A backend left missing is no error:
+        the worker runs PyTorch instead and says so."""
+        if self.backend_gate is None or (backend in self._backends_offered and not again):
+            return
+        self._backends_offered.add(backend)
+        message = self.backend_gate(backend)
+        if message:
+            self._log(message)
 
     # ------------------------------------------------------------------------------------------- plumbing
 

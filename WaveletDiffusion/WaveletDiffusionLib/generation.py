@@ -46,6 +46,8 @@ class GenerationRequests(WorkerClient):
     ) -> Job:
         """Start generating; returns the :class:`Job` at once. Callbacks run in the thread that polls."""
         params = dataclasses.replace(params or GenerationParameters(), **overrides).validate()
+        self.require_dependencies()  # PyTorch first, then the backend's own packages; before the folder is made
+        self.require_backend(params.backend)
         output_dir = Path(tempfile.mkdtemp(prefix="WaveletDiffusion-"))
         job = Job(
             kind="generate",
@@ -58,7 +60,8 @@ class GenerationRequests(WorkerClient):
         )
         self._log(
             f"generating {params.count} volume(s) with {params.model} on {params.device}: "
-            f"{params.sampler}, {params.steps} steps, seed {params.seed}"
+            f"{params.sampler}, {params.steps} steps, seed {params.seed}, backend {params.backend}, "
+            f"precision {params.precision}"
         )
         return self._submit(
             job,
@@ -72,6 +75,7 @@ class GenerationRequests(WorkerClient):
             steps=int(params.steps),
             batch_size=int(params.batch_size),
             precision=params.precision,
+            backend=params.backend,
             preview_every=int(params.preview_every) if params.preview else 0,
             output_dir=str(output_dir),
             name=file_name(params.node_name()),  # the worker takes plain file names only; nodes keep the name
@@ -94,7 +98,7 @@ class GenerationRequests(WorkerClient):
         ``sampler`` defaults to the engine's default sampler (UniPC, ``wdmcore.vocabulary.DEFAULT_SAMPLER``) with
         its default step count (10 for unipc); ``sampler="ancestral", steps=1000`` gives the paper's sampler exactly. A
         sampler named without ``steps`` gets its default step count (:data:`.parameters.DEFAULT_STEPS`). Other
-        keywords are :class:`GenerationParameters` fields (``batch_size``, ``precision``, ``preset``,
+        keywords are :class:`GenerationParameters` fields (``batch_size``, ``precision``, ``backend``, ``preset``,
         ``output_name``, ``preview``). Raises :class:`GenerationError` (or
         :class:`GenerationCancelled`); volumes finished before a failure stay in the scene and are listed
         in the exception's ``nodes``.
@@ -193,7 +197,7 @@ class GenerationRequests(WorkerClient):
         card: dict[str, Any],
         *,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
         grid: tuple[int, ...] | None = None,
         preset: str | None = None,
         devices: list[dict[str, Any]] | None = None,
@@ -246,7 +250,7 @@ def _sampling_warning(
         fits = memory.largest_batch(needed, 0.9 * available, batch_size)
         if fits:
             remedies.append(f"set the batch size to {fits}")
-    if precision == "fp32" and device.startswith("cuda"):
+    if precision in ("auto", "fp32") and device.startswith("cuda"):  # auto is fp32 on CUDA
         remedies.append("choose bf16 precision")
     if device != "cpu":
         remedies.append("run on the CPU (slower, uses the computer's memory)")

@@ -27,7 +27,11 @@ SAMPLERS = ("unipc", "dpm++2m", "dpm++2m-sde", "ddim", "ancestral")
 # wdmcore; Testing/test_slicer_parameters.py checks that the two agree).
 DEFAULT_STEPS = {"unipc": 10, "dpm++2m": 25, "dpm++2m-sde": 25, "ddim": 50, "ancestral": 1000}
 PRESETS = ("", "unet-128", "unet-256", "wavunet-128", "wavunet-256")
-PRECISIONS = ("fp32", "fp16", "bf16")
+# How the worker runs the network (wdmcore.vocabulary's PRECISION_NAMES and BACKEND_NAMES, kept here because the
+# Lib does not import wdmcore; Testing/test_slicer_parameters.py checks that they agree). "auto" picks for the
+# device and CPU (docs/generation.md, "CPU backends"); OpenVINO runs on the CPU only, fp16 on CUDA only.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "openvino")
 DEFAULT_MODEL = "demo_phantom_64"
 
 
@@ -45,7 +49,9 @@ class GenerationParameters:
     count: int = 1
     seed: int = 0
     batch_size: int = 1
-    precision: str = "fp32"
+    precision: str = "auto"
+    backend: str = "auto"
+    """The network's backend: auto, torch or openvino (the CPU; the engine's optional ``openvino`` extra)."""
     output_name: str = ""
     """Node name prefix; empty: named after the model."""
     preview: bool = True
@@ -61,8 +67,9 @@ class GenerationParameters:
         message = numeric_problem(self, NUMERIC_LABELS)
         if message:
             raise ValueError(message)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision is one of {', '.join(PRECISIONS)}")
+        message = backend_problem(self.device, self.backend, self.precision)
+        if message:
+            raise ValueError(message)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(p for p in PRESETS if p)}")
         return self
@@ -82,7 +89,23 @@ class GenerationParameters:
         return base or "WDM"
 
 
-_PERSISTED = ("model", "preset", "device", "sampler", "steps", "count", "batch_size", "precision", "preview")
+_PERSISTED = ("model", "preset", "device", "sampler", "steps", "count", "batch_size", "precision", "backend",
+              "preview")  # fmt: skip
+
+
+def backend_problem(device: str, backend: str, precision: str) -> str | None:
+    """What is wrong with running the network with ``backend`` and ``precision`` on ``device``, in one sentence
+    that says what to choose (the combinations the engine refuses, wdmcore.backends.choice); None when allowed."""
+    if precision not in PRECISIONS:
+        return f"precision is one of {', '.join(PRECISIONS)}, got {precision!r}"
+    if backend not in BACKENDS:
+        return f"backend is one of {', '.join(BACKENDS)}, got {backend!r}"
+    on_cpu = device == "cpu"
+    if backend == "openvino" and not on_cpu:
+        return f"the OpenVINO backend runs on the CPU, not on {device}: choose the CPU, or backend auto or torch"
+    if precision == "fp16" and on_cpu:
+        return "fp16 is a CUDA precision: on the CPU choose precision auto, fp32 or bf16"
+    return None
 
 
 # The numeric settings, checked against the engine's table (wdmcore.limits) under these names, with the words

@@ -520,7 +520,7 @@ def run_plan(task: str, card: Mapping[str, Any], model: str, chosen: Selection, 
     Generation keeps its own path (``start_generation`` with the whole settings)."""
     # *Live preview* unticked reaches the worker as preview_every 0: no preview files, no preview node.
     common = {"seed": int(settings.seed), "device": settings.device, "precision": settings.precision,
-              "preview": bool(settings.preview)}  # fmt: skip
+              "backend": settings.backend, "preview": bool(settings.preview)}  # fmt: skip
     if uses_samples(task) and chosen.samples > 1:
         common["samples"] = int(chosen.samples)
     sampling = {"sampler": settings.sampler, "steps": int(settings.steps)}

@@ -31,7 +31,8 @@ class TaskRequests(GenerationRequests):
         sampler: str | None = None,
         steps: int | None = None,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
+        backend: str = "auto",
         preview: bool = True,
         preview_every: int = 5,
         on_progress: Callable[[Job, dict], None] | None = None,
@@ -49,8 +50,8 @@ class TaskRequests(GenerationRequests):
         tasks.check_same_grid(inputs)
         first = next(iter(inputs.values()))
         params = TaskParameters("synthesize", str(model), seed=seed, samples=samples, sampler=sampler, steps=steps,
-                                device=device, precision=precision, preview=preview, preview_every=preview_every,
-                                source=first.GetName(),
+                                device=device, precision=precision, backend=backend, preview=preview,
+                                preview_every=preview_every, source=first.GetName(),
                                 inputs={k: v.GetName() for k, v in inputs.items()}).validate()  # fmt: skip
         job = self._task_job(params, inputs, first, on_progress, on_preview, on_volume, on_finished)
 
@@ -75,7 +76,8 @@ class TaskRequests(GenerationRequests):
         steps: int | None = None,
         resample: int | None = None,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
+        backend: str = "auto",
         preview: bool = True,
         preview_every: int = 5,
         on_progress: Callable[[Job, dict], None] | None = None,
@@ -103,9 +105,9 @@ class TaskRequests(GenerationRequests):
                 f"{mask_label} does not cover any voxel of {volume.GetName()!r}; draw the region on this volume"
             )
         params = TaskParameters("inpaint", str(model), seed=seed, samples=samples, steps=steps, resample=resample,
-                                device=device, precision=precision, preview=preview, preview_every=preview_every,
-                                source=volume.GetName(), inputs={"image": volume.GetName()},
-                                mask=mask_label).validate()  # fmt: skip
+                                device=device, precision=precision, backend=backend, preview=preview,
+                                preview_every=preview_every, source=volume.GetName(),
+                                inputs={"image": volume.GetName()}, mask=mask_label).validate()  # fmt: skip
         job = self._task_job(params, {"image": volume}, volume, on_progress, on_preview, on_volume, on_finished)
 
         def export() -> dict[str, Any]:
@@ -133,7 +135,8 @@ class TaskRequests(GenerationRequests):
         sampler: str | None = None,
         steps: int | None = None,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
+        backend: str = "auto",
         preview: bool = True,
         preview_every: int = 5,
         on_progress: Callable[[Job, dict], None] | None = None,
@@ -147,8 +150,8 @@ class TaskRequests(GenerationRequests):
         below the chosen noise level run."""
         tasks.check_volume(volume, "the volume to vary")
         params = TaskParameters("vary", str(model), seed=seed, samples=samples, sampler=sampler, steps=steps,
-                                device=device, precision=precision, count=count, strength=strength, preview=preview,
-                                preview_every=preview_every, source=volume.GetName(),
+                                device=device, precision=precision, backend=backend, count=count, strength=strength,
+                                preview=preview, preview_every=preview_every, source=volume.GetName(),
                                 inputs={"image": volume.GetName()}).validate()  # fmt: skip
         job = self._task_job(params, {"image": volume}, volume, on_progress, on_preview, on_volume, on_finished)
 
@@ -231,6 +234,7 @@ class TaskRequests(GenerationRequests):
         params: TaskParameters = job.params
         try:
             self.require_dependencies()  # before any file is written (``_submit`` asks again, at no cost)
+            self.require_backend(params.backend)
             fields = export()
         except BaseException:
             shutil.rmtree(job.output_dir, ignore_errors=True)
@@ -244,6 +248,7 @@ class TaskRequests(GenerationRequests):
             "device": params.device,
             "seed": int(params.seed),
             "precision": params.precision,
+            "backend": params.backend,
             "preview_every": int(params.preview_every) if params.preview else 0,
             "output_dir": str(job.output_dir / "results"),
             "name": params.task,

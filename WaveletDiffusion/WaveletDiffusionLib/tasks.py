@@ -20,6 +20,8 @@ from vtk.util import numpy_support
 from WaveletDiffusionCommonLib import volumes
 from WaveletDiffusionCommonLib.settings import numeric_problem
 
+from .parameters import backend_problem
+
 TASKS = ("synthesize", "inpaint", "vary")
 # Inputs that should share one grid may differ by rounding in their headers (as wdmcore.tasks.inputs allows).
 GRID_TOLERANCE_MM = 1e-3
@@ -46,7 +48,8 @@ class TaskParameters:
     sampler: str | None = None
     steps: int | None = None
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"
+    backend: str = "auto"
     count: int = 1
     strength: float | None = None
     resample: int | None = None
@@ -66,7 +69,9 @@ class TaskParameters:
             raise TaskInputError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if not self.model:
             raise TaskInputError("choose a model (or open a checkpoint file)")
-        message = numeric_problem(self, TASK_NUMERIC_LABELS)
+        message = numeric_problem(self, TASK_NUMERIC_LABELS) or backend_problem(
+            self.device, self.backend, self.precision
+        )
         if message:
             raise TaskInputError(message)
         return self

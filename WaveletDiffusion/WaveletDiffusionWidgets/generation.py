@@ -56,6 +56,24 @@ class GenerationPanel:
         if self._parameterNode and device:
             self._parameterNode.device = device
 
+    def onBackendChosen(self, index) -> None:
+        """The user's choice only (the box is not bound by connectGui, so that choosing OpenVINO, and nothing else,
+        offers to install it)."""
+        if not self._parameterNode:
+            return
+        backend = parameters.BACKENDS[index]
+        self._parameterNode.backend = backend
+        with slicer.util.tryWithErrorDisplay(_("Cannot install the OpenVINO backend."), waitCursor=True):
+            self.logic.require_backend(backend, again=True)
+
+    def showBackend(self) -> None:
+        if not self._parameterNode:
+            return
+        combo = self.ui.backendComboBox
+        combo.blockSignals(True)
+        combo.setCurrentIndex(parameters.BACKENDS.index(self._parameterNode.backend))
+        combo.blockSignals(False)
+
     # ------------------------------------------------------------------------------------------- sampler
 
     def onSamplerPresetChosen(self, index) -> None:

@@ -134,6 +134,9 @@ def missing(
 # What training needs beyond generation: NIfTI files are read with nibabel, which Slicer's Python lacks
 # (SimpleITK, for NRRD/MHA, comes with Slicer).
 TRAINING_PACKAGES: tuple[Requirement, ...] = (Requirement("nibabel", "5"),)
+# The packages of the engine's optional network backends: its extras of the same name (keep in step with
+# [project.optional-dependencies] of WDMCore/pyproject.toml; a test checks it). PyTorch needs nothing more.
+BACKEND_PACKAGES: dict[str, tuple[Requirement, ...]] = {"openvino": (Requirement("openvino", "2024.0"),)}
 
 
 def ensure_dependencies(
@@ -184,8 +187,36 @@ def ensure_dependencies(
     return outcome
 
 
+def offer_backend(
+    installers: Installers, backend: str, *, question: str, requester: str = "Wavelet Diffusion", testing: bool = False
+) -> str | None:
+    """Offer to install the packages of the network backend ``backend`` (:data:`BACKEND_PACKAGES`: the engine's
+    extra of that name) when they are missing, the way the engine's own packages are offered (Slicer's
+    ``pip_ensure``, or ``question`` then ``pip_install``; ``question`` may name the missing ``{packages}``).
+    Returns None when the backend is ready, else one sentence for the log: the worker runs PyTorch instead (the
+    engine's fallback), which is no error. In ``testing`` mode nothing is asked or installed."""
+    absent = missing(BACKEND_PACKAGES.get(backend, ()), installers.version_of)
+    if not absent:
+        return None
+    packages = ", ".join(m.describe() for m in absent)
+    instead = f"the {backend} backend needs {packages}; PyTorch runs the network instead"
+    if testing:
+        return f"{instead} (testing mode installs nothing)."
+    try:
+        _install_packages(installers, absent, set(installers.loaded_modules()), Outcome(), requester,
+                          question=question.format(packages=packages))  # fmt: skip
+    except DependencyError as exc:
+        return f"{instead} ({exc})"
+    return None
+
+
 def _install_packages(
-    installers: Installers, others: list[Missing], loaded: set[str], outcome: Outcome, requester: str
+    installers: Installers,
+    others: list[Missing],
+    loaded: set[str],
+    outcome: Outcome,
+    requester: str,
+    question: str | None = None,
 ) -> None:
     version_of = installers.version_of
     specs = [m.requirement.spec for m in others]
@@ -196,7 +227,7 @@ def _install_packages(
     else:
         if installers.pip_install is None:
             raise DependencyError(f"missing Python packages: {', '.join(m.describe() for m in others)}")
-        question = (
+        question = question or (
             f"{requester} needs these Python packages: {', '.join(m.describe() for m in others)}. Install them now?"
         )
         if not installers.confirm(question):
