@@ -280,7 +280,6 @@ def _wdm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     ("options", "message"),
     [
         (["--calls", "3"], "power of two"),
-        (["--calls", "0"], "power of two"),
         (["--calls", "16", "--teacher-calls", "16"], "fewer than the teacher"),
         (["--teacher-calls", "12"], "power of two"),
     ],
@@ -291,6 +290,11 @@ def test_the_command_refuses_bad_call_counts(teacher_file, tmp_path, options, me
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("wdm: error:") and message in done.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_call_count_outside_the_table_is_refused_by_the_parser(tmp_path):
+    done = _wdm("distill", "--teacher", "x.safetensors", "--out", "out", "--calls", "0", cwd=tmp_path)
+    assert done.returncode == 2 and "--calls" in done.stderr and not (tmp_path / "out").exists()
 
 
 def test_an_inpaint_teacher_is_refused(tmp_path):

@@ -6,8 +6,8 @@
 
 Progressive distillation: each round halves the calls, from --teacher-calls down to --calls (16 -> 8 -> 4: two
 rounds of --steps-per-round steps). The data options are those of `wdm train` (the same discovery, preprocessing
-and cache); a synthesize teacher takes paired phantoms (--format phantoms). The student is OUT/student_<N>calls
-.safetensors, an ordinary model file whose card names the sampler and calls it samples with by default. --resume
+and cache); a synthesize teacher takes paired phantoms (--format phantoms). The student is the model file
+OUT/student_<N>calls.safetensors, whose card names the sampler and calls it samples with by default. --resume
 continues the unfinished round (with the recorded data unless other data options are given); a stop file
 OUT/round<r>_<calls>calls/STOP, SIGINT or SIGTERM end a round at a checkpoint.
 """
@@ -50,9 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--teacher", required=True, metavar="MODEL", help="model file or catalogue name to distil")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder: rounds and student")
-    parser.add_argument("--calls", type=int, default=4, help="the student's DDIM calls, a power of two [4]")
     parser.add_argument(
-        "--teacher-calls", type=int, default=16, help="the teacher's DDIM calls the rounds start from [16]"
+        "--calls", type=option_type("calls"), default=4, help="the student's DDIM calls, a power of two [4]"
+    )
+    parser.add_argument(
+        "--teacher-calls",
+        type=option_type("calls"),
+        default=16,
+        help="the teacher's DDIM calls the rounds start from [16]",
     )
     parser.add_argument("--resume", action="store_true", help="continue the distillation in --out")
     parser.add_argument("--name", help="model name written into the student's card")
