@@ -15,8 +15,10 @@ import torch
 from test_samplers_exact import SHAPE, TexturedMixture
 from training_helpers import TINY_NETWORK
 
+import wdmcore
 from wdmcore import generate, load_model
-from wdmcore.data.phantoms import PhantomDataset
+from wdmcore.data.contrasts import paired_phantom
+from wdmcore.data.phantoms import PhantomDataset, phantom_affine
 from wdmcore.diffusion import Diffusion, DiffusionConfig
 from wdmcore.distill import (
     DistillationObjective,
@@ -159,6 +161,9 @@ def test_rounds_make_a_student_file_whose_card_sets_the_default_sampler_and_call
     assert [e["done"] for e in progress if e.get("event") == "progress" and e.get("task") == "sample"][-1] == 2
     explicit = generate(result.model_path, 1, sampler="unipc", steps=3)[0]
     assert (explicit.meta["sampler"], explicit.meta["steps"]) == ("unipc", 3)
+    image = PhantomDataset(1, 16)[0][0][0].numpy()
+    varied = wdmcore.vary(result.model_path, (image, phantom_affine(16)), strength=0.6)
+    assert (varied.meta["sampler"], varied.meta["steps"]) == ("ddim", 2) and varied.meta["denoising_steps"] == 1
 
     # The student's DDIM runs its card's timesteps: the network sees exactly them.
     seen: list[int] = []
@@ -219,6 +224,10 @@ def test_a_conditional_teacher_is_distilled_with_its_conditioning_carried(tmp_pa
     assert student.task == "synthesize" and student.card["inputs"] == card["inputs"]
     coefficients = student.sample_coefficients([0], sampler="ddim", steps=4, condition=condition[None])
     assert coefficients.shape == (1, 8, 8, 8, 8) and bool(torch.isfinite(coefficients).all())
+    contrasts, _ = paired_phantom(16, 5, 0)
+    inputs = {name: (contrasts[name], phantom_affine(16)) for name in ("t2", "flair", "pd")}
+    made = wdmcore.synthesize(result.model_path, inputs)
+    assert (made.meta["sampler"], made.meta["steps"]) == ("ddim", 4) and made.array.shape == (16, 16, 16)
     # Single volumes cannot drive a conditional teacher: the objective says what it needs.
     with pytest.raises(ConfigError, match="condition"):
         distill(teacher, PhantomDataset(4, 16), tmp_path / "single", small_config(calls=4, steps_per_round=1))
@@ -232,7 +241,7 @@ _WORKER = textwrap.dedent(
     import torch
     sys.path.insert(0, {testing!r})
     from test_distill import small_config
-    from wdmcore.data.phantoms import PhantomDataset
+    from wdmcore.data.phantoms import PhantomDataset, phantom_affine
     from wdmcore.distill import distill
 
     torch.set_num_threads(1)
