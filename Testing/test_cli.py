@@ -114,7 +114,7 @@ def test_building_the_parser_and_every_help_imports_neither_torch_nor_numpy():
         parser = m.build_parser()
         texts = []
         commands = ["sample", "train", "evaluate", "models", "download", "import-model", "inspect",
-                    "preprocess-lidc", "summarize", "synthesize", "inpaint", "vary", "example-data"]
+                    "preprocess-lidc", "summarize", "synthesize", "inpaint", "vary", "example-data", "distill"]
         for command in [None, *commands]:
             out = io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
@@ -125,7 +125,7 @@ def test_building_the_parser_and_every_help_imports_neither_torch_nor_numpy():
     )
     result = _python(code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False", "0", "14"]  # 13 commands + `wdm --help`, no RST markup
+    assert result.stdout.split() == ["False", "False", "0", "15"]  # 14 commands + `wdm --help`, no RST markup
 
 
 def test_wdm_help_and_version_exit_0_without_torch():

@@ -414,13 +414,13 @@ def test_synthesize_and_vary_default_to_the_fast_sampler_and_report_steps(cwdm_t
 
 def test_cli_task_defaults():
     from wdmcore.cli.main import build_parser
-    from wdmcore.vocabulary import DEFAULT_SAMPLER
 
+    # No sampler given: the task picks it (the engine's default, or a distilled student's card's).
     parser = build_parser()
     args = parser.parse_args(["synthesize", "--model", "m", "--out", "o.nii.gz"])
-    assert (args.sampler, args.steps, args.postprocess) == (DEFAULT_SAMPLER, None, "threshold")
+    assert (args.sampler, args.steps, args.postprocess) == (None, None, "threshold")
     args = parser.parse_args(["vary", "--model", "m", "--image", "x", "--out", "o.nii.gz"])
-    assert (args.sampler, args.steps) == (DEFAULT_SAMPLER, None)
+    assert (args.sampler, args.steps) == (None, None)
 
 
 @pytest.fixture(scope="module")

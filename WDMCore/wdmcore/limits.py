@@ -88,6 +88,7 @@ LIMITS: dict[str, Limit] = {
     "max_nonfinite_steps": Limit(True, 1, _BIG),
     "spacing": Limit(False, 0.0, 100.0, low_open=True),  # millimetres per voxel
     "phantoms": Limit(True, 1, _COUNT),
+    "calls": Limit(True, 1, _COUNT),  # wdm distill: the student's and the teacher's DDIM calls
     "model_channels": Limit(True, 1, 4096),
     "num_res_blocks": Limit(True, 1, 64),
     "num_groups": Limit(True, 1, 4096),

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "wdmcore.cli.vary",
     "wdmcore.cli.example_data",
     "wdmcore.cli.train",
+    "wdmcore.cli.distill",
     "wdmcore.cli.evaluate",
     "wdmcore.cli.models",
     "wdmcore.cli.download",

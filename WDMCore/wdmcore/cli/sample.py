@@ -48,7 +48,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--seed", type=option_type("seed"), default=0, help="seed of the first volume; volume i uses seed + i [0]"
     )
-    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
+    parser.add_argument(
+        "--sampler", choices=SAMPLER_NAMES, default=None, help=f"[{DEFAULT_SAMPLER}; a distilled student: its card's]"
+    )
     parser.add_argument(
         "--steps",
         type=option_type("steps"),

@@ -53,7 +53,9 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=ExampleFormatter,
     )
     add_common_options(p, model_help="a synthesis model: catalogue name or checkpoint file")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
+    p.add_argument(
+        "--sampler", choices=SAMPLER_NAMES, default=None, help=f"[{DEFAULT_SAMPLER}; a distilled student: its card's]"
+    )
     p.add_argument(
         "--steps",
         type=option_type("steps"),

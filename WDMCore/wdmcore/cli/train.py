@@ -112,6 +112,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_progress_option(parser)
 
+    add_data_options(parser)
+
+    hyper = parser.add_argument_group("training")
+    for option, name, kind, text in _TRAIN_OPTIONS:
+        hyper.add_argument(option, dest=f"train_{name}", type=_typed(name, kind), metavar=name.upper(), help=text)
+    hyper.add_argument(
+        "--adam-betas",
+        dest="train_adam_betas",
+        type=option_type("adam_beta"),
+        nargs=2,
+        metavar=("B1", "B2"),
+        help="AdamW betas",
+    )
+    hyper.add_argument(
+        "--precision",
+        dest="train_precision",
+        choices=("auto", "fp32", "bf16"),
+        help="bf16 autocasts the network (refused on the CPU); default auto: bf16 on CUDA, fp32 elsewhere",
+    )
+    hyper.add_argument("--no-ema-warmup", dest="train_ema_warmup", action="store_false", help="constant EMA rate")
+    hyper.add_argument(
+        "--activation-checkpointing",
+        dest="train_activation_checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass (less memory, ~30%% more time)",
+    )
+    hyper.add_argument("--no-tensorboard", dest="train_tensorboard", action="store_false", help="no TensorBoard")
+    net = parser.add_argument_group("network (overrides the preset)")
+    for option, name, kind, text in _NETWORK_OPTIONS:
+        net.add_argument(option, dest=f"net_{name}", type=_typed(name, kind), metavar=name.upper(), help=text)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The data options (``args.data_<name>``, the keys of :data:`DATA_DEFAULTS`), shared with ``wdm distill``."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data", dest="data_path", type=Path, metavar="PATH", help="dataset folder, list file or volume file"
@@ -151,37 +187,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="N",
         help="number of phantoms (--format phantoms)",
     )
-
-    hyper = parser.add_argument_group("training")
-    for option, name, kind, text in _TRAIN_OPTIONS:
-        hyper.add_argument(option, dest=f"train_{name}", type=_typed(name, kind), metavar=name.upper(), help=text)
-    hyper.add_argument(
-        "--adam-betas",
-        dest="train_adam_betas",
-        type=option_type("adam_beta"),
-        nargs=2,
-        metavar=("B1", "B2"),
-        help="AdamW betas",
-    )
-    hyper.add_argument(
-        "--precision",
-        dest="train_precision",
-        choices=("auto", "fp32", "bf16"),
-        help="bf16 autocasts the network (refused on the CPU); default auto: bf16 on CUDA, fp32 elsewhere",
-    )
-    hyper.add_argument("--no-ema-warmup", dest="train_ema_warmup", action="store_false", help="constant EMA rate")
-    hyper.add_argument(
-        "--activation-checkpointing",
-        dest="train_activation_checkpointing",
-        action="store_true",
-        help="recompute activations in the backward pass (less memory, ~30%% more time)",
-    )
-    hyper.add_argument("--no-tensorboard", dest="train_tensorboard", action="store_false", help="no TensorBoard")
-    net = parser.add_argument_group("network (overrides the preset)")
-    for option, name, kind, text in _NETWORK_OPTIONS:
-        net.add_argument(option, dest=f"net_{name}", type=_typed(name, kind), metavar=name.upper(), help=text)
-    parser.set_defaults(handler=run)
-    return parser
 
 
 def _typed(name: str, kind: type) -> Any:

@@ -26,7 +26,9 @@ def add_parser(subparsers: Any) -> None:
     add_common_options(p, model_help="an unconditional model: catalogue name or checkpoint file")
     p.add_argument("--image", type=Path, required=True, help="the volume to vary")
     p.add_argument("--strength", type=option_type("strength"), default=0.5, help="how far to diffuse, in (0, 1] [0.5]")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER, help=f"[{DEFAULT_SAMPLER}]")
+    p.add_argument(
+        "--sampler", choices=SAMPLER_NAMES, default=None, help=f"[{DEFAULT_SAMPLER}; a distilled student: its card's]"
+    )
     p.add_argument(
         "--steps",
         type=option_type("steps"),

@@ -132,6 +132,8 @@ def _check(card: Any, require_network: bool) -> None:
         _check_intensity(card["intensity"])
     if card.get("sampling") is not None:
         _check_sampling(card["sampling"])
+    if card.get("distilled") is not None:
+        _check_distilled(card["distilled"], card.get("diffusion") or {})
 
 
 def _check_depth(value: Any, depth: int) -> None:
@@ -239,6 +241,27 @@ def _check_sampling(value: Any) -> None:
         raise _Invalid(f"'sampling' must be an object, got {_json_type(value)}.")
     if "int64_draws_before_noise" in value:
         _int(value["int64_draws_before_noise"], "sampling.int64_draws_before_noise", 0, 16)
+
+
+def _check_distilled(value: Any, diffusion: dict[str, Any]) -> None:
+    """A student's record (:mod:`wdmcore.distill`): the deterministic sampler and calls it was distilled for and
+    their decreasing timesteps, which the engine runs by default."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"'distilled' must be an object, got {_json_type(value)}.")
+    if value.get("sampler") != "ddim":
+        raise _Invalid(f"'distilled.sampler' must be 'ddim' (the sampler students are distilled for), got "
+                       f"{value.get('sampler')!r:.40}.")  # fmt: skip
+    calls = _int(value.get("calls"), "distilled.calls", 1, MAX_STEPS)
+    timesteps = value.get("timesteps")
+    if not isinstance(timesteps, list) or len(timesteps) != calls:
+        raise _Invalid(f"'distilled.timesteps' must be a list of {calls} timesteps (one per call).")
+    steps = int(diffusion.get("steps", 1000)) if isinstance(diffusion, dict) else 1000
+    numbers = [_int(t, "distilled.timesteps", 0, max(0, steps - 1)) for t in timesteps]
+    if any(a <= b for a, b in zip(numbers[:-1], numbers[1:], strict=True)):
+        raise _Invalid("'distilled.timesteps' must be decreasing (the order the sampler calls the network in).")
+    sha = value.get("teacher_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise _Invalid("'distilled.teacher_sha256' must be 64 lowercase hexadecimal digits.")
 
 
 def check_network(value: Any) -> None:

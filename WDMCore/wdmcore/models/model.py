@@ -19,7 +19,8 @@ from ..diffusion import Diffusion, DiffusionConfig
 from ..errors import CheckpointError, ConfigError, InputShapeError, NonFiniteError
 from ..events import ProgressCallback, ProgressTracker
 from ..networks import DiffusionNetwork, NetworkConfig, build_network
-from ..samplers import CancelCheck, NoiseSource, StepCallback, run_sampler
+from ..samplers import CancelCheck, NoiseSource, StepCallback, default_calls, run_sampler
+from ..vocabulary import DEFAULT_SAMPLER
 from ..wavelets import from_coefficients
 from .cards import validate_card
 from .checkpoints import (
@@ -76,6 +77,25 @@ class WDMModel:
             raise ConfigError(f"steps must be between 1 and {self.diffusion.num_timesteps}, got {steps}.")
         return self.diffusion.respaced(steps)
 
+    def sampling_defaults(self, sampler: str | None, steps: int | None, quality: str = "default") -> tuple[str, int]:
+        """(sampler, network calls) for what the user gave (None: not given). A distilled student's card names the
+        sampler and calls it was distilled for: they are the defaults; otherwise the engine's
+        (:func:`wdmcore.samplers.default_calls`). Given values always win."""
+        distilled = self.card.get("distilled") or {}
+        if sampler is None:
+            sampler = distilled.get("sampler") or DEFAULT_SAMPLER
+        if steps is None and distilled and sampler == distilled["sampler"]:
+            return sampler, int(distilled["calls"])
+        return sampler, default_calls(sampler, steps, quality)
+
+    def distilled_timesteps(self, sampler: str, steps: int) -> list[int] | None:
+        """The timesteps a student was distilled for, when it is run with the sampler and calls of its card
+        (None otherwise: the sampler's own spacing)."""
+        distilled = self.card.get("distilled") or {}
+        if distilled and sampler == distilled["sampler"] and int(steps) == int(distilled["calls"]):
+            return [int(t) for t in distilled["timesteps"]]
+        return None
+
     def noise_source(self, seeds: list[int]) -> NoiseSource:
         """The random streams of a batch, following the released script's recipe for this model's family."""
         draws = int((self.card.get("sampling") or {}).get("int64_draws_before_noise", 0))
@@ -125,7 +145,7 @@ class WDMModel:
 
         ``sampler``: "ancestral" (the released sampler; respaced when ``steps`` is below the model's step count),
         "ddim", "dpm++2m", "dpm++2m-sde" or "unipc" (see :mod:`wdmcore.samplers`); ``steps`` defaults to the full
-        schedule.
+        schedule; a distilled student run with the sampler and calls of its card uses its card's timesteps.
         ``condition`` (conditional models): the assembled conditioning coefficients in the released channel
         order (cWDM: the given sequences' packs; fastWDM3D: voided image pack, then mask pack); the output grid
         is the condition's. ``network``: the call that runs the network (:func:`wdmcore.backends.network_call`;
@@ -134,13 +154,15 @@ class WDMModel:
         spatial = condition.shape[2:] if condition is not None else tuple(s // 2 for s in self.image_shape)
         noise = self.noise_source(seeds)
         x = noise.initial((self.network.config.out_channels, *spatial))
+        steps = self.diffusion.num_timesteps if steps is None else steps
         return run_sampler(
             sampler,
             self.network if network is None else network,
             self.diffusion,
             x,
             noise,
-            steps=self.diffusion.num_timesteps if steps is None else steps,
+            steps=steps,
+            timesteps=self.distilled_timesteps(sampler, steps),
             eta=eta,
             on_step=on_step,
             cancel=cancel,

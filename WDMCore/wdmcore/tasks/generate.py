@@ -146,7 +146,7 @@ def generate(
     num: int = 1,
     *,
     seed: int = 0,
-    sampler: str = DEFAULT_SAMPLER,
+    sampler: str | None = None,
     steps: int | None = None,
     quality: str = "default",
     batch_size: int = 1,
@@ -169,11 +169,12 @@ def generate(
         model: a :class:`WDMModel`, a checkpoint path (``.pt`` released format, ``.safetensors`` ours) or a
             catalogue name (``wdm models``; downloaded and verified on first use).
         num: how many volumes; volume i is drawn from seed ``seed + i`` (independent of ``batch_size``).
-        sampler: ``"unipc"`` (default), ``"dpm++2m"``, ``"dpm++2m-sde"``, ``"ddim"`` (fast solvers on log-SNR
+        sampler: ``"unipc"`` (default; a distilled student's default is its card's sampler), ``"dpm++2m"``,
+            ``"dpm++2m-sde"``, ``"ddim"`` (fast solvers on log-SNR
             spacing down to t = 0) or ``"ancestral"`` (the paper's sampler; with 1000 steps exactly the
             released one, respaced below that).
         steps: network evaluations per volume; default per sampler (:data:`DEFAULT_STEPS`: 10 for unipc, 1000
-            for ancestral).
+            for ancestral; a student's card's calls for the sampler it was distilled for, see :mod:`wdmcore.distill`).
         quality: ``"default"``, or ``"preview"`` for a quick look (UniPC, :data:`PREVIEW_STEPS` = 6 calls); used
             when ``steps`` is not given.
         batch_size: volumes sampled together (memory vs. speed; the results do not change).
@@ -197,7 +198,7 @@ def generate(
     Returns one :class:`GeneratedVolume` per seed, in order. Raises :class:`OutOfMemoryError` when the device
     runs out of memory, :class:`Cancelled` when cancelled, :class:`ConfigError` for invalid settings.
     """
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
     if num < 1 or batch_size < 1:
         raise ConfigError("num and batch_size must be at least 1.")
@@ -207,12 +208,13 @@ def generate(
         raise ConfigError(
             f"seed must lie between 0 and {MAX_SEED - (num - 1)} (seed + i for {num} volumes), got {seed}."
         )
-    steps = default_calls(sampler, steps, quality)
+    default_calls(sampler or DEFAULT_SAMPLER, steps, quality)  # the quality and steps, before the model is read
     if progress:
         from ..progressbar import ProgressBars, combine
 
         with ProgressBars() as bars:
-            return generate(model, num, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
+            return generate(model, num, seed=seed, sampler=sampler, steps=steps, quality=quality,
+                            batch_size=batch_size,
                             device=device, precision=precision, backend=backend, cancel=cancel,
                             on_progress=combine(on_progress, bars),
                             on_preview=on_preview, preview_every=preview_every, compile=compile, preset=preset,
@@ -225,6 +227,7 @@ def generate(
             f"this is a {wdm.task} model: it needs inputs ({', '.join(wdm.input_names)}); use `wdm {wdm.task}` or "
             f"wdmcore.{wdm.task}() instead of generating with it."
         )
+    sampler, steps = wdm.sampling_defaults(sampler, steps, quality)
     if not 1 <= steps <= wdm.diffusion.num_timesteps:
         raise ConfigError(f"steps must be between 1 and {wdm.diffusion.num_timesteps}, got {steps}.")
     check_cancel = cancel_check(cancel)
@@ -278,7 +281,15 @@ def generate(
                 noise = NoiseSource(seeds, torch_device)
                 x = noise.initial((wdm.network.config.in_channels, half, half, half))
                 coeffs = run_sampler(
-                    sampler, call, wdm.diffusion, x, noise, steps=steps, on_step=on_step, cancel=check_cancel
+                    sampler,
+                    call,
+                    wdm.diffusion,
+                    x,
+                    noise,
+                    steps=steps,
+                    on_step=on_step,
+                    cancel=check_cancel,
+                    timesteps=wdm.distilled_timesteps(sampler, steps),
                 )
                 _check_finite(coeffs, seeds, wdm)
                 arrays = to_output(coeffs)

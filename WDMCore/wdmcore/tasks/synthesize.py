@@ -100,7 +100,7 @@ def synthesize(
     seed: int = 0,
     samples: int = 1,
     keep_samples: bool = False,
-    sampler: str = DEFAULT_SAMPLER,
+    sampler: str | None = None,
     steps: int | None = None,
     quality: str = "default",
     postprocess: str = DEFAULT_POSTPROCESS,
@@ -118,7 +118,8 @@ def synthesize(
     ``sampler``/``steps``/``quality``: as for :func:`~wdmcore.tasks.generate.generate`: the engine's fast default
     (UniPC, 10 network calls; ``quality="preview"``: 6); ``sampler="ancestral", steps=1000`` is the released
     sampler. A model with fewer
-    diffusion steps than the sampler's default runs all of them.
+    diffusion steps than the sampler's default runs all of them; a distilled student defaults to its card's sampler
+    and calls.
 
     ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`.
 
@@ -135,6 +136,9 @@ def synthesize(
     resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "synthesize")
+    if wdm.card.get("distilled") and steps is None:
+        sampler, steps = wdm.sampling_defaults(sampler, steps, quality)
+    sampler = sampler or DEFAULT_SAMPLER
     steps = default_steps(wdm, sampler, quality) if steps is None else int(steps)
     volumes = read_inputs(inputs, wdm.input_names, "synthesize")
     warn_outside_domain(wdm, list(volumes.values()), on_progress, "synthesize", at_model_spacing=False)

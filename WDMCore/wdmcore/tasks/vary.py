@@ -53,7 +53,7 @@ def vary(
     seed: int = 0,
     samples: int = 1,
     keep_samples: bool = False,
-    sampler: str = DEFAULT_SAMPLER,
+    sampler: str | None = None,
     steps: int | None = None,
     quality: str = "default",
     device: str | torch.device = "cpu",
@@ -67,7 +67,8 @@ def vary(
     """A variation of ``image`` (path, (array, affine), array or GeneratedVolume) in its own grid.
 
     ``sampler``/``steps``/``quality``: as for :func:`~wdmcore.tasks.generate.generate` (default: the engine's fast
-    sampler and its step count over the whole schedule, of which only those below the starting noise level run).
+    sampler and its step count over the whole schedule, of which only those below the starting noise level run; a
+    distilled student: its card's sampler and calls).
     ``backend``/``precision``: what runs the network, as for :func:`~wdmcore.tasks.generate.generate`.
 
     ``samples``: variations from seeds ``seed`` ... ``seed + samples - 1``, sampled together as memory allows; the
@@ -80,6 +81,9 @@ def vary(
     resolve_choice(torch_device, backend, precision)  # names and this device's limits, before the model is read
     wdm = resolve_model(model, device=torch_device, on_progress=on_progress)
     require_task(wdm, "generate")
+    if wdm.card.get("distilled") and steps is None:
+        sampler, steps = wdm.sampling_defaults(sampler, steps, quality)
+    sampler = sampler or DEFAULT_SAMPLER
     if steps is None:
         steps = min(default_calls(sampler, None, quality), wdm.diffusion.num_timesteps)
     img = read_input(image, "image")
@@ -114,7 +118,7 @@ def vary(
         diffusion = wdm.diffusion
         if sampler not in DEFAULT_SPACING:
             raise ConfigError(f"unknown sampler {sampler!r}; choose ancestral or one of {', '.join(DEFAULT_SPACING)}.")
-        full = solver_timesteps(diffusion, steps, DEFAULT_SPACING[sampler])
+        full = wdm.distilled_timesteps(sampler, steps) or solver_timesteps(diffusion, steps, DEFAULT_SPACING[sampler])
         timesteps = [t for t in full if t <= strength * (diffusion.num_timesteps - 1)] or full[-1:]
         start, calls = timesteps[0], len(timesteps)
     faithful = is_faithful(sampler, steps, wdm.diffusion.num_timesteps)

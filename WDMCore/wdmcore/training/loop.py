@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..devices import resolve_device
-from ..diffusion import Diffusion, DiffusionConfig
+from ..diffusion import DiffusionConfig
 from ..errors import ConfigError, DataError
 from ..events import ProgressCallback
 from ..models.cards import validate_card
@@ -67,9 +67,10 @@ from .checkpoints import (
 from .checkpoints import model_path as checkpoint_path
 from .config import TrainConfig, TrainingError, check_same_data
 from .ema import EMA
+from .objectives import DiffusionObjective, Objective
 from .previews import write_preview
 from .reporting import RunLog, training_cost
-from .schedule import StreamBatches, lr_at, sample_draws
+from .schedule import StreamBatches, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -209,16 +210,6 @@ def _dataset_geometry(dataset: Dataset, size: int) -> dict[str, Any]:
     }
 
 
-def _check_item(item: Any, size: int) -> torch.Tensor:
-    image = item[0] if isinstance(item, (tuple, list)) else item
-    if image.dim() != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != (size,) * 3:
-        raise ConfigError(
-            f"the dataset gives batches of shape {tuple(image.shape)}, but the run trains on [B, 1, {size}, "
-            f"{size}, {size}]; preprocess the data to {size}^3 or set image_size to the data's size."
-        )
-    return image
-
-
 def train(
     config: TrainConfig,
     dataset: Dataset,
@@ -229,6 +220,8 @@ def train(
     stop: Callable[[], bool] | None = None,
     allow_new_data: bool = False,
     initial_weights: Mapping[str, torch.Tensor] | None = None,
+    objective: Objective | None = None,
+    card: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train a WDM network on ``dataset`` (items ``(image [1, S, S, S] in [-1, 1], index)``).
 
@@ -242,15 +235,16 @@ def train(
     Under ``torchrun`` (WORLD_SIZE > 1) the global batch is split over the processes and rank 0 writes files.
     ``initial_weights`` (a state dict of the same network, e.g. a model file's tensors) starts a new run from
     those weights instead of a random initialisation, for network and EMA alike; a resumed run ignores it.
+    ``objective`` is the loss of each step (default: the diffusion loss, :class:`DiffusionObjective`; distillation
+    passes its own); ``card`` replaces the model card the run would write (its ``training.step`` is kept current).
     """
     config = config.resolved()
     out_dir = Path(out_dir)
     dist, device = _setup_distributed(config.device)
     try:
         with _run_folder_lock(out_dir, dist.main):
-            return _train(
-                config, dataset, out_dir, resume, on_event, stop, dist, device, allow_new_data, initial_weights
-            )
+            return _train(config, dataset, out_dir, resume, on_event, stop, dist, device, allow_new_data,
+                          initial_weights, objective, card)  # fmt: skip
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
@@ -295,8 +289,9 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 
 def _train(
-    config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device, allow_new_data, initial_weights=None
-) -> TrainResult:
+    config, dataset, out_dir, resume, on_event, stop, dist: _Dist, device, allow_new_data, initial_weights=None,
+    objective=None, card=None,
+) -> TrainResult:  # fmt: skip
     if len(dataset) < 1:
         raise ConfigError("the dataset is empty.")
     network_dtype = autocast_dtype(config.precision, device)  # before anything is read or written
@@ -309,7 +304,8 @@ def _train(
             log.info("removing a stop request left in %s by an earlier session", out_dir)
             clear_stop_request(out_dir)
     network_config = config.network_config()
-    diffusion = Diffusion(DiffusionConfig.from_dict(config.diffusion))
+    if objective is None:
+        objective = DiffusionObjective(config)
 
     start_step, state = 0, None
     if resume:
@@ -369,7 +365,11 @@ def _train(
             network, device_ids=[device.index] if device.type == "cuda" else None
         )
     logger = RunLog(config, out_dir, on_event, dist.main)
-    card_base = _make_card(config, network_config, 0, dataset)
+    if card is None:
+        card_base = _make_card(config, network_config, 0, dataset)
+    else:
+        card_base = validate_card({**card, "training": {**(card.get("training") or {}), "step": 0}},
+                                  source="the model card of this run")  # fmt: skip
     batches = StreamBatches(len(dataset), config.batch_size, config.seed, start_step, config.max_steps,
                             dist.rank, dist.world)  # fmt: skip
     loader = DataLoader(
@@ -380,7 +380,6 @@ def _train(
         persistent_workers=False,
         worker_init_fn=_ignore_stop_signals if config.num_workers > 0 else None,
     )
-    image_shape = (1, config.image_size, config.image_size, config.image_size)
 
     step, nonfinite_run, skipped, last_loss, stopped = start_step, 0, 0, None, False
     last_saved = start_step if resume else None
@@ -420,14 +419,9 @@ def _train(
         return stop_requested(out_dir) or (stop is not None and bool(stop()))
 
     def forward_backward(item: Any, at_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = _check_item(item, config.image_size).to(device, non_blocking=True)
-        t, noise = sample_draws(
-            config.seed, batches.positions(at_step), image_shape, diffusion.num_timesteps, config.low_noise_share
-        )
-        t, noise = t.to(device), noise.to(device)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, network_dtype):
-            loss, per_band = diffusion.training_loss(model, image, t, noise_image=noise)
+            loss, per_band = objective(model, item, batches.positions(at_step), device)
         loss.backward()
         return loss, per_band
 
