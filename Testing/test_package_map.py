@@ -30,7 +30,7 @@ FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"models"}),
     frozenset({"hub", "training"}),
     frozenset({"loading"}),
-    frozenset({"tasks", "evaluation"}),
+    frozenset({"tasks", "evaluation", "distill"}),
     frozenset({"worker_requests", "worker_jobs"}),
     frozenset({"worker", "cli"}),
     frozenset({"__main__", FACE}),

@@ -289,7 +289,7 @@ class Worker:
         )
 
     def _do_generate(self, request: dict[str, Any]) -> None:
-        from .tasks.generate import DEFAULT_SAMPLER, generate
+        from .tasks.generate import generate
 
         job_id = request.get("id")
         num = number_field(request, "num", 1)
@@ -303,7 +303,7 @@ class Worker:
             self._ensure_model(request)
         if self.model is None:
             raise BadRequest("no model is loaded: send load_model first, or give 'model' with the request")
-        sampler = request.get("sampler") or DEFAULT_SAMPLER
+        sampler = request.get("sampler") or None  # None: the model's own (a distilled student's sampler and calls)
         steps = request.get("steps")
         precision = request.get("precision") or "auto"
         backend = request.get("backend") or "auto"
