@@ -212,6 +212,41 @@ def test_the_demo_model_agrees_with_torch_fp32_for_the_same_seed(backend, precis
     assert abs(float(other.array.mean()) - float(reference.array.mean())) < 0.01
 
 
+# A child process run after OpenVINO compiled for two shapes and the call was dropped, with a SIGCHLD handler
+# installed (as a DataLoader with workers leaves one). OpenVINO's CPU plugin swaps the thread's alternate signal
+# stack; with one core per compilation, the stack left behind was freed and the child's SIGCHLD killed the process.
+ALTERNATE_STACK_CASE = """
+import gc, signal, subprocess, sys
+import torch
+from test_backends import inputs, tiny_network
+from wdmcore.backends import network_call
+signal.signal(signal.SIGCHLD, lambda *args: None)
+call = network_call(tiny_network(), torch.device("cpu"), backend="openvino", precision="fp32")
+for batch in (1, 2):
+    call(*inputs(8, batch=batch))
+del call
+gc.collect()
+for _ in range(3):
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("survived")
+"""
+
+
+@needs_openvino
+def test_a_child_process_after_openvino_does_not_kill_the_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    testing = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(testing), str(testing.parent / "WDMCore")])
+    env = {**os.environ, "PYTHONPATH": path, "WDM_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", ALTERNATE_STACK_CASE], env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 0 and "survived" in run.stdout, (run.returncode, run.stderr[-2000:])
+
+
 @needs_openvino
 def test_a_conditional_task_runs_through_openvino():
     # The condition is concatenated into x before the network call: OpenVINO sees all 32 channels.

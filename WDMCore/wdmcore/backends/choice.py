@@ -5,18 +5,20 @@
 =============================  ================  ============================================================
 CPU                            auto              measured (seconds per unet-128 call, 64^3 grid, 2 threads)
 =============================  ================  ============================================================
-native bf16 (AVX-512 BF16,     OpenVINO bf16     PyTorch fp32 6.5-7.3 s, PyTorch bf16 4.2 s, OpenVINO fp32
-AMX; ARM BF16) + OpenVINO                        5.2 s, OpenVINO bf16 2.6 s (2-core AMD EPYC, AVX-512 BF16)
-native bf16, no OpenVINO       PyTorch bf16      (the same host: 4.2 s against 6.5-7.3 s)
-AVX2 only (or no bf16)         PyTorch fp32      PyTorch fp32 18.8 / 22.0 s, OpenVINO fp32 20.4 / 20.1 s
-                                                 (2-core AMD EPYC, AVX2): no faster, so PyTorch stays
+native bf16 (AVX-512 BF16,     OpenVINO bf16     PyTorch fp32 6.18 s, PyTorch bf16 2.85 s, OpenVINO fp32
+AMX; ARM BF16) + OpenVINO                        4.06 s, OpenVINO bf16 1.01 s (2-core Intel Xeon with
+                                                 AVX-512 BF16 and AMX; bench_cpu_amx-xeon-2core_20261206.json)
+native bf16, no OpenVINO       PyTorch bf16      (the same host: 2.85 s against 6.18 s)
+AVX2 only (or no bf16)         PyTorch fp32      PyTorch fp32 17.96 s, OpenVINO fp32 18.66 s (2-core AMD EPYC,
+                                                 AVX2; bench_cpu_avx2-epyc-2core_20261206.json): no faster,
+                                                 so PyTorch stays
 =============================  ================  ============================================================
 
-With ``precision="fp32"`` and ``backend="auto"``, OpenVINO fp32 is chosen on an AVX-512 CPU where it is
-installed (1.3x on the AVX-512 BF16 host above), PyTorch fp32 elsewhere. The faithful path stays faithful: the
-released sampler (``ancestral`` over the model's whole schedule, e.g. ``--sampler ancestral --steps 1000``)
-resolves ``auto`` to PyTorch fp32. On CUDA and MPS ``auto`` is PyTorch in fp32, as before; bf16/fp16 there are
-autocast when asked for.
+With ``precision="fp32"`` and ``backend="auto"``, OpenVINO fp32 is chosen on an AVX-512 CPU where it is installed
+(1.5x on the AVX-512 BF16 host above), PyTorch fp32 elsewhere. The faithful path stays faithful: the released
+sampler (``ancestral`` over the model's whole schedule, e.g. ``--sampler ancestral --steps 1000``, and a fastWDM3D
+model's two released steps, its default) resolves ``auto`` to PyTorch fp32. On CUDA and MPS ``auto`` is PyTorch in
+fp32, as before; bf16/fp16 there are autocast when asked for.
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ def openvino_capabilities() -> frozenset[str]:
     if not openvino_installed():
         return frozenset()
     try:
-        import openvino
+        from .openvino_call import shared_core
 
-        return frozenset(str(c) for c in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        return frozenset(str(c) for c in shared_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # noqa: BLE001 - a plugin that fails to load means "no OpenVINO here", said by the caller
         return frozenset()
 

@@ -12,6 +12,7 @@ files, so a partial or damaged entry is detected and rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -65,6 +66,18 @@ def _entry_is_whole(folder: Path) -> bool:
         return False
 
 
+@functools.cache
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``. OpenVINO's CPU plugin puts its own alternate signal stack on the thread
+    that creates it and puts the earlier one back when it is destroyed; several cores, made and destroyed out of
+    order, leave that thread with a freed signal stack, and the next handled signal (SIGCHLD when a child process
+    ends, with a handler such as a DataLoader's) then kills the process with a segmentation fault. One core,
+    alive until the process ends, keeps the stack valid."""
+    import openvino
+
+    return openvino.Core()
+
+
 def convert(network: torch.nn.Module, x_shape: tuple[int, ...], t_dtype: torch.dtype) -> Any:
     """The network as an OpenVINO model with static input shapes: traced under ``no_grad`` (converting the
     module directly fails: its in-place SiLU makes two traces differ), then converted."""
@@ -93,7 +106,7 @@ def cached_model(network: torch.nn.Module, weights: str, x_shape: tuple[int, ...
         if folder.is_dir():
             if _entry_is_whole(folder):
                 log.info("OpenVINO model from the cache: %s", folder)
-                return openvino.Core().read_model(folder / "model.xml")
+                return shared_core().read_model(folder / "model.xml")
             log.warning("the cached OpenVINO model %s is incomplete or damaged; converting again", folder)
             shutil.rmtree(folder, ignore_errors=True)
         model = convert(network, x_shape, t_dtype)
@@ -129,8 +142,6 @@ class OpenVINOCall:
         shape = (tuple(x.shape), t.dtype)
         compiled = self._compiled.get(shape)
         if compiled is None:
-            import openvino
-
             if self._weights is None:
                 self._weights = weights_sha256(self.network)
             model = cached_model(self.network, self._weights, tuple(x.shape), t.dtype)
@@ -139,7 +150,7 @@ class OpenVINOCall:
                 "INFERENCE_NUM_THREADS": self.threads,
                 "PERFORMANCE_HINT": "LATENCY",
             }
-            compiled = openvino.Core().compile_model(model, "CPU", config)
+            compiled = shared_core().compile_model(model, "CPU", config)
             self._compiled[shape] = compiled
         return compiled
 
