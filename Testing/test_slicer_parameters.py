@@ -65,6 +65,46 @@ def test_sampler_presets():
     assert (params.sampler, params.steps) == ("unipc", 6)
 
 
+# A student's card as the engine checks it (wdmcore.models.cards): DDIM with 4 calls at the card's timesteps.
+STUDENT_CARD = {
+    "distilled": {"sampler": "ddim", "calls": 4, "timesteps": [999, 749, 499, 249], "teacher_sha256": "0" * 64}
+}
+
+
+def test_the_student_card_of_these_tests_is_one_the_engine_accepts():
+    from wdmcore.diffusion import DiffusionConfig
+    from wdmcore.models.cards import validate_card
+
+    validate_card({"diffusion": DiffusionConfig().to_dict(), **STUDENT_CARD})
+
+
+def test_a_students_fast_preset_is_the_sampler_and_calls_of_its_card():
+    from WaveletDiffusionLib import parameters
+
+    assert parameters.sampler_presets(STUDENT_CARD)["fast"] == {"sampler": "ddim", "steps": 4}
+    assert parameters.sampler_presets({})["fast"] == parameters.SAMPLER_PRESETS["fast"]
+    assert parameters.sampler_presets(STUDENT_CARD)["faithful"] == parameters.SAMPLER_PRESETS["faithful"]
+    params = GenerationParameters()
+    params.apply_sampler_preset("fast", STUDENT_CARD)
+    assert (params.sampler, params.steps) == ("ddim", 4)
+    # A damaged record (an unknown sampler) leaves the engine's default.
+    damaged = {"distilled": {"sampler": "euler", "calls": 4}}
+    assert parameters.sampler_presets(damaged)["fast"] == parameters.SAMPLER_PRESETS["fast"]
+
+
+def test_the_sampler_follows_the_model_only_when_the_user_kept_fast():
+    from WaveletDiffusionLib.parameters import sampling_for_new_model
+
+    # teacher -> student with the default kept: the student's own calls; and back again
+    assert sampling_for_new_model("unipc", 10, {}, STUDENT_CARD) == {"sampler": "ddim", "steps": 4}
+    assert sampling_for_new_model("ddim", 4, STUDENT_CARD, {}) == {"sampler": "unipc", "steps": 10}
+    assert sampling_for_new_model("unipc", 10, None, STUDENT_CARD) == {"sampler": "ddim", "steps": 4}
+    # a choice of the user's stays, and so does the same preset between two ordinary models
+    assert sampling_for_new_model("ancestral", 1000, {}, STUDENT_CARD) is None
+    assert sampling_for_new_model("ddim", 8, STUDENT_CARD, {}) is None
+    assert sampling_for_new_model("unipc", 10, {}, {}) is None
+
+
 def test_node_name_from_model_or_output_name():
     assert GenerationParameters(model="/data/ckpt/my_model.safetensors").node_name() == "my_model"
     assert GenerationParameters(model="brats_unet_128_1200k").node_name() == "brats_unet_128_1200k"

@@ -358,3 +358,27 @@ def test_openvino_on_a_gpu_is_refused_before_anything_is_asked_or_sent(scene):
             getattr(logic, plan.method)(*plan.args, **plan.kwargs, on_progress=None, on_preview=None,
                                         on_finished=None)  # fmt: skip
     assert asked == [] and logic.sent == []
+
+
+def test_a_scripted_generate_runs_a_student_with_the_sampler_and_calls_of_its_card(scene, tmp_path):
+    """``logic.generate(model=student)`` without a sampler sends the card's DDIM calls, as ``wdm sample`` does; a
+    sampler named by the caller, or an ordinary model, keeps the engine's defaults."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    student = tmp_path / "student.safetensors"
+    distilled = {"sampler": "ddim", "calls": 4, "timesteps": [999, 749, 499, 249], "teacher_sha256": "0" * 64}
+    save_file(
+        {"w": np.zeros(1, np.float32)},
+        str(student),
+        metadata={taskpanel.CARD_KEY: json.dumps({"distilled": distilled})},
+    )
+    logic = CapturingLogic(scene)
+    logic.wait = lambda job, timeout=None: None
+    logic.generate(model=str(student))
+    logic.generate(model=str(student), sampler="unipc")
+    logic.generate(model=str(student), steps=8)
+    logic.generate(model="demo_phantom_64")
+    sent = [(fields["sampler"], fields["steps"]) for _kind, fields in logic.sent]
+    assert sent == [("ddim", 4), ("unipc", 10), ("ddim", 8), ("unipc", 10)]

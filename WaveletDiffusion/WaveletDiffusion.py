@@ -177,6 +177,7 @@ class WaveletDiffusionWidget(
         self._customCheckpoints = []
         self._volumesShown = 0
         self._catalogueCards = {}
+        self._samplingCard = None  # the card of the model the sampler settings were last fitted to
         self._synthesisSlots = []  # (key, label, selector) of the synthesis inputs shown now
         self._task = taskpanel.GENERATE
         self._runningTask = taskpanel.GENERATE

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from WaveletDiffusionCommonLib import memory, volumes
 
-from . import tasks
+from . import taskpanel, tasks
 from .client import WorkerClient
 from .jobs import Job, file_name
-from .parameters import DEFAULT_STEPS, GenerationParameters
+from .parameters import DEFAULT_STEPS, GenerationParameters, sampler_presets
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ class GenerationRequests(WorkerClient):
         """Generate ``count`` volumes and return their nodes (blocks until done).
 
         ``sampler`` defaults to the engine's default sampler (UniPC, ``wdmcore.vocabulary.DEFAULT_SAMPLER``) with
-        its default step count (10 for unipc); ``sampler="ancestral", steps=1000`` gives the paper's sampler exactly. A
+        its default step count (10 for unipc), and for a distilled student to the sampler and calls of its card
+        (the engine's rule); ``sampler="ancestral", steps=1000`` gives the paper's sampler exactly. A
         sampler named without ``steps`` gets its default step count (:data:`.parameters.DEFAULT_STEPS`). Other
         keywords are :class:`GenerationParameters` fields (``batch_size``, ``precision``, ``backend``, ``preset``,
         ``output_name``, ``preview``). Raises :class:`GenerationError` (or
@@ -107,12 +108,16 @@ class GenerationRequests(WorkerClient):
         fields: dict[str, Any] = {"count": count, "seed": seed, "device": device, **options}
         if model is not None:
             fields["model"] = str(model)
-        if sampler is not None:
-            fields["sampler"] = sampler
-            if steps is None:
-                steps = DEFAULT_STEPS.get(sampler, GenerationParameters.steps)
-        if steps is not None:
-            fields["steps"] = steps
+        # The engine's rule (wdmcore.models.model.WDMModel.sampling_defaults): no sampler means the model's own (a
+        # student's card's); no steps means that sampler's default, for a student's sampler its card's calls.
+        card = taskpanel.model_card(fields.get("model", params.model), catalogue=taskpanel.catalogue_cards())
+        fast = sampler_presets(card)["fast"]
+        sampler = sampler or fast["sampler"]
+        if steps is None:
+            steps = (
+                fast["steps"] if sampler == fast["sampler"] else DEFAULT_STEPS.get(sampler, GenerationParameters.steps)
+            )
+        fields.update(sampler=sampler, steps=steps)
         job = self.start_generation(dataclasses.replace(params, **fields))
         self.wait(job, timeout)
         if job.error is not None:

@@ -8,6 +8,7 @@ passed in (anything with ``value(key, default)`` and ``setValue(key, value)``), 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,14 +16,40 @@ from WaveletDiffusionCommonLib.settings import load_last_choices, numeric_proble
 
 SETTINGS_GROUP = "WaveletDiffusion/Generate"
 
-# "fast": the engine's default, UniPC with 10 network calls (the exact-denoiser table in docs/generation.md);
+# "fast": the engine's default, UniPC with 10 network calls (the exact-denoiser table in docs/generation.md), or a
+# distilled student's own sampler and calls (sampler_presets);
 # "preview": UniPC with 6 calls, a quick look; "faithful": the 1000-step ancestral sampler of the paper.
 SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"sampler": "unipc", "steps": 10},
     "preview": {"sampler": "unipc", "steps": 6},
     "faithful": {"sampler": "ancestral", "steps": 1000},
 }
+
 SAMPLERS = ("unipc", "dpm++2m", "dpm++2m-sde", "ddim", "ancestral")
+
+
+def sampler_presets(card: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The sampler presets for a model with this card: a distilled student's *Fast* is the sampler and calls of
+    its card (``wdmcore.distill``; e.g. DDIM with 4 calls), every other model's the engine's default."""
+    presets = {key: dict(value) for key, value in SAMPLER_PRESETS.items()}
+    distilled = (card or {}).get("distilled")
+    if isinstance(distilled, Mapping) and distilled.get("sampler") in SAMPLERS and distilled.get("calls"):
+        presets["fast"] = {"sampler": str(distilled["sampler"]), "steps": int(distilled["calls"])}
+    return presets
+
+
+def sampling_for_new_model(
+    sampler: str, steps: int, old_card: Mapping[str, Any] | None, new_card: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The sampler and steps to switch to when the model changes from ``old_card``'s to ``new_card``'s: the new
+    model's *Fast* when the user kept the old model's *Fast* (so a student runs its own calls, and its teacher
+    the engine's default again); None when the user chose something else, which stays."""
+    old_fast, new_fast = sampler_presets(old_card)["fast"], sampler_presets(new_card)["fast"]
+    if {"sampler": sampler, "steps": int(steps)} == old_fast and new_fast != old_fast:
+        return new_fast
+    return None
+
+
 # Steps when a sampler is named without a step count: wdmcore.tasks.generate.DEFAULT_STEPS (the Lib does not import
 # wdmcore; Testing/test_slicer_parameters.py checks that the two agree).
 DEFAULT_STEPS = {"unipc": 10, "dpm++2m": 25, "dpm++2m-sde": 25, "ddim": 50, "ancestral": 1000}
@@ -74,8 +101,9 @@ class GenerationParameters:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(p for p in PRESETS if p)}")
         return self
 
-    def apply_sampler_preset(self, preset: str) -> None:
-        chosen = SAMPLER_PRESETS[preset]
+    def apply_sampler_preset(self, preset: str, card: Mapping[str, Any] | None = None) -> None:
+        """Set the sampler and steps of ``preset`` for the model with ``card`` (see :func:`sampler_presets`)."""
+        chosen = sampler_presets(card)[preset]
         self.sampler = chosen["sampler"]
         self.steps = chosen["steps"]
 

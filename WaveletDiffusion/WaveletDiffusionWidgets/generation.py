@@ -79,7 +79,7 @@ class GenerationPanel:
     def onSamplerPresetChosen(self, index) -> None:
         key = SAMPLER_PRESET_KEYS[index]
         if key != "custom" and self._parameterNode:
-            chosen = parameters.SAMPLER_PRESETS[key]
+            chosen = parameters.sampler_presets(self.currentCard())[key]
             self._parameterNode.sampler = chosen["sampler"]
             self._parameterNode.steps = chosen["steps"]
 
@@ -87,9 +87,17 @@ class GenerationPanel:
         if not self._parameterNode:
             return
         current = {"sampler": self._parameterNode.sampler, "steps": self._parameterNode.steps}
-        key = next((k for k, v in parameters.SAMPLER_PRESETS.items() if v == current), "custom")
+        presets = parameters.sampler_presets(self.currentCard())
+        key = next((k for k, v in presets.items() if v == current), "custom")
         combo = self.ui.samplerPresetComboBox
         combo.blockSignals(True)
+        fast = presets["fast"]
+        text = (
+            _("Fast ({steps} steps)")
+            if fast == parameters.SAMPLER_PRESETS["fast"]
+            else _("Fast (the model's {steps} steps)")
+        )
+        combo.setItemText(SAMPLER_PRESET_KEYS.index("fast"), text.format(steps=fast["steps"]))
         combo.setCurrentIndex(SAMPLER_PRESET_KEYS.index(key))
         combo.blockSignals(False)
 

@@ -53,6 +53,7 @@ class ModelPanel:
         name, info = self.selectedModel()
         if self._parameterNode and name:
             self._parameterNode.model = name
+            self.followModelSampling()
         if info is None:
             text = name if name and os.path.isfile(name) else _("Press Refresh to read the catalogue.")
         else:
@@ -64,6 +65,17 @@ class ModelPanel:
         self.ui.modelInfoLabel.text = text
         self.showTask()
         self.updateButtons()
+
+    def followModelSampling(self) -> None:
+        """A distilled student runs the sampler and calls of its card by default: the settings follow the model
+        when the user kept the previous model's *Fast* preset, and stay when they chose others."""
+        card = self.currentCard()
+        node = self._parameterNode
+        switch = parameters.sampling_for_new_model(node.sampler, node.steps, self._samplingCard, card)
+        self._samplingCard = card
+        if switch is not None:
+            node.sampler, node.steps = switch["sampler"], switch["steps"]
+            self.appendLog(f"{node.model}: {switch['sampler']} with {switch['steps']} steps, the model's own default")
 
     def onDownload(self) -> None:
         name, info = self.selectedModel()
