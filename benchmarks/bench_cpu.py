@@ -7,12 +7,13 @@ Networks (random weights, every parameter drawn from a seeded normal; time does 
 unet-128 at its 64^3 coefficient grid (one call of a 128^3 volume), the cWDM network (cwdm-224) at its
 112 x 112 x 80 grid and the fastWDM3D network (fastwdm3d-128) at 64^3; ``--grid N`` runs all of them at N^3.
 Choices: torch-fp32 always; torch-bf16 and openvino-bf16 where the CPU has native bf16; openvino-fp32 where
-OpenVINO is installed; ``auto`` is what :func:`wdmcore.backends.resolve_choice` picks here (its figure is
-that choice's). They run in alternation (round 1: each once, round 2: again ...) so that a change in the
-machine's load hits all alike; the figure is the median over the rounds. The first call of each choice (the
-OpenVINO conversion and compilation, in a fresh cache) is reported apart, and every output is compared with
-torch-fp32 on the same input (relative RMS). Seconds per volume = seconds per call x the default calls, read
-from wdmcore.samplers.DEFAULT_STEPS at run time (fastWDM3D: its released diffusion steps).
+OpenVINO is installed; ``auto`` is what :func:`wdmcore.backends.resolve_choice` picks here (its figure is that
+choice's; for fastWDM3D, whose default is its released two steps, the faithful choice, PyTorch fp32). They run in
+alternation (round 1: each once, round 2: again ...) so that a change in the machine's load hits all alike; the
+figure is the median over the rounds. The first call of each choice (the OpenVINO conversion and compilation, in a
+fresh cache) is reported apart, and every output is compared with torch-fp32 on the same input (relative RMS).
+Seconds per volume = seconds per call x the default calls, read from wdmcore.samplers.DEFAULT_STEPS at run time
+(fastWDM3D: its released diffusion steps).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def bench_network(preset: str, grid: tuple[int, ...], rounds: int, threads: int)
                 times[name].append(time.perf_counter() - started)
                 print(f"  {preset} round {r + 1} {name}: {times[name][-1]:.2f} s", file=sys.stderr)
     seconds = {name: round(statistics.median(values), 3) for name, values in times.items()}
-    auto = resolve_choice(cpu, threads=threads).name
+    # fastWDM3D's default calls are its released schedule, the faithful path, which auto keeps in PyTorch fp32
+    auto = resolve_choice(cpu, threads=threads, faithful=preset.startswith("fastwdm3d")).name
     if auto in seconds:
         seconds["auto"] = seconds[auto]
     reference = outputs["torch-fp32"]

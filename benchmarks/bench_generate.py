@@ -33,7 +33,9 @@ from wdmcore.tasks.generate import DEFAULT_SAMPLER, DEFAULT_STEPS, generate, res
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def per_step_times(model: WDMModel, sampler: str, steps: int, measure: int, device: str, precision: str) -> list[float]:
+def per_step_times(
+    model: WDMModel, sampler: str, steps: int, measure: int, device: str, precision: str, backend: str
+) -> list[float]:
     stamps = [time.perf_counter()]
 
     def on_progress(event):
@@ -43,8 +45,8 @@ def per_step_times(model: WDMModel, sampler: str, steps: int, measure: int, devi
         return len(stamps) > measure + 1
 
     with contextlib.suppress(Cancelled):
-        generate(model, 1, sampler=sampler, steps=steps, device=device, precision=precision, on_progress=on_progress,
-                 cancel=cancel)  # fmt: skip
+        generate(model, 1, sampler=sampler, steps=steps, device=device, precision=precision, backend=backend,
+                 on_progress=on_progress, cancel=cancel)  # fmt: skip
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
@@ -58,7 +60,8 @@ def main() -> int:
     )
     parser.add_argument("--measure", type=int, default=3, help="steps measured per sampler (after one warm-up)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="fp32", help="auto, fp32, bf16 or fp16 [fp32]")
+    parser.add_argument("--backend", default="torch", help="auto, torch or openvino (the CPU) [torch]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--full", action="store_true", help="also time one complete default generation")
     parser.add_argument("--output", type=Path, default=None)
@@ -83,6 +86,7 @@ def main() -> int:
         "parameters": sum(p.numel() for p in model.network.parameters()),
         "device": args.device,
         "precision": args.precision,
+        "backend": args.backend,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -94,7 +98,7 @@ def main() -> int:
     for entry in args.samplers.split(","):
         sampler, _, steps = entry.partition(":")
         steps = int(steps) if steps else DEFAULT_STEPS[sampler]
-        times = per_step_times(model, sampler, steps, args.measure, args.device, args.precision)
+        times = per_step_times(model, sampler, steps, args.measure, args.device, args.precision, args.backend)
         step_s = statistics.median(times[1:])
         record["samplers"][f"{sampler}:{steps}"] = {
             "steps": steps,
@@ -122,14 +126,15 @@ def main() -> int:
     print(f"bare forward: {record['median_bare_forward_s']} s", flush=True)
     if args.full:
         start = time.perf_counter()
-        generate(model, 1, device=args.device, precision=args.precision)
+        generate(model, 1, device=args.device, precision=args.precision, backend=args.backend)
         record["full_default_generation_s"] = round(time.perf_counter() - start, 2)
         print(f"complete default generation ({DEFAULT_SAMPLER}, {DEFAULT_STEPS[DEFAULT_SAMPLER]} steps): "
               f"{record['full_default_generation_s']} s")  # fmt: skip
     record["load_average_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     name = args.model.replace("/", "_").replace(".safetensors", "")
-    output = args.output or RESULTS / f"bench_generate_{name}_{args.device}_{args.precision}.json"
+    suffix = "" if args.backend == "torch" else f"_{args.backend}"
+    output = args.output or RESULTS / f"bench_generate_{name}_{args.device}_{args.precision}{suffix}.json"
     output.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {output}")
     return 0
