@@ -260,3 +260,17 @@ def test_a_conditional_task_runs_through_openvino():
     assert ov_out.meta["backend"] == "openvino" and torch_out.meta["backend"] == "torch"
     assert np.abs(ov_out.array - torch_out.array).max() < 1e-3
     assert psnr(ov_out.array, torch_out.array) > PSNR_FLOOR["fp32"]
+
+
+def test_the_conversion_key_changes_with_the_configuration_not_only_the_weights():
+    # Two networks with the same state dict (names, shapes, values) but other GroupNorm groups compute differently:
+    # a cached conversion of one must never serve the other.
+    from wdmcore.backends.openvino_call import network_sha256
+
+    eight = tiny_network()
+    config = NetworkConfig("unet", model_channels=8, channel_mult=(1, 2), num_res_blocks=1, num_groups=4,
+                           in_channels=8)  # fmt: skip
+    four = build_network(config).eval()
+    four.load_state_dict(eight.state_dict())
+    assert network_sha256(four) != network_sha256(eight)
+    assert network_sha256(eight) == network_sha256(tiny_network())

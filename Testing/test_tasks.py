@@ -129,7 +129,8 @@ def test_synthesize_returns_the_input_grid_for_an_oblique_non_cubic_input(cwdm_t
     inputs = {name: (base * (i + 1) + rng.random(shape), OBLIQUE) for i, name in enumerate(cwdm_tiny.input_names)}
     out = wdmcore.synthesize(cwdm_tiny, inputs, seed=3, sampler="ddim", steps=3)
     assert out.array.shape == shape and np.array_equal(out.affine, OBLIQUE)
-    assert out.array.min() >= 0 and out.array.max() <= 1 and out.meta["task"] == "synthesize"
+    # [0, 1] up to the rounding of the inverse Haar transform (the released post-processing has no upper clamp)
+    assert out.array.min() >= 0 and out.array.max() <= 1 + 1e-6 and out.meta["task"] == "synthesize"
     again = wdmcore.synthesize(cwdm_tiny, inputs, seed=3, sampler="ddim", steps=3)
     np.testing.assert_array_equal(out.array, again.array)
 

@@ -52,8 +52,10 @@ def of(events, kind):
 
 def test_synthesize_reports_from_the_start_and_writes_the_result_in_the_input_grid(worker, files, tmp_path):  # noqa: F811
     inputs = {name: files[name] for name in ("t2", "flair", "pd")}
+    out = tmp_path / "out"  # apart from the worker's cache folder (tmp_path/cache), which conversions may fill
+    out.mkdir()
     request = {"type": "synthesize", "id": "s1", "model": "demo_phantom_synthesize_32", "inputs": inputs,
-               "seed": 3, "sampler": "ddim", "steps": 2, "preview_every": 1, "output_dir": str(tmp_path),
+               "seed": 3, "sampler": "ddim", "steps": 2, "preview_every": 1, "output_dir": str(out),
                "name": "t1 synth"}  # fmt: skip
     events = run(worker, request)
     assert events[-1]["event"] == "done", events[-1]
@@ -69,7 +71,7 @@ def test_synthesize_reports_from_the_start_and_writes_the_result_in_the_input_gr
     array, affine = load_volume(result["path"])
     np.testing.assert_allclose(affine, AFFINE, atol=1e-5)
     np.testing.assert_allclose(array, np.load(previews[-1]["path"]), atol=1e-6)  # the last preview is the result
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.npy", "t1_synth.nii.gz"]  # no partial files
+    assert sorted(p.name for p in out.iterdir()) == ["preview.npy", "t1_synth.nii.gz"]  # no partial files
 
 
 def test_inpaint_keeps_every_voxel_outside_the_mask(worker, files, tmp_path):  # noqa: F811

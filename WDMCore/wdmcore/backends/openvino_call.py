@@ -33,14 +33,26 @@ FORMAT = 1  # bump when the conversion changes, so older entries are not used
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
-def weights_sha256(network: torch.nn.Module) -> str:
-    """SHA-256 over the network's state dict (names, dtypes, shapes and values, in key order)."""
+def network_sha256(network: torch.nn.Module) -> str:
+    """SHA-256 over what the conversion computes: the network's class, its configuration (GroupNorm groups or
+    attention heads change the computation, not the state dict), the engine's version (its network code), and
+    the state dict (names, dtypes, shapes and values, in key order)."""
     digest = hashlib.sha256()
+    config = getattr(network, "config", None)
+    described = config.to_dict() if hasattr(config, "to_dict") else repr(config)
+    digest.update(f"{type(network).__qualname__}|{json.dumps(described, sort_keys=True, default=str)}\n".encode())
+    digest.update(f"wdmcore {_engine_version()}\n".encode())
     for name, tensor in sorted(network.state_dict().items()):
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}\n".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
+
+
+def _engine_version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def cache_key(weights: str, x_shape: tuple[int, ...], t_dtype: torch.dtype) -> str:
@@ -116,7 +128,7 @@ def cached_model(network: torch.nn.Module, weights: str, x_shape: tuple[int, ...
         openvino.save_model(model, staging / "model.xml", compress_to_fp16=False)
         manifest = {
             "format": FORMAT,
-            "weights_sha256": weights,
+            "network_sha256": weights,
             "input_shape": list(x_shape),
             "timestep_dtype": str(t_dtype),
             "openvino": openvino.__version__ if hasattr(openvino, "__version__") else "",
@@ -143,7 +155,7 @@ class OpenVINOCall:
         compiled = self._compiled.get(shape)
         if compiled is None:
             if self._weights is None:
-                self._weights = weights_sha256(self.network)
+                self._weights = network_sha256(self.network)
             model = cached_model(self.network, self._weights, tuple(x.shape), t.dtype)
             config = {
                 "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[self.precision],
