@@ -190,7 +190,9 @@ def test_sigterm_keeps_the_finished_volumes(tmp_path, model_file):
         "u.UNet.forward = slow\n"
         "from wdmcore.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
     )
+    # PyTorch: the slowed forward is PyTorch's (auto would run OpenVINO on a CPU with native bf16)
     args = ["sample", "--model", str(model_file), "--num", "5", "--steps", "3", "--sampler", "ddim"]
+    args += ["--backend", "torch"]
     proc = subprocess.Popen([sys.executable, "-c", script, *args, "--out", str(out), "--progress", "none"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 60

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..paths import cache_subdir
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +42,12 @@ def network_sha256(network: torch.nn.Module) -> str:
     config = getattr(network, "config", None)
     described = config.to_dict() if hasattr(config, "to_dict") else repr(config)
     digest.update(f"{type(network).__qualname__}|{json.dumps(described, sort_keys=True, default=str)}\n".encode())
-    digest.update(f"wdmcore {_engine_version()}\n".encode())
+    digest.update(f"wdmcore {__version__}\n".encode())
     for name, tensor in sorted(network.state_dict().items()):
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}\n".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
-
-
-def _engine_version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def cache_key(weights: str, x_shape: tuple[int, ...], t_dtype: torch.dtype) -> str:
