@@ -366,14 +366,10 @@ def test_a_scripted_generate_runs_a_student_with_the_sampler_and_calls_of_its_ca
     import json
 
     from safetensors.numpy import save_file
+    from test_slicer_parameters import STUDENT_CARD  # a student's card as the engine checks it
 
     student = tmp_path / "student.safetensors"
-    distilled = {"sampler": "ddim", "calls": 4, "timesteps": [999, 749, 499, 249], "teacher_sha256": "0" * 64}
-    save_file(
-        {"w": np.zeros(1, np.float32)},
-        str(student),
-        metadata={taskpanel.CARD_KEY: json.dumps({"distilled": distilled})},
-    )
+    save_file({"w": np.zeros(1, np.float32)}, str(student), metadata={taskpanel.CARD_KEY: json.dumps(STUDENT_CARD)})
     logic = CapturingLogic(scene)
     logic.wait = lambda job, timeout=None: None
     logic.generate(model=str(student))

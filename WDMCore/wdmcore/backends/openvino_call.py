@@ -1,13 +1,13 @@
-"""The OpenVINO backend: the network converted once per (weights, input shapes), cached on disk, compiled for
+"""The OpenVINO backend: the network converted once per (network, input shapes), cached on disk, compiled for
 the CPU in the requested precision.
 
 The converted model (OpenVINO IR: ``model.xml`` + ``model.bin``, fp32 weights) lives in
 ``<cache root>/openvino/<key>/`` beside the model cache (:mod:`wdmcore.paths`), where the key is the SHA-256 of
-the weights, the network input's shape (batch, channels, grid) and the timestep dtype. One IR serves both
-precisions: fp32 or bf16 is a compile-time setting (``INFERENCE_PRECISION_HINT``; fp32 is set explicitly, since
-OpenVINO's default on a CPU with bf16 is bf16). A file lock makes concurrent runs convert once; files are
-written under temporary names and renamed, and ``manifest.json`` (written last) holds the SHA-256 of both
-files, so a partial or damaged entry is detected and rebuilt.
+the network (:func:`network_sha256`), the network input's shape (batch, channels, grid) and the timestep dtype.
+One IR serves both precisions: fp32 or bf16 is a compile-time setting (``INFERENCE_PRECISION_HINT``; fp32 is set
+explicitly, since OpenVINO's default on a CPU with bf16 is bf16). A file lock makes concurrent runs convert once;
+files are written under temporary names and renamed, and ``manifest.json`` (written last) holds the SHA-256 of
+both files, so a partial or damaged entry is detected and rebuilt.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def network_sha256(network: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(weights: str, x_shape: tuple[int, ...], t_dtype: torch.dtype) -> str:
+def cache_key(identity: str, x_shape: tuple[int, ...], t_dtype: torch.dtype) -> str:
     shape = "x".join(str(s) for s in x_shape)
     dtype = str(t_dtype).removeprefix("torch.")
-    return f"{weights[:32]}-{shape}-t{dtype}-v{FORMAT}"
+    return f"{identity[:32]}-{shape}-t{dtype}-v{FORMAT}"
 
 
 def _file_sha256(path: Path) -> str:
@@ -99,15 +99,15 @@ def convert(network: torch.nn.Module, x_shape: tuple[int, ...], t_dtype: torch.d
     return model
 
 
-def cached_model(network: torch.nn.Module, weights: str, x_shape: tuple[int, ...], t_dtype: torch.dtype) -> Any:
-    """The converted model for these weights and shapes: read from the cache, or converted and stored there
-    (under a lock; a damaged entry is rebuilt)."""
+def cached_model(network: torch.nn.Module, identity: str, x_shape: tuple[int, ...], t_dtype: torch.dtype) -> Any:
+    """The converted model for this network (``identity``: its :func:`network_sha256`) and shapes: read from the
+    cache, or converted and stored there (under a lock; a damaged entry is rebuilt)."""
     import openvino
     from filelock import FileLock
 
     root = cache_subdir("openvino")
     root.mkdir(parents=True, exist_ok=True)
-    key = cache_key(weights, x_shape, t_dtype)
+    key = cache_key(identity, x_shape, t_dtype)
     folder = root / key
     with FileLock(str(root / f"{key}.lock")):
         if folder.is_dir():
@@ -123,7 +123,7 @@ def cached_model(network: torch.nn.Module, weights: str, x_shape: tuple[int, ...
         openvino.save_model(model, staging / "model.xml", compress_to_fp16=False)
         manifest = {
             "format": FORMAT,
-            "network_sha256": weights,
+            "network_sha256": identity,
             "input_shape": list(x_shape),
             "timestep_dtype": str(t_dtype),
             "openvino": openvino.__version__ if hasattr(openvino, "__version__") else "",
@@ -142,16 +142,16 @@ class OpenVINOCall:
         self.network = network
         self.precision = precision
         self.threads = threads
-        self._weights: str | None = None
+        self._identity: str | None = None
         self._compiled: dict[tuple, Any] = {}
 
     def compiled_for(self, x: torch.Tensor, t: torch.Tensor) -> Any:
         shape = (tuple(x.shape), t.dtype)
         compiled = self._compiled.get(shape)
         if compiled is None:
-            if self._weights is None:
-                self._weights = network_sha256(self.network)
-            model = cached_model(self.network, self._weights, tuple(x.shape), t.dtype)
+            if self._identity is None:
+                self._identity = network_sha256(self.network)
+            model = cached_model(self.network, self._identity, tuple(x.shape), t.dtype)
             config = {
                 "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[self.precision],
                 "INFERENCE_NUM_THREADS": self.threads,
